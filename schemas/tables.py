@@ -1,0 +1,119 @@
+"""Explicit pyarrow schemas of the output tables. Analysts' queries depend on these names.
+
+Partition columns (`run_date`, `source`) live in the hive path, not in the files:
+read with `pl.scan_parquet(f"{out}/results/**/*.parquet", hive_partitioning=True)`.
+Add columns freely; renaming or removing one needs a SCHEMA_VERSION bump.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+
+RESULT_TABLES = ("results", "fields", "errors")  # written by the pipeline, partitioned by run_date/source
+RUNS_TABLE = "runs"  # one row per run, partitioned by run_date
+
+_common = [
+    pa.field("schema_version", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+]
+
+
+def results_schema(task_names: list[str]) -> pa.Schema:
+    """results: one row per document. Label task columns are generated from the configuration."""
+    per_task = []
+    for task in task_names:
+        per_task += [
+            pa.field(task, pa.string()),
+            pa.field(f"{task}_confidence", pa.float64()),
+            pa.field(f"{task}_decided_by", pa.string()),
+        ]
+    return pa.schema(
+        [
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            *per_task,
+            pa.field("decided_by", pa.string(), nullable=False),  # small | large | review (highest needed)
+            pa.field("escalation_reasons", pa.list_(pa.string())),
+            pa.field("escalation_failed", pa.bool_()),  # large tier was needed but failed; retried next run
+            pa.field("n_pages", pa.int32()),
+            pa.field("n_chars", pa.int64()),
+            pa.field("metadata", pa.map_(pa.string(), pa.string())),
+            pa.field("small_model_version", pa.string()),
+            pa.field("large_model_version", pa.string()),
+            pa.field("task_versions", pa.map_(pa.string(), pa.string())),
+            pa.field("config_hash", pa.string()),
+            pa.field("small_prompt_tokens", pa.int64()),
+            pa.field("small_completion_tokens", pa.int64()),
+            pa.field("large_prompt_tokens", pa.int64()),
+            pa.field("large_completion_tokens", pa.int64()),
+            pa.field("small_seconds", pa.float64()),
+            pa.field("large_seconds", pa.float64()),
+            *_common,
+        ]
+    )
+
+
+FIELDS_SCHEMA = pa.schema(
+    [
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("field", pa.string(), nullable=False),
+        pa.field("type", pa.string()),
+        pa.field("value", pa.string()),  # as written in the document; null when absent
+        pa.field("normalized", pa.string()),  # ISO date, decimal amount, ISO 4217 currency ...
+        pa.field("confidence", pa.float64()),
+        pa.field("page", pa.int32()),
+        pa.field("span_start", pa.int64()),  # character span of the evidence in the document text
+        pa.field("span_end", pa.int64()),
+        pa.field("decided_by", pa.string(), nullable=False),
+        pa.field("valid", pa.bool_(), nullable=False),
+        pa.field("problems", pa.list_(pa.string())),
+        pa.field("model_version", pa.string()),
+        pa.field("task_version", pa.string()),
+        *_common,
+    ]
+)
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("message", pa.string()),
+        pa.field("retriable", pa.bool_(), nullable=False),
+        *_common,
+    ]
+)
+
+RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("schema_version", pa.string(), nullable=False),
+        pa.field("started_at", pa.timestamp("us", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC")),
+        pa.field("sources", pa.list_(pa.string())),
+        pa.field("n_inputs", pa.int64(), nullable=False),
+        pa.field("n_results", pa.int64(), nullable=False),
+        pa.field("n_errors", pa.int64(), nullable=False),
+        pa.field("invariant_ok", pa.bool_(), nullable=False),
+        pa.field("parameters", pa.map_(pa.string(), pa.string())),
+        pa.field("escalation_rate", pa.map_(pa.string(), pa.float64())),  # task -> share escalated
+        pa.field("review_rate", pa.map_(pa.string(), pa.float64())),
+        pa.field("tokens", pa.map_(pa.string(), pa.int64())),  # tier -> prompt+completion tokens
+        pa.field("estimated_cost", pa.map_(pa.string(), pa.float64())),  # tier (and 'hosted_all') -> money
+        pa.field("model_versions", pa.map_(pa.string(), pa.string())),
+        pa.field("code_version", pa.string()),
+        pa.field("config_hash", pa.string()),
+        pa.field("timings", pa.map_(pa.string(), pa.float64())),  # stage -> seconds
+        pa.field("docs_per_second_small", pa.float64()),
+    ]
+)
+
+
+def table_schema(table: str, task_names: list[str]) -> pa.Schema:
+    if table == "results":
+        return results_schema(task_names)
+    return {"fields": FIELDS_SCHEMA, "errors": ERRORS_SCHEMA, "runs": RUNS_SCHEMA}[table]
