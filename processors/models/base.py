@@ -1,0 +1,33 @@
+"""The one interface every model runtime implements. Tasks talk to this, never to a runtime directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)  # candidate token text -> logprob (max per text)
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: list[TokenLogprob]
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None  # set when this sequence failed; the others in the batch still count
+
+
+class Runtime(Protocol):
+    version: str  # model version id written into output rows
+
+    def complete(self, prompts: list[str], *, max_tokens: int, top_logprobs: int = 0,
+                 json_schema: dict | None = None) -> list[Completion]:
+        """Greedy completions for a batch of prompts, in order, one per prompt; never raises per prompt."""
+        ...
+
+    def close(self) -> None: ...
