@@ -1,0 +1,135 @@
+"""Label tasks (category, sentiment, intent ...): the probability mass over the label set.
+
+The model is never asked to generate a label. We read the next-token distribution where the answer
+starts and walk a trie of the labels' texts: labels that share a first token ("check invoice",
+"check refund policy") are told apart by one more cached step. The result is a distribution over
+exactly the configured labels, so no output can fall outside the label set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from processors.models.base import Runtime
+from processors.tasks.prompts import Style, answer_lead, frame
+from schemas.config import LabelTask
+from schemas.records import LabelPrediction, Tier, Usage
+
+TASK_VERSION = "sluicegate.label.v1"
+CONTENT_FREE_INPUTS = ("N/A", "", "[document]")  # for contextual calibration (Zhao et al., 2021)
+_MAX_DEPTH = 6
+
+
+def build_prompt(task: LabelTask, style: Style, source: str, text: str) -> str:
+    options = ", ".join(task.verbalizer(label) for label in task.labels)
+    return frame(style, source, text, f"{task.question}\nOptions: {options}\nAnswer:" if style == "base"
+                 else f"{task.question}\nAnswer with one of: {options}")
+
+
+@dataclass
+class LabelScores:
+    probabilities: dict[str, float]  # sums to 1 over the label set
+    error: str | None
+    usage: Usage
+
+
+def split_candidates(top: dict[str, float], remaining: dict[str, str]) -> list[tuple[float, dict[str, str]]]:
+    """Groups labels by the candidate token that starts their remaining text; pure, never raises.
+
+    top: candidate token text -> probability. remaining: label -> text still to match.
+    Returns (mass, {label: rest after the token}) groups. A label with no matching candidate gets
+    half the smallest candidate's mass (it was not in the top-k). A label already fully matched
+    (a prefix of another label) gets the mass not claimed by the other labels' continuations.
+    """
+    floor = 0.5 * min(top.values()) if top else 1e-6
+    groups: dict[str, tuple[float, dict[str, str]]] = {}
+    singles: list[tuple[float, dict[str, str]]] = []
+    done = [label for label, rest in remaining.items() if not rest]
+    for label, rest in remaining.items():
+        if not rest:
+            continue
+        matches = [t for t in top if t and rest.startswith(t)]
+        if not matches:
+            singles.append((floor, {label: ""}))
+            continue
+        token = max(matches, key=len)  # the canonical tokenization is (nearly always) the longest piece
+        mass, members = groups.get(token, (top[token], {}))
+        members[label] = rest[len(token):]
+        groups[token] = (mass, members)
+    claimed = sum(mass for mass, _ in groups.values())
+    for label in done:
+        singles.append((max(floor, 1.0 - claimed), {label: ""}))
+    return list(groups.values()) + singles
+
+
+def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
+                 top_logprobs: int) -> list[LabelScores]:
+    """Distributions over the label set for a batch of prompts (one batched call per trie depth)."""
+    probs = [dict.fromkeys(targets, 0.0) for _ in prompts]
+    errors: list[str | None] = [None] * len(prompts)
+    usage = [Usage() for _ in prompts]
+    # pending: (prompt index, answer prefix so far, labels still in play -> remaining text, weight)
+    pending = [(i, "", dict(targets), 1.0) for i in range(len(prompts))]
+    for depth in range(_MAX_DEPTH):
+        if not pending:
+            break
+        completions = runtime.complete([prompts[i] + prefix for i, prefix, _, _ in pending],
+                                       max_tokens=1, top_logprobs=top_logprobs)
+        next_pending = []
+        for (i, prefix, remaining, weight), comp in zip(pending, completions):
+            usage[i].prompt_tokens += comp.prompt_tokens
+            usage[i].completion_tokens += comp.completion_tokens
+            if comp.error or not comp.tokens:
+                errors[i] = comp.error or "no tokens returned"
+                continue
+            top = {t: math.exp(lp) for t, lp in comp.tokens[0].top.items()}
+            groups = split_candidates(top, remaining)
+            total = sum(mass for mass, _ in groups) or 1.0
+            for mass, members in groups:
+                share = weight * mass / total
+                if len(members) == 1:
+                    probs[i][next(iter(members))] += share
+                elif depth == _MAX_DEPTH - 1:  # labels identical this deep: split evenly
+                    for label in members:
+                        probs[i][label] += share / len(members)
+                else:
+                    token = targets[next(iter(members))][len(prefix):][: _common_len(targets, members, prefix)]
+                    next_pending.append((i, prefix + token, members, share))
+        pending = next_pending
+    out = []
+    for p, err, u in zip(probs, errors, usage):
+        total = sum(p.values())
+        dist = {k: v / total for k, v in p.items()} if total > 0 and not err else {}
+        out.append(LabelScores(dist, err, u))
+    return out
+
+
+def _common_len(targets: dict[str, str], members: dict[str, str], prefix: str) -> int:
+    """Length of the token just consumed: the part of the label text between prefix and rest."""
+    label = next(iter(members))
+    return len(targets[label]) - len(prefix) - len(members[label])
+
+
+def targets_for(task: LabelTask, style: Style) -> dict[str, str]:
+    lead = answer_lead(style)
+    return {label: lead + task.verbalizer(label) for label in task.labels}
+
+
+def calibrate(probabilities: dict[str, float], content_free: dict[str, float] | None) -> dict[str, float]:
+    """Divides by the content-free distribution so a label the model likes by default is not picked."""
+    if not probabilities or not content_free:
+        return probabilities
+    scaled = {k: v / max(content_free.get(k, 0.0), 1e-6) for k, v in probabilities.items()}
+    total = sum(scaled.values())
+    return {k: v / total for k, v in scaled.items()} if total > 0 else probabilities
+
+
+def to_prediction(task: LabelTask, scores: LabelScores, content_free: dict[str, float] | None,
+                  tier: Tier) -> LabelPrediction:
+    """The parse step: never raises; an unusable answer is an invalid prediction with confidence 0."""
+    if scores.error or not scores.probabilities:
+        return LabelPrediction(task.name, None, 0.0, {}, tier, valid=False, error=scores.error or "no scores")
+    dist = calibrate(scores.probabilities, content_free)
+    label = max(dist, key=dist.get)
+    return LabelPrediction(task.name, label, float(dist[label]), dist, tier)
