@@ -1,0 +1,152 @@
+"""The one Beam graph: inputs -> ingest -> small tier -> route -> large tier -> sinks. Read top to bottom.
+
+Runs in-process with FnApiRunner by default (named explicitly: DirectRunner would first try to fetch
+the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark through --runner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+import fsspec
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from processors import sinks
+from processors.ingest import ingest
+from processors.tiers import TierModelHandler, needs_large
+from schemas.config import Config
+from schemas.records import Document, Rejected
+from schemas.tables import RESULT_TABLES
+
+log = logging.getLogger(__name__)
+NAMESPACE = "sluicegate"
+
+
+@dataclass
+class RunSpec:
+    """Everything one pipeline run needs; picklable, so it travels to remote workers."""
+
+    run_id: str
+    run_date: str  # YYYY-MM-DD
+    inputs: list[tuple[str, str]]  # (uri, source)
+    sources: list[str]  # sources whose partitions this run owns (written even when empty)
+    config: Config
+    config_hash: str
+    out_root: str
+    shard: str = "00000"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def read_and_ingest(item: tuple[str, str], config: Config) -> Iterator[Document | Rejected]:
+    """Reads one input's bytes (any fsspec URL) and ingests it. I/O failures become retriable errors."""
+    uri, source = item
+    try:
+        with fsspec.open(uri, "rb") as f:
+            size = getattr(f, "size", None)
+            limit = config.pdf.max_bytes if source == "pdf" else 500_000_000
+            if size is not None and size > limit:
+                records: list = [Rejected(uri, source, "ingest", "too_large", f"{size} bytes > limit {limit}")]
+            else:
+                records = ingest(uri, source, f.read(), config)
+    except OSError as e:
+        records = [Rejected(uri, source, "read", "read_failed", f"{type(e).__name__}: {e}"[:500], retriable=True)]
+    for record in records:
+        Metrics.counter(NAMESPACE, "inputs").inc()
+        Metrics.counter(NAMESPACE, f"inputs_{source}").inc()
+        yield record
+
+
+class _Split(beam.DoFn):
+    """Documents to the main output; rejections (and documents a stage failed on) to 'errors'."""
+
+    def process(self, record: Document | Rejected) -> Iterator:
+        if isinstance(record, Rejected):
+            yield beam.pvalue.TaggedOutput("errors", record)
+        elif record.error:
+            yield beam.pvalue.TaggedOutput("errors", sinks.document_error(record))
+        else:
+            yield record
+
+
+def _keyed_rows(spec: RunSpec) -> beam.PTransform:
+    """Final documents -> ((table, source), row) for results and fields."""
+
+    def rows(doc: Document) -> Iterable[tuple[tuple[str, str], dict]]:
+        Metrics.counter(NAMESPACE, f"decided_{sinks.overall_tier(doc.decided_by)}").inc()
+        yield ("results", doc.source), sinks.result_row(doc, spec.config, spec.run_id, spec.config_hash)
+        for row in sinks.field_rows(doc, spec.config, spec.run_id):
+            yield ("fields", doc.source), row
+
+    return beam.FlatMap(rows)
+
+
+class _WritePartition(beam.DoFn):
+    def __init__(self, spec: RunSpec):
+        self._spec = spec
+
+    def process(self, element: tuple[tuple[str, str], Iterable[dict | None]]) -> Iterator[tuple[str, int]]:
+        (table, source), rows = element
+        real = [r for r in rows if r is not None]
+        s = self._spec
+        n = sinks.write_table_partition(s.out_root, table, s.run_date, source, real, s.config, s.shard)
+        Metrics.counter(NAMESPACE, f"rows_{table}").inc(n)
+        yield f"{table}/{source}", n
+
+
+def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
+    config = spec.config
+    records = (
+        p
+        | "Inputs" >> beam.Create(spec.inputs)
+        | "Reshuffle" >> beam.Reshuffle()  # spread files over workers before the expensive parse
+        | "Ingest" >> beam.FlatMap(read_and_ingest, config)
+    )
+    ingested = records | "SplitIngest" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
+
+    small = ingested.docs | "SmallTier" >> RunInference(TierModelHandler(config, "small"))
+    after_small = small | "SplitSmall" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
+
+    kept, escalated = after_small.docs | "Route" >> beam.Partition(lambda d, _: int(needs_large(d)), 2)
+    large = escalated | "LargeTier" >> RunInference(TierModelHandler(config, "large"))
+    final_docs = (kept, large) | "AllDecided" >> beam.Flatten()
+
+    doc_rows = final_docs | "Rows" >> _keyed_rows(spec)
+    error_rows = (
+        (ingested.errors, after_small.errors)
+        | "AllErrors" >> beam.Flatten()
+        | "ErrorRows" >> beam.Map(lambda r: (("errors", r.source), sinks.error_row(r, spec.run_id)))
+    )
+    # Every partition this run owns is written, even empty, so a rerun replaces what an earlier run wrote.
+    owned = p | "OwnedPartitions" >> beam.Create(
+        [((table, source), None) for table in RESULT_TABLES for source in spec.sources])
+    return (
+        (doc_rows, error_rows, owned)
+        | "AllRows" >> beam.Flatten()
+        | "ByPartition" >> beam.GroupByKey()
+        | "Write" >> beam.ParDo(_WritePartition(spec))
+    )
+
+
+def run_pipeline(spec: RunSpec, runner: str = "FnApiRunner", pipeline_args: list[str] | None = None) -> dict[str, int]:
+    """Runs the graph and returns its counters (inputs, rows per table, decisions per tier)."""
+    options = PipelineOptions(pipeline_args or [])
+    if runner == "FnApiRunner":
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        beam_runner = FnApiRunner()
+    else:
+        beam_runner = runner
+    p = beam.Pipeline(runner=beam_runner, options=options)
+    build_pipeline(p, spec)
+    result = p.run()
+    result.wait_until_finish()
+    counters: dict[str, int] = {}
+    for c in result.metrics().query(beam.metrics.MetricsFilter())["counters"]:
+        key = c.key.metric.name if c.key.metric.namespace == NAMESPACE else f"{c.key.metric.namespace}.{c.key.metric.name}"
+        counters[key] = counters.get(key, 0) + (c.committed or c.attempted or 0)
+    return counters

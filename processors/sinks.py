@@ -1,0 +1,110 @@
+"""Rows for the output tables, and atomic partition writes.
+
+A partition is `<out>/<table>/run_date=<date>/source=<source>/part-<shard>.parquet`. It is written
+to a temporary file beside its final name and renamed into place, so a reader sees the old file or
+the new one, never half of one, and a rerun of the date replaces it instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from processors.routing import overall_tier
+from processors.tasks import extract, label
+from schemas.config import Config
+from schemas.records import Document, Rejected
+from schemas.tables import SCHEMA_VERSION, table_schema
+
+TASK_VERSIONS = {"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}
+
+
+def result_row(doc: Document, config: Config, run_id: str, config_hash: str) -> dict:
+    row: dict = {"doc_id": doc.doc_id, "uri": doc.uri}
+    for task in config.tasks:
+        pred = doc.labels.get(task.name)
+        row[task.name] = pred.label if pred else None
+        row[f"{task.name}_confidence"] = pred.confidence if pred else None
+        row[f"{task.name}_decided_by"] = doc.decided_by.get(task.name) if pred else None
+    small, large = doc.usage.get("small"), doc.usage.get("large")
+    row.update(
+        decided_by=overall_tier(doc.decided_by),
+        escalation_reasons=list(doc.escalation_reasons),
+        escalation_failed=doc.escalation_failed,
+        n_pages=len(doc.pages) or 1,
+        n_chars=len(doc.text),
+        metadata=sorted(doc.metadata.items()),
+        small_model_version=doc.model_versions.get("small"),
+        large_model_version=doc.model_versions.get("large"),
+        task_versions=sorted(TASK_VERSIONS.items()),
+        config_hash=config_hash,
+        small_prompt_tokens=small.prompt_tokens if small else 0,
+        small_completion_tokens=small.completion_tokens if small else 0,
+        large_prompt_tokens=large.prompt_tokens if large else 0,
+        large_completion_tokens=large.completion_tokens if large else 0,
+        small_seconds=small.seconds if small else 0.0,
+        large_seconds=large.seconds if large else 0.0,
+        schema_version=SCHEMA_VERSION,
+        run_id=run_id,
+    )
+    return row
+
+
+def field_rows(doc: Document, config: Config, run_id: str) -> list[dict]:
+    types = {f.name: f.type for f in config.fields.get(doc.source, [])}
+    rows = []
+    for name, pred in sorted(doc.fields.items()):
+        rows.append({
+            "doc_id": doc.doc_id, "uri": doc.uri, "field": name, "type": types.get(name), "value": pred.value,
+            "normalized": pred.normalized, "confidence": pred.confidence, "page": pred.page,
+            "span_start": pred.span_start, "span_end": pred.span_end,
+            "decided_by": doc.decided_by.get(f"field:{name}", pred.tier), "valid": pred.valid,
+            "problems": list(pred.problems), "model_version": doc.model_versions.get(pred.tier),
+            "task_version": extract.TASK_VERSION, "schema_version": SCHEMA_VERSION, "run_id": run_id,
+        })
+    return rows
+
+
+def error_row(rejected: Rejected, run_id: str) -> dict:
+    return {"uri": rejected.uri, "doc_id": rejected.doc_id, "stage": rejected.stage, "reason": rejected.reason,
+                "message": rejected.message, "retriable": rejected.retriable, "schema_version": SCHEMA_VERSION,
+                "run_id": run_id}
+
+
+def document_error(doc: Document) -> Rejected:
+    """A document that failed after ingest (e.g. the small tier crashed on it): retriable next run."""
+    return Rejected(uri=doc.uri, source=doc.source, stage="inference", reason="model_failed",
+                    message=doc.error or "unknown", retriable=True, doc_id=doc.doc_id)
+
+
+def partition_path(out_root: str, table: str, run_date: str, source: str | None, shard: str = "00000") -> Path:
+    path = Path(out_root) / table / f"run_date={run_date}"
+    if source is not None:
+        path = path / f"source={source}"
+    return path / f"part-{shard}.parquet"
+
+
+def write_partition(path: Path, rows: Iterable[dict], schema: pa.Schema) -> int:
+    """Writes rows to `path` atomically (temp file + rename). Returns the number of rows."""
+    table = pa.Table.from_pylist(list(rows), schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # dot-prefixed: readers' globs skip it
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return table.num_rows
+
+
+def write_table_partition(out_root: str, table: str, run_date: str, source: str | None, rows: list[dict],
+                          config: Config, shard: str = "00000") -> int:
+    schema = table_schema(table, [t.name for t in config.tasks])
+    return write_partition(partition_path(out_root, table, run_date, source, shard), rows, schema)

@@ -1,0 +1,161 @@
+"""One tier's work on a batch of documents, and the Beam ModelHandler that holds its model.
+
+The model lives only behind TierModelHandler: loaded once per worker (Beam's shared handle),
+called with batches. The small tier predicts every task and field of every document; the large
+tier predicts only the items the small tier escalated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from apache_beam.ml.inference.base import ModelHandler
+
+from processors.models import Runtime, load_runtime
+from processors.routing import route
+from processors.tasks import extract, label
+from schemas.config import Config, TierModel
+from schemas.records import Document, Tier, Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedTier:
+    runtime: Runtime
+    content_free: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (task, source)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "\n[...]"
+
+
+def _requested(doc: Document, item: str, only_escalated: bool) -> bool:
+    return not only_escalated or doc.decided_by.get(item) == "large"
+
+
+def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, config: Config,
+            tier: Tier) -> None:
+    """Fills doc.labels / doc.fields for the items this tier is asked for (all, or the escalated ones)."""
+    only_escalated = tier == "large"
+    style = tier_cfg.prompt_style
+    started = time.perf_counter()
+    usage = {d.doc_id + d.uri: Usage() for d in docs}
+    for task in config.tasks:
+        batch = [d for d in docs if d.source in task.sources and _requested(d, task.name, only_escalated)]
+        if not batch:
+            continue
+        prompts = [label.build_prompt(task, style, d.source, _cut(d.text, tier_cfg.max_doc_chars)) for d in batch]
+        targets = label.targets_for(task, style)
+        scores = label.score_labels(loaded.runtime, prompts, targets, tier_cfg.top_logprobs)
+        for doc, score in zip(batch, scores):
+            content_free = _content_free(loaded, tier_cfg, task, doc.source) if tier_cfg.contextual_calibration else None
+            doc.labels[task.name] = label.to_prediction(task, score, content_free, tier)
+            usage[doc.doc_id + doc.uri].add(score.usage)
+    for source, specs in config.fields.items():
+        # Documents that need the same fields share one JSON schema, so they decode together in one batch.
+        groups: dict[tuple[str, ...], list[Document]] = {}
+        for doc in (d for d in docs if d.source == source):
+            wanted = tuple(s.name for s in specs if _requested(doc, f"field:{s.name}", only_escalated))
+            if wanted:
+                groups.setdefault(wanted, []).append(doc)
+        for wanted_names, batch in groups.items():
+            wanted = [s for s in specs if s.name in wanted_names]
+            prompts = [extract.build_prompt(wanted, style, source, _cut(d.text, tier_cfg.max_doc_chars)) for d in batch]
+            completions = loaded.runtime.complete(prompts, max_tokens=tier_cfg.max_field_tokens, top_logprobs=1,
+                                                  json_schema=extract.json_schema(wanted))
+            for doc, completion in zip(batch, completions):
+                doc.fields.update(extract.parse(completion, wanted, doc, tier))
+                usage[doc.doc_id + doc.uri].add(Usage(completion.prompt_tokens, completion.completion_tokens))
+    elapsed = time.perf_counter() - started
+    for doc in docs:
+        u = usage[doc.doc_id + doc.uri]
+        u.seconds = elapsed / max(len(docs), 1)
+        doc.usage.setdefault(tier, Usage()).add(u)
+        doc.model_versions[tier] = loaded.runtime.version
+
+
+def _content_free(loaded: LoadedTier, tier_cfg: TierModel, task, source: str) -> dict[str, float] | None:
+    """Mean label distribution over content-free inputs; computed once per task and source per worker."""
+    key = (task.name, source)
+    if key not in loaded.content_free:
+        prompts = [label.build_prompt(task, tier_cfg.prompt_style, source, t) for t in label.CONTENT_FREE_INPUTS]
+        scores = [s for s in label.score_labels(loaded.runtime, prompts, label.targets_for(task, tier_cfg.prompt_style),
+                                                 tier_cfg.top_logprobs) if s.probabilities]
+        if not scores:
+            return None
+        loaded.content_free[key] = {k: sum(s.probabilities[k] for s in scores) / len(scores) for k in task.labels}
+    return loaded.content_free[key]
+
+
+def apply_route(doc: Document, config: Config, tier: Tier) -> None:
+    """Records which tier decides each item; failed items go up one tier, with reasons."""
+    labels = {k: v for k, v in doc.labels.items() if v.tier == tier}
+    fields = {k: v for k, v in doc.fields.items() if v.tier == tier}
+    decision = route(labels, fields, config.thresholds, tier)
+    for item in decision.passed:
+        doc.decided_by[item] = tier
+    for item in decision.failed:
+        doc.decided_by[item] = "large" if tier == "small" else "review"
+    doc.escalation_reasons.extend(f"{tier}:{r}" for r in decision.reasons)
+
+
+def needs_large(doc: Document) -> bool:
+    return any(t == "large" for t in doc.decided_by.values())
+
+
+class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
+    """Beam ModelHandler for one tier: loads the runtime once, predicts and routes a batch."""
+
+    def __init__(self, config: Config, tier: Tier):
+        self._config = config
+        self._tier = tier
+        tier_cfg = config.small if tier == "small" else config.large
+        # Batches as large as the runtime's parallel sequences: one decode serves them all.
+        super().__init__(min_batch_size=1, max_batch_size=tier_cfg.parallel_sequences * 2)
+
+    @property
+    def _tier_cfg(self) -> TierModel:
+        return self._config.small if self._tier == "small" else self._config.large
+
+    def load_model(self) -> LoadedTier:
+        started = time.perf_counter()
+        loaded = LoadedTier(load_runtime(self._tier_cfg))
+        log.info("%s tier loaded %s in %.1fs", self._tier, loaded.runtime.version, time.perf_counter() - started)
+        return loaded
+
+    def run_inference(self, batch: Sequence[Document], model: LoadedTier,
+                      inference_args: dict | None = None) -> Iterable[Document]:
+        try:
+            predict(batch, model, self._tier_cfg, self._config, self._tier)
+        except Exception as e:
+            log.exception("%s tier failed on a batch of %d", self._tier, len(batch))
+            for doc in batch:
+                if self._tier == "small":
+                    doc.error = f"small tier failed: {type(e).__name__}: {e}"[:500]
+                else:
+                    self._keep_small_answers(doc, f"{type(e).__name__}: {e}")
+            return batch
+        for doc in batch:
+            if not doc.error:
+                apply_route(doc, self._config, self._tier)
+        return batch
+
+    @staticmethod
+    def _keep_small_answers(doc: Document, why: str) -> None:
+        """Large tier failed: the small tier's answers stand, marked, and the next run retries them."""
+        doc.escalation_failed = True
+        doc.escalation_reasons.append(f"large:failed({why[:200]})")
+        for item, tier in list(doc.decided_by.items()):
+            if tier == "large":
+                doc.decided_by[item] = "small"
+
+    def get_metrics_namespace(self) -> str:
+        return f"sluicegate_{self._tier}"
+
+    def share_model_across_processes(self) -> bool:
+        return False
+
