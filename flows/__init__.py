@@ -1,0 +1,1 @@
+"""Prefect flows, deployments and the CLI. Thin: discovery, I/O, retries, artifacts."""

@@ -1,0 +1,179 @@
+"""The nightly flow: discover a date's inputs, run the Beam pipeline, check the invariant, record the run."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import fsspec
+import polars as pl
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from processors.pipeline import RunSpec, run_pipeline
+from processors.sinks import partition_path, write_partition
+from schemas.config import Config, load_config
+from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "fixtures" / "sluicegate.toml"
+
+
+def resolve_config(config_path: str | None) -> tuple[Config, str]:
+    """An explicit file, else ./sluicegate.toml, else the bundled fixtures' configuration."""
+    candidates = [config_path] if config_path else ["sluicegate.toml", str(DEFAULT_CONFIG)]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return load_config(candidate), str(Path(candidate).resolve())
+    if config_path:
+        raise FileNotFoundError(f"configuration file {config_path} does not exist")
+    return Config(), "<defaults>"
+
+
+def config_hash(config: Config) -> str:
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+
+
+def code_version() -> str:
+    from importlib.metadata import version
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version('sluicegate')}+{commit}" if commit else version("sluicegate")
+
+
+@task(retries=2, retry_delay_seconds=[2, 10])
+def discover(inbox: str, sources: list[str], run_date: str) -> list[tuple[str, str]]:
+    """Every file under <inbox>/<source>/<run_date>/ (recursively), as (uri, source), sorted."""
+    fs, root = fsspec.core.url_to_fs(inbox)
+    found: list[tuple[str, str]] = []
+    for source in sources:
+        folder = f"{root.rstrip('/')}/{source}/{run_date}"
+        if not fs.exists(folder):
+            continue
+        for path in sorted(fs.find(folder)):
+            if Path(path).name.startswith("."):
+                continue  # hidden and temporary files are not inputs
+            found.append((fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local")) else path,
+                          source))
+    return found
+
+
+@task
+def run_beam(spec: RunSpec, runner: str) -> dict[str, int]:
+    return run_pipeline(spec, runner=runner)
+
+
+def read_partition(out_root: str, table: str, run_date: str, sources: list[str]) -> pl.DataFrame:
+    frames = []
+    for source in sources:
+        path = partition_path(out_root, table, run_date, source)
+        if path.exists():
+            frames.append(pl.read_parquet(path).with_columns(pl.lit(source).alias("source")))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> dict[str, dict[str, float]]:
+    """Escalation and review rates per task (and for fields), from the tables as written."""
+    escalation, review = {}, {}
+    for task_name in [t.name for t in config.tasks]:
+        col = f"{task_name}_decided_by"
+        if results.is_empty() or col not in results.columns:
+            continue
+        decided = results[col].drop_nulls()
+        if len(decided):
+            escalation[task_name] = float((decided != "small").mean())
+            review[task_name] = float((decided == "review").mean())
+    if not fields.is_empty():
+        escalation["fields"] = float((fields["decided_by"] != "small").mean())
+        review["fields"] = float((fields["decided_by"] == "review").mean())
+    return {"escalation": escalation, "review": review}
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(run_date: date | None = None, inbox: str | None = None, out: str | None = None,
+            config_path: str | None = None, runner: str = "FnApiRunner") -> dict:
+    """Processes one date's documents. run_date defaults to yesterday (UTC)."""
+    logger = get_run_logger()
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    day = (run_date or (date.today() - timedelta(days=1))).isoformat()
+    config, config_file = resolve_config(config_path)
+    inbox = inbox or config.inputs.inbox
+    out_root = out or config.output.root
+    sources = list(config.inputs.sources)
+    run_id = f"{day}-{started.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    logger.info("run %s: config %s, inbox %s, out %s", run_id, config_file, inbox, out_root)
+
+    inputs = discover(inbox, sources, day)
+    t_discover = time.perf_counter()
+    logger.info("discovered %d input files for %s", len(inputs), day)
+    spec = RunSpec(run_id=run_id, run_date=day, inputs=inputs, sources=sources, config=config,
+                   config_hash=config_hash(config), out_root=out_root)
+    counters = run_beam(spec, runner)
+    t_pipeline = time.perf_counter()
+
+    # Read back what was written: the invariant is checked on the tables, not on in-memory counts.
+    results = read_partition(out_root, "results", day, sources)
+    errors = read_partition(out_root, "errors", day, sources)
+    fields = read_partition(out_root, "fields", day, sources)
+    n_inputs = int(counters.get("inputs", 0))
+    accounted = set(results["uri"].to_list() if len(results) else []) | set(errors["uri"].to_list() if len(errors) else [])
+    missing_files = [uri for uri, _ in inputs
+                     if uri not in accounted and not any(a.startswith(uri + "#") for a in accounted)]
+    invariant_ok = n_inputs == len(results) + len(errors) and not missing_files and len(accounted) == n_inputs
+
+    rates = summarize(results, fields, config)
+    tokens, cost = {}, {}
+    for tier, tier_cfg in (("small", config.small), ("large", config.large)):
+        n = int(results[f"{tier}_prompt_tokens"].sum() + results[f"{tier}_completion_tokens"].sum()) if len(results) else 0
+        tokens[tier] = n
+        cost[tier] = n / 1e6 * tier_cfg.price_per_million_tokens
+    small_seconds = float(results["small_seconds"].sum()) if len(results) else 0.0
+    finished = datetime.now(UTC)
+    timings = {"discover": t_discover - t0, "pipeline": t_pipeline - t_discover, "total": time.perf_counter() - t0}
+    run_row = {
+        "run_id": run_id, "schema_version": SCHEMA_VERSION, "started_at": started, "finished_at": finished, "sources": sources,
+        "n_inputs": n_inputs, "n_results": len(results), "n_errors": len(errors), "invariant_ok": invariant_ok,
+        "parameters": sorted({"run_date": day, "inbox": inbox, "out": out_root, "config": config_file,
+                           "runner": runner}.items()),
+        "escalation_rate": sorted(rates["escalation"].items()), "review_rate": sorted(rates["review"].items()),
+        "tokens": sorted(tokens.items()), "estimated_cost": sorted(cost.items()),
+        "model_versions": sorted({f"{tier}": v for tier in ("small", "large") if len(results)
+                               for v in results[f"{tier}_model_version"].drop_nulls().unique().to_list()[:1]}.items()),
+        "code_version": code_version(), "config_hash": spec.config_hash, "timings": sorted(timings.items()),
+        "docs_per_second_small": (len(results) / small_seconds) if small_seconds else None,
+    }
+    write_partition(partition_path(out_root, "runs", day, None, run_id), [run_row], RUNS_SCHEMA)
+
+    summary = {
+        "run_id": run_id, "run_date": day, "n_inputs": n_inputs, "n_results": len(results),
+        "n_errors": len(errors), "invariant_ok": invariant_ok, "escalation_rate": rates["escalation"],
+        "review_rate": rates["review"], "tokens": tokens, "seconds": round(timings["total"], 1),
+        "errors_by_reason": dict(errors.group_by("reason").len().iter_rows()) if len(errors) else {},
+        "decided_by": dict(results.group_by("decided_by").len().iter_rows()) if len(results) else {},
+        "docs_per_second_small": run_row["docs_per_second_small"], "out": out_root,
+    }
+    create_markdown_artifact(key=f"nightly-{day}", markdown=_markdown(summary),
+                             description=f"sluicegate nightly {day}")
+    if not invariant_ok:
+        raise RuntimeError(f"invariant failed: {n_inputs} inputs != {len(results)} results + {len(errors)} errors;"
+                           f" files with no row: {missing_files[:5]}")
+    return summary
+
+
+def _markdown(s: dict) -> str:
+    lines = [f"# sluicegate nightly {s['run_date']}", "", f"run `{s['run_id']}`", "",
+             "| metric | value |", "|---|---|"]
+    for key in ("n_inputs", "n_results", "n_errors", "invariant_ok", "seconds", "docs_per_second_small"):
+        lines.append(f"| {key} | {s[key]} |")
+    for name in ("escalation_rate", "review_rate", "tokens", "errors_by_reason", "decided_by"):
+        for k, v in s[name].items():
+            lines.append(f"| {name}.{k} | {v:.3f} |" if isinstance(v, float) else f"| {name}.{k} | {v} |")
+    return "\n".join(lines)
