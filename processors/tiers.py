@@ -56,19 +56,18 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
             doc.labels[task.name] = label.to_prediction(task, score, content_free, tier)
             usage[doc.doc_id + doc.uri].add(score.usage)
     for source, specs in config.fields.items():
-        # Documents that need the same fields share one JSON schema, so they decode together in one batch.
-        groups: dict[tuple[str, ...], list[Document]] = {}
-        for doc in (d for d in docs if d.source == source):
-            wanted = tuple(s.name for s in specs if _requested(doc, f"field:{s.name}", only_escalated))
-            if wanted:
-                groups.setdefault(wanted, []).append(doc)
-        for wanted_names, batch in groups.items():
-            wanted = [s for s in specs if s.name in wanted_names]
-            prompts = [extract.build_prompt(wanted, style, source, _cut(d.text, tier_cfg.max_doc_chars)) for d in batch]
-            completions = loaded.runtime.complete(prompts, max_tokens=tier_cfg.max_field_tokens, top_logprobs=1,
-                                                  json_schema=extract.json_schema(wanted))
+        for spec in specs:
+            # One call per field over the batch: each document keeps its llama.cpp slot, so its
+            # prefix (the document text and the field list) is evaluated once and reused.
+            batch = [d for d in docs if d.source == source and _requested(d, f"field:{spec.name}", only_escalated)]
+            if not batch:
+                continue
+            prompts = [extract.build_prompt(specs, spec, style, source, _cut(d.text, tier_cfg.max_doc_chars))
+                       for d in batch]
+            completions = loaded.runtime.complete(prompts, max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
+                                                  top_logprobs=10, grammar=extract.grammar(spec))
             for doc, completion in zip(batch, completions):
-                doc.fields.update(extract.parse(completion, wanted, doc, tier))
+                doc.fields[spec.name] = extract.parse(completion, spec, doc, tier)
                 usage[doc.doc_id + doc.uri].add(Usage(completion.prompt_tokens, completion.completion_tokens))
     elapsed = time.perf_counter() - started
     for doc in docs:
@@ -114,8 +113,10 @@ class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
         self._config = config
         self._tier = tier
         tier_cfg = config.small if tier == "small" else config.large
-        # Batches as large as the runtime's parallel sequences: one decode serves them all.
-        super().__init__(min_batch_size=1, max_batch_size=tier_cfg.parallel_sequences * 2)
+        # A batch is as large as the runtime's parallel sequences: they decode together, and each
+        # document keeps its slot (and its cached prefix) across the calls for its tasks and fields.
+        # Fixed size (Beam would otherwise start at 1 and grow): only a bundle's last batch is smaller.
+        super().__init__(min_batch_size=tier_cfg.parallel_sequences, max_batch_size=tier_cfg.parallel_sequences)
 
     @property
     def _tier_cfg(self) -> TierModel:

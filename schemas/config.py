@@ -61,7 +61,7 @@ class TierModel(_Strict):
     parallel_sequences: int = 8  # documents decoded together in one batch (llama.cpp slots)
     context_per_sequence: int = 1536  # tokens of context per slot
     max_doc_chars: int = 2000  # document text given to the model is cut to this many characters
-    max_field_tokens: int = 160  # generation budget for the JSON of extracted fields
+    max_field_tokens: int = 40  # generation budget per field value (also bounded by the field's type)
     top_logprobs: int = 40  # candidate tokens read per label position
     price_per_million_tokens: float = 0.0  # estimated cost, for the runs table
 

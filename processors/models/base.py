@@ -26,8 +26,11 @@ class Runtime(Protocol):
     version: str  # model version id written into output rows
 
     def complete(self, prompts: list[str], *, max_tokens: int, top_logprobs: int = 0,
-                 json_schema: dict | None = None) -> list[Completion]:
-        """Greedy completions for a batch of prompts, in order, one per prompt; never raises per prompt."""
+                 json_schema: dict | None = None, grammar: str | None = None) -> list[Completion]:
+        """Greedy completions for a batch of prompts, in order, one per prompt; never raises per prompt.
+
+        json_schema or grammar (llama.cpp's grammar syntax) constrain what can be generated.
+        """
         ...
 
     def close(self) -> None: ...

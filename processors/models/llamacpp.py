@@ -38,7 +38,7 @@ class LlamaCppRuntime:
         self.version = model_version(tier.model, tier.adapter)
 
     def complete(self, prompts: list[str], *, max_tokens: int, top_logprobs: int = 0,
-                 json_schema: dict | None = None) -> list[Completion]:
+                 json_schema: dict | None = None, grammar: str | None = None) -> list[Completion]:
         if not prompts:
             return []
         request: dict = {"prompt": prompts, "max_tokens": max_tokens, "temperature": 0.0,
@@ -47,6 +47,8 @@ class LlamaCppRuntime:
             request["n_probs"] = top_logprobs
         if json_schema is not None:
             request["json_schema"] = json_schema
+        if grammar is not None:
+            request["grammar"] = grammar
         response = self._server.handle_completions(request)
         if isinstance(response, dict) and "choices" in response:
             return _to_completions(response, len(prompts))

@@ -1,8 +1,11 @@
-"""Field extraction: JSON-schema-constrained decoding, one JSON object with every requested field.
+"""Field extraction: one JSON-schema-constrained value per field, assembled into one schema-valid record.
 
-Each value is checked against the source text (it must occur there: the evidence span) and its
-type's validator; its confidence is the minimum probability of the tokens that spell it, which does
-not shrink with the value's length the way a product would.
+The prompt ends inside the JSON object (`... JSON: {"invoice_number": `), so the model writes only the
+value: a JSON string or null, bounded by the field type's length. Keys and punctuation are never
+generated, which is most of the saving on a CPU (about 75 generated tokens/s batched on 2 cores), and
+a document's text cannot add keys. Each value is checked against the source text (it must occur
+there: the evidence span) and its type's validator. Its confidence is the minimum probability of the
+tokens that spell it, which does not shrink with the value's length the way a product would.
 """
 
 from __future__ import annotations
@@ -11,61 +14,80 @@ import json
 import math
 
 from processors.models.base import Completion
-from processors.tasks.normalize import find_span, normalize
+from processors.tasks.normalize import currency_evidence, find_span, normalize
 from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
-TASK_VERSION = "sluicegate.extract.v1"
+TASK_VERSION = "sluicegate.extract.v2"
 
-
-# Longest value per field type, in characters: generated tokens are the small tier's main cost
-# (about 75 tokens/s on 2 cores, batched), and a base model otherwise rambles to the limit.
+# Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}
 
 
-def json_schema(fields: list[FieldSpec]) -> dict:
-    """Every field present, string or null, nothing else: a document cannot add keys."""
-    return {
-        "type": "object",
-        "properties": {f.name: {"type": ["string", "null"], "maxLength": MAX_VALUE_CHARS.get(f.type, 80)}
-                       for f in fields},
-        "required": [f.name for f in fields],
-        "additionalProperties": False,
-    }
+def value_schema(spec: FieldSpec) -> dict:
+    """A JSON string (bounded by type) or null: nothing else can be generated."""
+    return {"type": ["string", "null"], "maxLength": MAX_VALUE_CHARS.get(spec.type, 80)}
 
 
-def build_prompt(fields: list[FieldSpec], style: Style, source: str, text: str) -> str:
+def grammar(spec: FieldSpec) -> str:
+    """llama.cpp (llguidance) grammar for the value: the JSON schema, plus what tokenizers glue to it.
+
+    Tokenizers merge the space after the colon with the quote (' "') and the closing quote with the
+    next comma ('",'). A grammar that forbids those tokens makes the model pick null or run on inside
+    the string, so an optional leading space and one trailing ',' or '}' are allowed; parse strips them.
+    """
+    return '%llguidance {}\nstart: " "? value end?\nend: "," | "}"\nvalue: %json ' + json.dumps(value_schema(spec))
+
+
+def max_tokens(spec: FieldSpec, limit: int) -> int:
+    return min(limit, MAX_VALUE_CHARS.get(spec.type, 80) + 2)  # a token is at least one character, plus quotes
+
+
+def build_prompt(fields: list[FieldSpec], field: FieldSpec, style: Style, source: str, text: str) -> str:
+    """All fields are described (same prefix for every field of a document); the answer starts at one key."""
     lines = "\n".join(f"- {f.name} ({f.type}): {f.description}".rstrip(": ") for f in fields)
     request = ("Copy these fields exactly as written in the text above; use null when a field is absent:\n"
                f"{lines}")
-    return frame(style, source, text, f"{request}\nJSON:" if style == "base" else request)
+    answer = f'JSON: {{"{field.name}":'  # no trailing space: models write ' "' as one token
+    if style == "base":
+        return frame(style, source, text, f"{request}\n{answer}")
+    return frame(style, source, text, request) + answer  # chatml: the assistant's answer is prefilled
 
 
-def _token_offsets(completion: Completion) -> list[tuple[int, int, float]]:
-    """(start, end, probability) of each generated token within completion.text."""
-    out, pos = [], 0
-    for token in completion.tokens:
-        out.append((pos, pos + len(token.token), math.exp(token.logprob)))
-        pos += len(token.token)
-    return out
+def _is_value_start(token: str) -> bool:
+    """Could this token start a JSON string-or-null value (what the grammar allows first)?"""
+    text = token.lstrip()
+    return text.startswith('"') or (bool(text) and ("null".startswith(text) or text.startswith("null")))
 
 
-def _value_confidence(completion: Completion, field: str, value: str | None) -> float:
-    """Min probability over the tokens that spell the field's value (or its null) in the generated JSON."""
-    text = completion.text
-    key = text.find(json.dumps(field))
-    if key < 0:
+def _value_confidence(completion: Completion, literal: str) -> float:
+    """Length-robust confidence of the generated value.
+
+    llama.cpp reports each token's probability before the grammar is applied. At the first position
+    the grammar allows only a quote or null, while the raw model spreads its mass over anything, so
+    the first token is renormalized over the allowed candidates in its top-k: that is the choice
+    between "absent" and "present". Inside the string, the raw probabilities of the tokens that
+    overlap the value's characters count as they are; the minimum over all of them is the confidence.
+    """
+    tokens = completion.tokens
+    start = completion.text.find(literal)
+    if not tokens or start < 0:
         return 0.0
-    literal = json.dumps(value, ensure_ascii=False) if value is not None else "null"
-    start = text.find(literal, key + len(field) + 2)
-    if start < 0:
-        start = text.find(json.dumps(value) if value is not None else "null", key)
-        if start < 0:
-            return 0.0
-    end = start + len(literal)
-    probs = [p for s, e, p in _token_offsets(completion) if s < end and e > start]
-    return min(probs) if probs else 0.0
+    first = tokens[0]
+    allowed = {t: math.exp(lp) for t, lp in first.top.items() if _is_value_start(t)}
+    chosen = math.exp(first.logprob)
+    total = sum(allowed.values()) + (0.0 if first.token in allowed else chosen)
+    probs = [chosen / total if total > 0 else 0.0]
+    if literal.startswith('"'):  # the characters between the quotes
+        inner_start, inner_end = start + 1, start + len(literal) - 1
+        pos = len(first.token)
+        for token in tokens[1:]:
+            end = pos + len(token.token)
+            if pos < inner_end and end > inner_start:
+                probs.append(math.exp(token.logprob))
+            pos = end
+    return min(probs)
 
 
 def _page_of(doc: Document, offset: int) -> int:
@@ -78,38 +100,37 @@ def _page_of(doc: Document, offset: int) -> int:
     return max(len(doc.pages), 1)
 
 
-def parse(completion: Completion, fields: list[FieldSpec], doc: Document, tier: Tier) -> dict[str, FieldPrediction]:
-    """The parse step: never raises. Unusable output makes every requested field invalid."""
-    def invalid(spec: FieldSpec, problem: str) -> FieldPrediction:
+def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier) -> FieldPrediction:
+    """The parse step: never raises. Unusable output is an invalid prediction naming its problem."""
+    def invalid(problem: str) -> FieldPrediction:
         return FieldPrediction(spec.name, None, None, 0.0, None, None, None, False, tier, [problem])
 
     if completion.error:
-        return {f.name: invalid(f, "model_error") for f in fields}
+        return invalid("model_error")
+    literal = completion.text.strip()
+    if literal[-1:] in (",", "}"):
+        literal = literal[:-1].rstrip()
     try:
-        data = json.loads(completion.text)
+        raw = json.loads(literal)
     except (json.JSONDecodeError, ValueError):
-        return {f.name: invalid(f, "invalid_json") for f in fields}
-    if not isinstance(data, dict):
-        return {f.name: invalid(f, "invalid_json") for f in fields}
-    out: dict[str, FieldPrediction] = {}
-    for spec in fields:
-        raw = data.get(spec.name)
-        value = None if raw is None else str(raw).strip() or None
-        confidence = _value_confidence(completion, spec.name, raw if isinstance(raw, str) or raw is None else None)
-        if spec.name not in data:
-            out[spec.name] = invalid(spec, "missing_key")
-            continue
-        if value is None:
-            out[spec.name] = FieldPrediction(spec.name, None, None, confidence, None, None, None, True, tier)
-            continue
-        normalized, problems = normalize(spec.type, value)
-        span = find_span(doc.text, value)
-        if span is None:
-            problems.append("not_in_source")
-        out[spec.name] = FieldPrediction(
-            spec.name, value, normalized, confidence,
-            _page_of(doc, span[0]) if span else None,
-            span[0] if span else None, span[1] if span else None,
-            not problems, tier, problems,
-        )
-    return out
+        return invalid("invalid_json")  # e.g. cut off at the token limit
+    if raw is not None and not isinstance(raw, str):
+        return invalid("not_a_string")
+    confidence = _value_confidence(completion, literal)
+    value = raw.strip() if raw else None
+    if value is not None and value.lower() in ("null", "none", "n/a"):
+        value = None  # a model writing null as a string means absent
+    if value is None:
+        return FieldPrediction(spec.name, None, None, confidence, None, None, None, True, tier)
+    normalized, problems = normalize(spec.type, value)
+    span = find_span(doc.text, value)
+    if span is None and spec.type == "currency" and normalized:  # "USD" is evidenced by "$" on the page
+        span = next((sp for alt in currency_evidence(normalized) if (sp := find_span(doc.text, alt))), None)
+    if span is None:
+        problems.append("not_in_source")
+    return FieldPrediction(
+        spec.name, value, normalized, confidence,
+        _page_of(doc, span[0]) if span else None,
+        span[0] if span else None, span[1] if span else None,
+        not problems, tier, problems,
+    )

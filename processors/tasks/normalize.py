@@ -79,6 +79,11 @@ def normalize(field_type: str, value: str) -> tuple[str | None, list[str]]:
     return norm, ([] if norm else ["empty"])
 
 
+def currency_evidence(code: str) -> list[str]:
+    """What can stand for an ISO currency in a document: the code itself and its symbols or names."""
+    return [code, *sorted((k for k, v in _CURRENCY_SYMBOLS.items() if v == code), key=len, reverse=True)]
+
+
 def find_span(text: str, value: str) -> tuple[int, int] | None:
     """Where the value occurs in the source text: exact, then case-insensitive, then ignoring whitespace."""
     if not value.strip():
