@@ -1,0 +1,33 @@
+"""Shared fixtures. Real components only: the real small model, real files, a real embedded Prefect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.settings import apply_defaults
+
+apply_defaults()
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+FIXTURE_DATE = "2026-11-20"
+
+
+@pytest.fixture(scope="session")
+def config():
+    from schemas.config import load_config
+
+    return load_config(FIXTURES / "sluicegate.toml")
+
+
+@pytest.fixture(scope="session")
+def small_runtime(config):
+    """The real Gemma 3 270M in llama.cpp, loaded once for the session (about 2 s)."""
+    from processors.models import load_runtime
+
+    runtime = load_runtime(config.small)
+    yield runtime
+    runtime.close()

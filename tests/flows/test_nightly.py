@@ -1,0 +1,101 @@
+"""End to end: the real nightly flow (embedded Prefect) with the real models on the bundled fixtures."""
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, RUNS_SCHEMA, results_schema
+from tests.conftest import FIXTURE_DATE, FIXTURES
+
+EXPECTED_ERRORS = {
+    "broken_truncated.pdf": "corrupt_pdf",
+    "not_a_pdf.pdf": "not_a_pdf",
+    "encrypted_no_password.pdf": "encrypted_no_password",
+    "support_export.jsonl#L9": "malformed_json",
+    "web_form.csv#R4": "empty_body",
+}
+
+
+@pytest.fixture(scope="module")
+def nightly_run(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.nightly import nightly
+
+    out = tmp_path_factory.mktemp("out")
+    with prefect_test_harness():
+        summary = nightly(run_date=FIXTURE_DATE, out=str(out), config_path=str(FIXTURES / "sluicegate.toml"))
+    return summary, out
+
+
+def _table(out, name) -> pl.DataFrame:
+    return pl.read_parquet(out / name / "**" / "*.parquet", hive_partitioning=True)
+
+
+@pytest.mark.slow
+def test_every_input_is_in_results_or_errors(nightly_run):
+    summary, out = nightly_run
+    results, errors = _table(out, "results"), _table(out, "errors")
+    assert summary["invariant_ok"]
+    assert summary["n_inputs"] == len(results) + len(errors) == summary["n_results"] + summary["n_errors"]
+    uris = results["uri"].to_list() + errors["uri"].to_list()
+    assert len(uris) == len(set(uris))
+    for path in (FIXTURES / "inbox").rglob("*"):
+        if path.is_file():
+            assert any(u == str(path) or u.startswith(f"{path}#") for u in uris), path
+    assert results.filter(pl.col("uri").str.ends_with("encrypted_with_password.pdf")).height == 1
+
+
+@pytest.mark.slow
+def test_broken_inputs_are_errors_with_their_reason(nightly_run):
+    _, out = nightly_run
+    errors = _table(out, "errors")
+    got = {row["uri"].split("/")[-1]: row["reason"] for row in errors.iter_rows(named=True)}
+    assert got == EXPECTED_ERRORS
+
+
+@pytest.mark.slow
+def test_tables_have_the_declared_schemas_and_partitions(nightly_run, config):
+    _, out = nightly_run
+    expected = {"results": results_schema([t.name for t in config.tasks]), "fields": FIELDS_SCHEMA,
+                "errors": ERRORS_SCHEMA}
+    for table, schema in expected.items():
+        files = sorted((out / table / f"run_date={FIXTURE_DATE}").glob("source=*/part-*.parquet"))
+        assert {f.parent.name for f in files} == {"source=pdf", "source=tickets"}, table
+        for f in files:
+            assert pq.read_schema(f).equals(schema, check_metadata=False), f
+    [runs_file] = (out / "runs" / f"run_date={FIXTURE_DATE}").glob("part-*.parquet")
+    assert pq.read_schema(runs_file).equals(RUNS_SCHEMA, check_metadata=False)
+
+
+@pytest.mark.slow
+def test_small_and_large_tiers_both_decide_and_versions_are_recorded(nightly_run):
+    summary, out = nightly_run
+    results, fields = _table(out, "results"), _table(out, "fields")
+    decided = pl.concat([results[c] for c in ("category_decided_by", "sentiment_decided_by")]).drop_nulls()
+    assert "large" in decided.to_list() and "small" in decided.to_list()
+    assert results["small_model_version"].str.starts_with("gemma3-270m@").all()
+    escalated = results.filter(pl.col("decided_by") != "small")
+    assert escalated["large_model_version"].str.starts_with("qwen2.5-coder-1.5b-instruct@").all()
+    assert (escalated["escalation_reasons"].list.len() > 0).all()
+    assert results.filter(pl.col("source") == "tickets")["category"].is_in(
+        ["ACCOUNT", "CANCELLATION_FEE", "CONTACT", "DELIVERY", "FEEDBACK", "INVOICE", "NEWSLETTER", "ORDER",
+         "PAYMENT", "REFUND", "SHIPPING_ADDRESS"]).all()
+    assert results["sentiment"].is_in(["negative", "neutral", "positive"]).all()
+    # Every valid field value occurs in its document: the evidence span is real.
+    valid = fields.filter(pl.col("valid") & pl.col("value").is_not_null())
+    assert valid.height > 0 and valid["span_start"].is_not_null().all()
+    assert set(summary["escalation_rate"]) >= {"category", "sentiment", "fields"}
+
+
+@pytest.mark.slow
+def test_runs_row_records_the_run(nightly_run):
+    summary, out = nightly_run
+    runs = _table(out, "runs")
+    assert runs.height == 1
+    row = runs.row(0, named=True)
+    assert row["run_id"] == summary["run_id"] and row["invariant_ok"]
+    assert row["n_inputs"] == row["n_results"] + row["n_errors"]
+    assert row["tokens"]["small"] > 0 and row["tokens"]["large"] > 0  # Parquet maps read back as dicts
+    assert set(row["model_versions"]) == {"small", "large"}
+    assert set(row["escalation_rate"]) >= {"category", "sentiment"}

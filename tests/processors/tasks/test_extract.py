@@ -1,0 +1,124 @@
+import json
+import math
+
+import pytest
+
+from processors.models.base import Completion, TokenLogprob
+from processors.tasks import extract
+from processors.tasks.normalize import find_span, normalize
+from schemas.config import FieldSpec
+from schemas.records import Document
+
+FIELDS = [FieldSpec(name="invoice_number", type="id"), FieldSpec(name="date", type="date"),
+          FieldSpec(name="total_amount", type="amount"), FieldSpec(name="currency", type="currency")]
+DOC = Document(doc_id="d", source="pdf", uri="u", text="Invoice Number: 42183017\nInvoice Date: August 3 , 2014\n"
+               "TOTAL $4.11", pages=["Invoice Number: 42183017\nInvoice Date: August 3 , 2014\nTOTAL $4.11"])
+
+
+def _completion(value, low: bool = False) -> Completion:
+    """A generated JSON value, one token per character; with `low`, the value's characters get p=0.1."""
+    text = json.dumps(value)
+    inner = range(1, len(text) - 1) if isinstance(value, str) else range(len(text))
+    tokens = [TokenLogprob(ch, math.log(0.1 if low and i in inner else 0.99)) for i, ch in enumerate(text)]
+    # At the first position the raw model also likes tokens the grammar forbids; they must not count.
+    tokens[0].top = {tokens[0].token: tokens[0].logprob, "\n": math.log(0.5), " The": math.log(0.3)}
+    return Completion(text, tokens, 10, len(tokens))
+
+
+def _parse(value, spec=FIELDS[0], low=False):
+    return extract.parse(_completion(value, low), spec, DOC, "small")
+
+
+def test_parse_finds_spans_normalizes_and_scores():
+    number = _parse("42183017")
+    assert number.valid and number.span_start == DOC.text.index("42183017") and number.page == 1
+    assert number.confidence == pytest.approx(0.99)
+    date = _parse("August 3, 2014", FIELDS[1])
+    assert date.normalized == "2014-08-03" and date.valid  # whitespace before the comma tolerated
+    assert _parse("4.11", FIELDS[2]).normalized == "4.11"
+    absent = _parse(None, FIELDS[3])
+    assert absent.value is None and absent.valid and absent.confidence == pytest.approx(1.0)  # only allowed start
+
+
+def test_value_not_in_source_is_invalid_and_confidence_is_the_minimum_token():
+    wrong = _parse("99999", low=True)
+    assert not wrong.valid and wrong.problems == ["not_in_source"]
+    assert wrong.confidence == pytest.approx(0.1)
+
+
+def test_first_token_is_renormalized_over_what_the_grammar_allows():
+    completion = Completion("null", [TokenLogprob("null", math.log(0.02),
+                                                  {"null": math.log(0.02), '"': math.log(0.02), "\n": math.log(0.9)})],
+                            5, 1)
+    assert extract.parse(completion, FIELDS[0], DOC, "small").confidence == pytest.approx(0.5)
+
+
+def test_confidence_does_not_shrink_with_length():
+    assert _parse("42").confidence == pytest.approx(_parse("42183017").confidence)
+
+
+@pytest.mark.parametrize("text, problem", [("", "invalid_json"), ("not json", "invalid_json"),
+                                           ('"4218', "invalid_json"), ("[1, 2]", "not_a_string"),
+                                           ("12", "not_a_string")])
+def test_parse_never_raises_on_garbage(text, problem):
+    out = extract.parse(Completion(text, [], 0, 0), FIELDS[0], DOC, "small")
+    assert not out.valid and out.problems == [problem] and out.field == "invoice_number"
+
+
+def test_parse_strips_what_the_grammar_allows_around_the_value():
+    for text in (' "42183017",', '"42183017"}', ' "42183017"'):
+        out = extract.parse(Completion(text, [TokenLogprob(text, 0.0)], 1, 1), FIELDS[0], DOC, "small")
+        assert out.value == "42183017" and out.valid, text
+    assert extract.parse(Completion('"null"', [], 1, 1), FIELDS[0], DOC, "small").value is None
+
+
+def test_grammar_wraps_the_value_schema():
+    g = extract.grammar(FIELDS[2])
+    assert g.startswith("%llguidance") and '"maxLength": 20' in g and 'end: "," | "}"' in g
+
+
+def test_currency_code_is_evidenced_by_its_symbol():
+    out = _parse("USD", FIELDS[3])
+    assert out.valid and DOC.text[out.span_start:out.span_end] == "$"
+
+
+def test_parse_model_error():
+    assert extract.parse(Completion("", [], 0, 0, error="down"), FIELDS[1], DOC, "large").problems == ["model_error"]
+
+
+def test_value_schema_allows_only_a_bounded_string_or_null():
+    schema = extract.value_schema(FIELDS[2])
+    assert schema == {"type": ["string", "null"], "maxLength": 20}
+    assert extract.max_tokens(FIELDS[2], 40) == 22 and extract.max_tokens(FIELDS[0], 8) == 8
+
+
+def test_prompt_shares_the_prefix_across_fields_and_ends_at_the_key():
+    a = extract.build_prompt(FIELDS, FIELDS[0], "base", "pdf", DOC.text)
+    b = extract.build_prompt(FIELDS, FIELDS[1], "base", "pdf", DOC.text)
+    assert a.endswith('JSON: {"invoice_number":') and b.endswith('JSON: {"date":')
+    assert a[: a.rindex("JSON:")] == b[: b.rindex("JSON:")]
+    assert extract.build_prompt(FIELDS, FIELDS[0], "chatml", "pdf", "x").endswith(
+        '<|im_start|>assistant\nJSON: {"invoice_number":')
+
+
+@pytest.mark.parametrize("field_type, value, expected", [
+    ("date", "August 3 , 2014", "2014-08-03"), ("date", "31/12/2017", "2017-12-31"), ("date", "2017-12-31", "2017-12-31"),
+    ("amount", "$1,234.50", "1234.50"), ("amount", "1.234,5", "1234.50"), ("amount", "₹ 1939", "1939.00"),
+    ("currency", "$", "USD"), ("currency", "eur", "EUR"), ("currency", "US Dollars", "USD"),
+    ("email", " Ann@Example.com ", "ann@example.com"), ("name", "Ann  Lee", "Ann Lee"),
+])
+def test_normalizers(field_type, value, expected):
+    normalized, problems = normalize(field_type, value)
+    assert normalized == expected and problems == []
+
+
+@pytest.mark.parametrize("field_type, value", [("date", "yesterday"), ("amount", "n/a"), ("currency", "shells"),
+                                               ("email", "nope"), ("name", "wanna switch to the Gold account")])
+def test_validators_reject(field_type, value):
+    assert normalize(field_type, value)[1]
+
+
+def test_find_span_variants():
+    assert find_span("Total: 4.11 USD", "4.11") == (7, 11)
+    assert find_span("NAME: John SMITH", "john smith") == (6, 16)
+    assert find_span("a b", "zzz") is None and find_span("abc", "  ") is None

@@ -1,0 +1,51 @@
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from processors import sinks
+from schemas.records import Document, FieldPrediction, LabelPrediction, Rejected, Usage
+from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, SCHEMA_VERSION, results_schema
+
+
+def _doc() -> Document:
+    doc = Document(doc_id="abc", source="tickets", uri="f.jsonl#L1", text="hello", pages=["hello"],
+                   metadata={"ticket_id": "T-1"})
+    doc.labels["category"] = LabelPrediction("category", "ORDER", 0.9, {"ORDER": 0.9}, "large")
+    doc.fields["order_id"] = FieldPrediction("order_id", "123", "123", 0.8, 1, 0, 3, True, "small")
+    doc.decided_by = {"category": "large", "field:order_id": "small"}
+    doc.usage = {"small": Usage(10, 2, 0.5), "large": Usage(30, 1, 1.0)}
+    doc.model_versions = {"small": "s@1", "large": "l@2"}
+    return doc
+
+
+def test_rows_match_their_schemas_and_carry_versions(config, tmp_path):
+    row = sinks.result_row(_doc(), config, "run-1", "cfg")
+    assert row["decided_by"] == "large" and row["category_decided_by"] == "large"
+    assert row["sentiment"] is None and row["small_model_version"] == "s@1"
+    path = tmp_path / "results.parquet"
+    sinks.write_partition(path, [row], results_schema([t.name for t in config.tasks]))
+    back = pl.read_parquet(path)
+    assert back["schema_version"].to_list() == [SCHEMA_VERSION]
+    assert pq.read_schema(path).equals(results_schema([t.name for t in config.tasks]), check_metadata=False)
+    fields = sinks.field_rows(_doc(), config, "run-1")
+    sinks.write_partition(tmp_path / "fields.parquet", fields, FIELDS_SCHEMA)
+    assert pl.read_parquet(tmp_path / "fields.parquet")["decided_by"].to_list() == ["small"]
+
+
+def test_rewrite_replaces_the_partition_and_leaves_no_temp_files(tmp_path):
+    path = sinks.partition_path(str(tmp_path), "errors", "2026-11-20", "pdf")
+    bad = Rejected("a.pdf", "pdf", "ingest", "corrupt_pdf", "x")
+    sinks.write_partition(path, [sinks.error_row(bad, "r1")] * 3, ERRORS_SCHEMA)
+    sinks.write_partition(path, [sinks.error_row(bad, "r2")], ERRORS_SCHEMA)
+    assert pl.read_parquet(path)["run_id"].to_list() == ["r2"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_failed_write_keeps_the_old_partition(tmp_path):
+    path = tmp_path / "part-00000.parquet"
+    bad = Rejected("a.pdf", "pdf", "ingest", "corrupt_pdf", "x")
+    sinks.write_partition(path, [sinks.error_row(bad, "r1")], ERRORS_SCHEMA)
+    with pytest.raises(Exception):
+        sinks.write_partition(path, [{"uri": None}], ERRORS_SCHEMA)  # violates a non-null column
+    assert pl.read_parquet(path)["run_id"].to_list() == ["r1"]
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
