@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from processors.ingest import ingest
-from processors.tiers import LoadedTier, apply_route, predict
 from processors.models import load_runtime
+from processors.tiers import LoadedTier, apply_route, predict
 from schemas.config import load_config
 from schemas.records import Document
 

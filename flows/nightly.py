@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import subprocess
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
 
 import fsspec
 import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.locks import date_lock
+from processors.models.weights import model_version
 from processors.pipeline import RunSpec, run_pipeline
-from processors.sinks import partition_path, write_partition
+from processors.sinks import TASK_VERSIONS, partition_path, write_partition
 from schemas.config import Config, load_config
 from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
 
+Source = Literal["tickets", "pdf"]
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "fixtures" / "sluicegate.toml"
 
 
@@ -37,12 +44,24 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
 
 
+def version_key(config: Config) -> str:
+    """Everything that changes outputs: both models (and adapters), the configuration, task and schema versions."""
+    parts = {"small": model_version(config.small.model, config.small.adapter),
+             "large": model_version(config.large.model, config.large.adapter),
+             "config": config_hash(config), "tasks": TASK_VERSIONS, "schema": SCHEMA_VERSION}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def yesterday(tz: str) -> date:
+    return datetime.now(ZoneInfo(tz)).date() - timedelta(days=1)
+
+
 def code_version() -> str:
     from importlib.metadata import version
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+                                cwd=Path(__file__).parent, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{version('sluicegate')}+{commit}" if commit else version("sluicegate")
@@ -52,6 +71,7 @@ def code_version() -> str:
 def discover(inbox: str, sources: list[str], run_date: str) -> list[tuple[str, str]]:
     """Every file under <inbox>/<source>/<run_date>/ (recursively), as (uri, source), sorted."""
     fs, root = fsspec.core.url_to_fs(inbox)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
     found: list[tuple[str, str]] = []
     for source in sources:
         folder = f"{root.rstrip('/')}/{source}/{run_date}"
@@ -60,8 +80,7 @@ def discover(inbox: str, sources: list[str], run_date: str) -> list[tuple[str, s
         for path in sorted(fs.find(folder)):
             if Path(path).name.startswith("."):
                 continue  # hidden and temporary files are not inputs
-            found.append((fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local")) else path,
-                          source))
+            found.append((path if local else fs.unstrip_protocol(path), source))
     return found
 
 
@@ -77,6 +96,15 @@ def read_partition(out_root: str, table: str, run_date: str, sources: list[str])
         if path.exists():
             frames.append(pl.read_parquet(path).with_columns(pl.lit(source).alias("source")))
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def done_inputs(out_root: str, run_date: str, sources: list[str], key: str) -> frozenset[tuple[str, str]]:
+    """(uri, doc_id) of the inputs the manifest says are done with this version_key."""
+    manifest = read_partition(out_root, "manifest", run_date, sources)
+    if manifest.is_empty():
+        return frozenset()
+    done = manifest.filter(pl.col("done") & (pl.col("version_key") == key))
+    return frozenset(zip(done["uri"].to_list(), done["doc_id"].to_list(), strict=True))
 
 
 def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> dict[str, dict[str, float]]:
@@ -97,25 +125,43 @@ def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> di
 
 
 @flow(name="nightly", log_prints=True)
-def nightly(run_date: date | None = None, inbox: str | None = None, out: str | None = None,
-            config_path: str | None = None, runner: str = "FnApiRunner") -> dict:
-    """Processes one date's documents. run_date defaults to yesterday (UTC)."""
+def nightly(run_date: date | None = None, sources: list[Source] | None = None, reprocess: bool = False,
+            inbox: str | None = None, out: str | None = None, config_path: str | None = None,
+            runner: str = "FnApiRunner") -> dict:
+    """Processes one date's documents.
+
+    run_date: default yesterday in the configured time zone. sources: default all configured.
+    reprocess: recompute inputs already done with the current models and configuration (otherwise
+    they are skipped and their rows kept as they are). inbox, out, config_path override the configuration.
+    """
     logger = get_run_logger()
+    config, config_file = resolve_config(config_path)
+    day = (run_date or yesterday(config.schedule.timezone)).isoformat()
+    out_root = out or config.output.root
+    unknown = set(sources or []) - set(config.inputs.sources)
+    if unknown:
+        raise ValueError(f"sources {sorted(unknown)} are not configured (configured: {config.inputs.sources})")
+    with date_lock(out_root, day):  # one writer per date, whatever started the run
+        return _run_date(day, list(sources or config.inputs.sources), reprocess, inbox or config.inputs.inbox,
+                         out_root, config, config_file, runner, logger)
+
+
+def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_root: str, config: Config,
+              config_file: str, runner: str, logger: logging.Logger) -> dict:
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    day = (run_date or (date.today() - timedelta(days=1))).isoformat()
-    config, config_file = resolve_config(config_path)
-    inbox = inbox or config.inputs.inbox
-    out_root = out or config.output.root
-    sources = list(config.inputs.sources)
     run_id = f"{day}-{started.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    logger.info("run %s: config %s, inbox %s, out %s", run_id, config_file, inbox, out_root)
+    key = version_key(config)
+    logger.info("run %s: config %s, inbox %s, out %s, sources %s, reprocess %s", run_id, config_file, inbox,
+                out_root, sources, reprocess)
 
     inputs = discover(inbox, sources, day)
+    done = frozenset() if reprocess else done_inputs(out_root, day, sources, key)
     t_discover = time.perf_counter()
-    logger.info("discovered %d input files for %s", len(inputs), day)
+    logger.info("discovered %d input files for %s; %d inputs already done with version %s", len(inputs), day,
+                len(done), key)
     spec = RunSpec(run_id=run_id, run_date=day, inputs=inputs, sources=sources, config=config,
-                   config_hash=config_hash(config), out_root=out_root)
+                   config_hash=config_hash(config), out_root=out_root, version_key=key, done=done)
     counters = run_beam(spec, runner)
     t_pipeline = time.perf_counter()
 
@@ -124,7 +170,8 @@ def nightly(run_date: date | None = None, inbox: str | None = None, out: str | N
     errors = read_partition(out_root, "errors", day, sources)
     fields = read_partition(out_root, "fields", day, sources)
     n_inputs = int(counters.get("inputs", 0))
-    accounted = set(results["uri"].to_list() if len(results) else []) | set(errors["uri"].to_list() if len(errors) else [])
+    accounted = set(results["uri"].to_list() if len(results) else []) | set(
+        errors["uri"].to_list() if len(errors) else [])
     missing_files = [uri for uri, _ in inputs
                      if uri not in accounted and not any(a.startswith(uri + "#") for a in accounted)]
     invariant_ok = n_inputs == len(results) + len(errors) and not missing_files and len(accounted) == n_inputs
@@ -132,30 +179,34 @@ def nightly(run_date: date | None = None, inbox: str | None = None, out: str | N
     rates = summarize(results, fields, config)
     tokens, cost = {}, {}
     for tier, tier_cfg in (("small", config.small), ("large", config.large)):
-        n = int(results[f"{tier}_prompt_tokens"].sum() + results[f"{tier}_completion_tokens"].sum()) if len(results) else 0
+        n = int(results[f"{tier}_prompt_tokens"].sum() + results[f"{tier}_completion_tokens"].sum()) \
+            if len(results) else 0
         tokens[tier] = n
         cost[tier] = n / 1e6 * tier_cfg.price_per_million_tokens
+    # What sending every token to a hosted large model would have cost, for comparison.
+    cost["hosted_all"] = sum(tokens.values()) / 1e6 * config.hosted_price_per_million_tokens
     small_seconds = float(results["small_seconds"].sum()) if len(results) else 0.0
-    finished = datetime.now(UTC)
+    versions = {tier: v for tier in ("small", "large") if len(results)
+                for v in results[f"{tier}_model_version"].drop_nulls().unique().to_list()[:1]}
     timings = {"discover": t_discover - t0, "pipeline": t_pipeline - t_discover, "total": time.perf_counter() - t0}
-    run_row = {
-        "run_id": run_id, "schema_version": SCHEMA_VERSION, "started_at": started, "finished_at": finished, "sources": sources,
-        "n_inputs": n_inputs, "n_results": len(results), "n_errors": len(errors), "invariant_ok": invariant_ok,
-        "parameters": sorted({"run_date": day, "inbox": inbox, "out": out_root, "config": config_file,
-                           "runner": runner}.items()),
-        "escalation_rate": sorted(rates["escalation"].items()), "review_rate": sorted(rates["review"].items()),
-        "tokens": sorted(tokens.items()), "estimated_cost": sorted(cost.items()),
-        "model_versions": sorted({f"{tier}": v for tier in ("small", "large") if len(results)
-                               for v in results[f"{tier}_model_version"].drop_nulls().unique().to_list()[:1]}.items()),
-        "code_version": code_version(), "config_hash": spec.config_hash, "timings": sorted(timings.items()),
-        "docs_per_second_small": (len(results) / small_seconds) if small_seconds else None,
-    }
-    write_partition(partition_path(out_root, "runs", day, None, run_id), [run_row], RUNS_SCHEMA)
+    run_row = dict(
+        run_id=run_id, schema_version=SCHEMA_VERSION, started_at=started, finished_at=datetime.now(UTC),
+        sources=sources, n_inputs=n_inputs, n_results=len(results), n_errors=len(errors),
+        n_skipped=int(counters.get("skipped", 0)), invariant_ok=invariant_ok,
+        parameters={"run_date": day, "inbox": inbox, "out": out_root, "config": config_file, "runner": runner,
+                    "sources": ",".join(sources), "reprocess": str(reprocess).lower(), "version_key": key},
+        escalation_rate=rates["escalation"], review_rate=rates["review"], tokens=tokens, estimated_cost=cost,
+        model_versions=versions, code_version=code_version(), config_hash=spec.config_hash, timings=timings,
+        docs_per_second_small=(len(results) / small_seconds) if small_seconds else None,
+    )
+    write_partition(partition_path(out_root, "runs", day, None, run_id),
+                    [{k: sorted(v.items()) if isinstance(v, dict) else v for k, v in run_row.items()}], RUNS_SCHEMA)
 
     summary = {
         "run_id": run_id, "run_date": day, "n_inputs": n_inputs, "n_results": len(results),
-        "n_errors": len(errors), "invariant_ok": invariant_ok, "escalation_rate": rates["escalation"],
-        "review_rate": rates["review"], "tokens": tokens, "seconds": round(timings["total"], 1),
+        "n_errors": len(errors), "n_skipped": run_row["n_skipped"], "invariant_ok": invariant_ok,
+        "escalation_rate": rates["escalation"], "review_rate": rates["review"], "tokens": tokens,
+        "estimated_cost": cost, "seconds": round(timings["total"], 1),
         "errors_by_reason": dict(errors.group_by("reason").len().iter_rows()) if len(errors) else {},
         "decided_by": dict(results.group_by("decided_by").len().iter_rows()) if len(results) else {},
         "docs_per_second_small": run_row["docs_per_second_small"], "out": out_root,
@@ -171,9 +222,9 @@ def nightly(run_date: date | None = None, inbox: str | None = None, out: str | N
 def _markdown(s: dict) -> str:
     lines = [f"# sluicegate nightly {s['run_date']}", "", f"run `{s['run_id']}`", "",
              "| metric | value |", "|---|---|"]
-    for key in ("n_inputs", "n_results", "n_errors", "invariant_ok", "seconds", "docs_per_second_small"):
-        lines.append(f"| {key} | {s[key]} |")
-    for name in ("escalation_rate", "review_rate", "tokens", "errors_by_reason", "decided_by"):
+    for name in ("n_inputs", "n_results", "n_errors", "n_skipped", "invariant_ok", "seconds", "docs_per_second_small"):
+        lines.append(f"| {name} | {s[name]} |")
+    for name in ("escalation_rate", "review_rate", "tokens", "estimated_cost", "errors_by_reason", "decided_by"):
         for k, v in s[name].items():
-            lines.append(f"| {name}.{k} | {v:.3f} |" if isinstance(v, float) else f"| {name}.{k} | {v} |")
+            lines.append(f"| {name}.{k} | {v:.4f} |" if isinstance(v, float) else f"| {name}.{k} | {v} |")
     return "\n".join(lines)

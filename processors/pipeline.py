@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from processors import sinks
 from processors.ingest import ingest
+from processors.routing import overall_tier
 from processors.tiers import TierModelHandler, needs_large
 from schemas.config import Config
 from schemas.records import Document, Rejected
@@ -38,6 +39,8 @@ class RunSpec:
     config: Config
     config_hash: str
     out_root: str
+    version_key: str = ""  # models + config + task/schema versions; the manifest records it
+    done: frozenset[tuple[str, str]] = frozenset()  # (uri, doc_id) already done with version_key: skipped
     shard: str = "00000"
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -61,6 +64,27 @@ def read_and_ingest(item: tuple[str, str], config: Config) -> Iterator[Document 
         yield record
 
 
+@dataclass(frozen=True)
+class _Keep:
+    """Marks an input this run skipped: its existing rows stay in the rewritten partition."""
+
+    uri: str
+
+
+class _SkipDone(beam.DoFn):
+    """Inputs already done with this version go to 'skipped' (their rows are kept, not recomputed)."""
+
+    def __init__(self, done: frozenset[tuple[str, str]]):
+        self._done = done
+
+    def process(self, record: Document | Rejected) -> Iterator:
+        if (record.uri, record.doc_id) in self._done:
+            Metrics.counter(NAMESPACE, "skipped").inc()
+            yield beam.pvalue.TaggedOutput("skipped", record)
+        else:
+            yield record
+
+
 class _Split(beam.DoFn):
     """Documents to the main output; rejections (and documents a stage failed on) to 'errors'."""
 
@@ -77,10 +101,11 @@ def _keyed_rows(spec: RunSpec) -> beam.PTransform:
     """Final documents -> ((table, source), row) for results and fields."""
 
     def rows(doc: Document) -> Iterable[tuple[tuple[str, str], dict]]:
-        Metrics.counter(NAMESPACE, f"decided_{sinks.overall_tier(doc.decided_by)}").inc()
+        Metrics.counter(NAMESPACE, f"decided_{overall_tier(doc.decided_by)}").inc()
         yield ("results", doc.source), sinks.result_row(doc, spec.config, spec.run_id, spec.config_hash)
         for row in sinks.field_rows(doc, spec.config, spec.run_id):
             yield ("fields", doc.source), row
+        yield ("manifest", doc.source), sinks.manifest_row(doc, spec.version_key, spec.run_id)
 
     return beam.FlatMap(rows)
 
@@ -89,11 +114,16 @@ class _WritePartition(beam.DoFn):
     def __init__(self, spec: RunSpec):
         self._spec = spec
 
-    def process(self, element: tuple[tuple[str, str], Iterable[dict | None]]) -> Iterator[tuple[str, int]]:
-        (table, source), rows = element
-        real = [r for r in rows if r is not None]
+    def process(self, element: tuple[tuple[str, str], Iterable[dict | _Keep | None]]) -> Iterator[tuple[str, int]]:
+        (table, source), items = element
+        rows, keep = [], set()
+        for item in items:
+            if isinstance(item, _Keep):
+                keep.add(item.uri)
+            elif item is not None:
+                rows.append(item)
         s = self._spec
-        n = sinks.write_table_partition(s.out_root, table, s.run_date, source, real, s.config, s.shard)
+        n = sinks.write_table_partition(s.out_root, table, s.run_date, source, rows, s.config, s.shard, keep)
         Metrics.counter(NAMESPACE, f"rows_{table}").inc(n)
         yield f"{table}/{source}", n
 
@@ -106,7 +136,8 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
         | "Reshuffle" >> beam.Reshuffle()  # spread files over workers before the expensive parse
         | "Ingest" >> beam.FlatMap(read_and_ingest, config)
     )
-    ingested = records | "SplitIngest" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
+    todo = records | "SkipDone" >> beam.ParDo(_SkipDone(spec.done)).with_outputs("skipped", main="todo")
+    ingested = todo.todo | "SplitIngest" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
 
     small = ingested.docs | "SmallTier" >> RunInference(TierModelHandler(config, "small"))
     after_small = small | "SplitSmall" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
@@ -119,13 +150,17 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
     error_rows = (
         (ingested.errors, after_small.errors)
         | "AllErrors" >> beam.Flatten()
-        | "ErrorRows" >> beam.Map(lambda r: (("errors", r.source), sinks.error_row(r, spec.run_id)))
+        | "ErrorRows" >> beam.FlatMap(lambda r: [(("errors", r.source), sinks.error_row(r, spec.run_id)),
+                                                 (("manifest", r.source), sinks.manifest_row(r, spec.version_key,
+                                                                                             spec.run_id))])
     )
+    kept_rows = todo.skipped | "KeepSkipped" >> beam.FlatMap(
+        lambda r: [((table, r.source), _Keep(r.uri)) for table in RESULT_TABLES])
     # Every partition this run owns is written, even empty, so a rerun replaces what an earlier run wrote.
     owned = p | "OwnedPartitions" >> beam.Create(
         [((table, source), None) for table in RESULT_TABLES for source in spec.sources])
     return (
-        (doc_rows, error_rows, owned)
+        (doc_rows, error_rows, kept_rows, owned)
         | "AllRows" >> beam.Flatten()
         | "ByPartition" >> beam.GroupByKey()
         | "Write" >> beam.ParDo(_WritePartition(spec))
@@ -147,6 +182,7 @@ def run_pipeline(spec: RunSpec, runner: str = "FnApiRunner", pipeline_args: list
     result.wait_until_finish()
     counters: dict[str, int] = {}
     for c in result.metrics().query(beam.metrics.MetricsFilter())["counters"]:
-        key = c.key.metric.name if c.key.metric.namespace == NAMESPACE else f"{c.key.metric.namespace}.{c.key.metric.name}"
+        metric = c.key.metric
+        key = metric.name if metric.namespace == NAMESPACE else f"{metric.namespace}.{metric.name}"
         counters[key] = counters.get(key, 0) + (c.committed or c.attempted or 0)
     return counters

@@ -76,6 +76,17 @@ def error_row(rejected: Rejected, run_id: str) -> dict:
                 "run_id": run_id}
 
 
+def manifest_row(record: Document | Rejected, version_key: str, run_id: str) -> dict:
+    """Done means: not to be processed again with this version (a retriable error or a failed escalation
+    is not done, so the next run retries it)."""
+    if isinstance(record, Rejected):
+        outcome, done = "error", not record.retriable
+    else:
+        outcome, done = "result", not record.escalation_failed
+    return dict(uri=record.uri, doc_id=record.doc_id, outcome=outcome, done=done, version_key=version_key,
+                schema_version=SCHEMA_VERSION, run_id=run_id)
+
+
 def document_error(doc: Document) -> Rejected:
     """A document that failed after ingest (e.g. the small tier crashed on it): retriable next run."""
     return Rejected(uri=doc.uri, source=doc.source, stage="inference", reason="model_failed",
@@ -104,7 +115,18 @@ def write_partition(path: Path, rows: Iterable[dict], schema: pa.Schema) -> int:
     return table.num_rows
 
 
+def read_rows(path: Path, uris: set[str]) -> list[dict]:
+    """The rows of an existing partition file whose uri is in `uris` (nothing if there is no file)."""
+    if not uris or not path.exists():
+        return []
+    return [row for row in pq.read_table(path).to_pylist() if row["uri"] in uris]
+
+
 def write_table_partition(out_root: str, table: str, run_date: str, source: str | None, rows: list[dict],
-                          config: Config, shard: str = "00000") -> int:
+                          config: Config, shard: str = "00000", keep_uris: set[str] | None = None) -> int:
+    """Replaces a partition with `rows` plus the existing rows of the inputs this run skipped (keep_uris)."""
     schema = table_schema(table, [t.name for t in config.tasks])
-    return write_partition(partition_path(out_root, table, run_date, source, shard), rows, schema)
+    path = partition_path(out_root, table, run_date, source, shard)
+    new_uris = {r["uri"] for r in rows}
+    kept = [r for r in read_rows(path, keep_uris or set()) if r["uri"] not in new_uris]
+    return write_partition(path, kept + rows, schema)

@@ -51,8 +51,9 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
         prompts = [label.build_prompt(task, style, d.source, _cut(d.text, tier_cfg.max_doc_chars)) for d in batch]
         targets = label.targets_for(task, style)
         scores = label.score_labels(loaded.runtime, prompts, targets, tier_cfg.top_logprobs)
-        for doc, score in zip(batch, scores):
-            content_free = _content_free(loaded, tier_cfg, task, doc.source) if tier_cfg.contextual_calibration else None
+        for doc, score in zip(batch, scores, strict=False):
+            content_free = (_content_free(loaded, tier_cfg, task, doc.source)
+                            if tier_cfg.contextual_calibration else None)
             doc.labels[task.name] = label.to_prediction(task, score, content_free, tier)
             usage[doc.doc_id + doc.uri].add(score.usage)
     for source, specs in config.fields.items():
@@ -64,9 +65,10 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                 continue
             prompts = [extract.build_prompt(specs, spec, style, source, _cut(d.text, tier_cfg.max_doc_chars))
                        for d in batch]
-            completions = loaded.runtime.complete(prompts, max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
+            completions = loaded.runtime.complete(prompts,
+                                                  max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
                                                   top_logprobs=10, grammar=extract.grammar(spec))
-            for doc, completion in zip(batch, completions):
+            for doc, completion in zip(batch, completions, strict=False):
                 doc.fields[spec.name] = extract.parse(completion, spec, doc, tier)
                 usage[doc.doc_id + doc.uri].add(Usage(completion.prompt_tokens, completion.completion_tokens))
     elapsed = time.perf_counter() - started

@@ -111,7 +111,14 @@ class Inputs(_Strict):
 
 
 class Output(_Strict):
-    root: str = "out"
+    root: str = "out"  # a local folder (atomic renames and the per-date lock need a local file system)
+
+
+class Schedule(_Strict):
+    """When the nightly deployment runs; its default run date is yesterday in this time zone."""
+
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"  # IANA name, e.g. Europe/Berlin
 
 
 def _default_tasks() -> list[LabelTask]:
@@ -133,6 +140,7 @@ def _default_tasks() -> list[LabelTask]:
 class Config(_Strict):
     inputs: Inputs = Inputs()
     output: Output = Output()
+    schedule: Schedule = Schedule()
     tasks: list[LabelTask] = Field(default_factory=_default_tasks)
     fields: dict[Literal["pdf", "tickets"], list[FieldSpec]] = Field(default_factory=dict)
     small: TierModel = TierModel(model="gemma3-270m")

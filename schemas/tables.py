@@ -11,7 +11,7 @@ import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 
-RESULT_TABLES = ("results", "fields", "errors")  # written by the pipeline, partitioned by run_date/source
+RESULT_TABLES = ("results", "fields", "errors", "manifest")  # written by the pipeline, by run_date/source
 RUNS_TABLE = "runs"  # one row per run, partitioned by run_date
 
 _common = [
@@ -88,6 +88,19 @@ ERRORS_SCHEMA = pa.schema(
     ]
 )
 
+# What each input's last processing produced, and with which versions: a rerun skips the inputs that
+# are done with the current version_key (unless reprocess), and keeps their rows as they are.
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string()),
+        pa.field("outcome", pa.string(), nullable=False),  # result | error
+        pa.field("done", pa.bool_(), nullable=False),  # false: retried next run (retriable error, failed escalation)
+        pa.field("version_key", pa.string(), nullable=False),  # models + config + task and schema versions
+        *_common,
+    ]
+)
+
 RUNS_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -98,6 +111,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("n_inputs", pa.int64(), nullable=False),
         pa.field("n_results", pa.int64(), nullable=False),
         pa.field("n_errors", pa.int64(), nullable=False),
+        pa.field("n_skipped", pa.int64()),  # inputs already done with this version: rows kept as they were
         pa.field("invariant_ok", pa.bool_(), nullable=False),
         pa.field("parameters", pa.map_(pa.string(), pa.string())),
         pa.field("escalation_rate", pa.map_(pa.string(), pa.float64())),  # task -> share escalated
@@ -116,4 +130,4 @@ RUNS_SCHEMA = pa.schema(
 def table_schema(table: str, task_names: list[str]) -> pa.Schema:
     if table == "results":
         return results_schema(task_names)
-    return {"fields": FIELDS_SCHEMA, "errors": ERRORS_SCHEMA, "runs": RUNS_SCHEMA}[table]
+    return {"fields": FIELDS_SCHEMA, "errors": ERRORS_SCHEMA, "manifest": MANIFEST_SCHEMA, "runs": RUNS_SCHEMA}[table]

@@ -77,7 +77,7 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
         completions = runtime.complete([prompts[i] + prefix for i, prefix, _, _ in pending],
                                        max_tokens=1, top_logprobs=top_logprobs)
         next_pending = []
-        for (i, prefix, remaining, weight), comp in zip(pending, completions):
+        for (i, prefix, remaining, weight), comp in zip(pending, completions, strict=False):
             usage[i].prompt_tokens += comp.prompt_tokens
             usage[i].completion_tokens += comp.completion_tokens
             if comp.error or not comp.tokens:
@@ -98,7 +98,7 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                     next_pending.append((i, prefix + token, members, share))
         pending = next_pending
     out = []
-    for p, err, u in zip(probs, errors, usage):
+    for p, err, u in zip(probs, errors, usage, strict=False):
         total = sum(p.values())
         dist = {k: v / total for k, v in p.items()} if total > 0 and not err else {}
         out.append(LabelScores(dist, err, u))

@@ -1,16 +1,27 @@
-import pytest
+"""The installed `sluicegate` console script, run as a user runs it (a subprocess)."""
 
-from flows.cli import main
+import subprocess
+import sys
+from pathlib import Path
 
-
-def test_bad_date_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--date", "20-11-2026"])
-    assert exit_info.value.code == 2
-    assert "not a date" in capsys.readouterr().err
+SLUICEGATE = str(Path(sys.executable).parent / "sluicegate")
 
 
-def test_missing_config_file_fails_cleanly(capsys, tmp_path):
-    code = main(["run", "--date", "2026-11-20", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)])
-    assert code == 1
-    assert "does not exist" in capsys.readouterr().err
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([SLUICEGATE, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_bad_date_is_a_usage_error():
+    done = _run("run", "--date", "20-11-2026")
+    assert done.returncode == 2 and "not a date" in done.stderr
+
+
+def test_missing_config_file_fails_cleanly(tmp_path):
+    done = _run("run", "--date", "2026-11-20", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path))
+    assert done.returncode == 1 and "does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_lists_the_commands():
+    done = _run("--help")
+    assert done.returncode == 0 and "run" in done.stdout

@@ -47,7 +47,7 @@ def test_hostile_lines_never_raise():
 
 def test_long_body_is_truncated_and_marked():
     body = "a" * 50_000
-    [doc] = read_tickets("t.jsonl", ('{"body": "%s"}' % body).encode(), TicketOptions(max_body_chars=1000))
+    [doc] = read_tickets("t.jsonl", f'{{"body": "{body}"}}'.encode(), TicketOptions(max_body_chars=1000))
     assert len(doc.text) == 1000 and doc.metadata["truncated_from_chars"] == "50000"
 
 

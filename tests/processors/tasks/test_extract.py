@@ -102,7 +102,8 @@ def test_prompt_shares_the_prefix_across_fields_and_ends_at_the_key():
 
 
 @pytest.mark.parametrize("field_type, value, expected", [
-    ("date", "August 3 , 2014", "2014-08-03"), ("date", "31/12/2017", "2017-12-31"), ("date", "2017-12-31", "2017-12-31"),
+    ("date", "August 3 , 2014", "2014-08-03"), ("date", "31/12/2017", "2017-12-31"),
+    ("date", "2017-12-31", "2017-12-31"),
     ("amount", "$1,234.50", "1234.50"), ("amount", "1.234,5", "1234.50"), ("amount", "₹ 1939", "1939.00"),
     ("currency", "$", "USD"), ("currency", "eur", "EUR"), ("currency", "US Dollars", "USD"),
     ("email", " Ann@Example.com ", "ann@example.com"), ("name", "Ann  Lee", "Ann Lee"),
