@@ -27,30 +27,31 @@ def _threshold(thresholds: dict[str, Thresholds], key: str, tier: Tier) -> float
     return t.small if tier == "small" else t.large
 
 
+def _failure(invalid_reason: str | None, confidence: float, limit: float) -> str | None:
+    """Why an item fails its tier (None: it passes): invalid first, then below the threshold."""
+    if invalid_reason is not None:
+        return invalid_reason
+    if confidence < limit:
+        return f"low_confidence({confidence:.2f}<{limit:.2f})"
+    return None
+
+
 def route(labels: dict[str, LabelPrediction], fields: dict[str, FieldPrediction],
           thresholds: dict[str, Thresholds], tier: Tier) -> RouteDecision:
-    passed, failed, reasons = [], [], []
-    for task, pred in sorted(labels.items()):
-        limit = _threshold(thresholds, task, tier)
-        if not pred.valid or pred.label is None:
-            failed.append(task)
-            reasons.append(f"{task}:invalid_output")
-        elif pred.confidence < limit:
-            failed.append(task)
-            reasons.append(f"{task}:low_confidence({pred.confidence:.2f}<{limit:.2f})")
-        else:
-            passed.append(task)
-    for name, pred in sorted(fields.items()):
-        item, limit = f"field:{name}", _threshold(thresholds, FIELDS_KEY, tier)
-        if not pred.valid:
-            failed.append(item)
-            reasons.append(f"{item}:{'+'.join(pred.problems) or 'invalid'}")
-        elif pred.confidence < limit:
-            failed.append(item)
-            reasons.append(f"{item}:low_confidence({pred.confidence:.2f}<{limit:.2f})")
-        else:
-            passed.append(item)
-    return RouteDecision(tuple(passed), tuple(failed), tuple(reasons))
+    judged = [
+        (task, _failure("invalid_output" if not pred.valid or pred.label is None else None,
+                        pred.confidence, _threshold(thresholds, task, tier)))
+        for task, pred in sorted(labels.items())
+    ] + [
+        (f"field:{name}", _failure(None if pred.valid else "+".join(pred.problems) or "invalid",
+                                   pred.confidence, _threshold(thresholds, FIELDS_KEY, tier)))
+        for name, pred in sorted(fields.items())
+    ]
+    return RouteDecision(
+        passed=tuple(item for item, why in judged if why is None),
+        failed=tuple(item for item, why in judged if why is not None),
+        reasons=tuple(f"{item}:{why}" for item, why in judged if why is not None),
+    )
 
 
 def overall_tier(decided_by: dict[str, Tier]) -> Tier:
