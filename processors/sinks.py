@@ -72,8 +72,8 @@ def field_rows(doc: Document, config: Config, run_id: str) -> list[dict]:
 
 def error_row(rejected: Rejected, run_id: str) -> dict:
     return {"uri": rejected.uri, "doc_id": rejected.doc_id, "stage": rejected.stage, "reason": rejected.reason,
-                "message": rejected.message, "retriable": rejected.retriable, "schema_version": SCHEMA_VERSION,
-                "run_id": run_id}
+            "message": rejected.message, "retriable": rejected.retriable, "schema_version": SCHEMA_VERSION,
+            "run_id": run_id}
 
 
 def manifest_row(record: Document | Rejected, version_key: str, run_id: str) -> dict:

@@ -114,15 +114,11 @@ class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
     def __init__(self, config: Config, tier: Tier):
         self._config = config
         self._tier = tier
-        tier_cfg = config.small if tier == "small" else config.large
+        self._tier_cfg = tier_cfg = config.small if tier == "small" else config.large
         # A batch is as large as the runtime's parallel sequences: they decode together, and each
         # document keeps its slot (and its cached prefix) across the calls for its tasks and fields.
         # Fixed size (Beam would otherwise start at 1 and grow): only a bundle's last batch is smaller.
         super().__init__(min_batch_size=tier_cfg.parallel_sequences, max_batch_size=tier_cfg.parallel_sequences)
-
-    @property
-    def _tier_cfg(self) -> TierModel:
-        return self._config.small if self._tier == "small" else self._config.large
 
     def load_model(self) -> LoadedTier:
         started = time.perf_counter()
