@@ -1,4 +1,17 @@
-"""PDF ingest with pypdf: text per page, page count, metadata; encrypted files opened with configured passwords."""
+"""PDF ingest with pypdf: text per page, page count, metadata; encrypted files opened with configured passwords.
+
+`read_pdf` is what the pipeline calls: cheap checks in the caller's process, then `parse_pdf` in a
+worker process with a deadline and a memory cap (processors/ingest/isolate.py), because pypdf runs
+pure Python and a pathological file could otherwise spin or allocate without bound. Every outcome is a
+Document or a Rejected with a specific reason:
+
+  empty_file, too_large, not_a_pdf, corrupt_pdf (truncated, no xref, garbage: the message says which),
+  encrypted_no_password, wrong_password, encryption_unsupported, too_many_pages, decompression_bomb,
+  unsupported_filter (e.g. Brotli without the brotli package), parse_timeout, memory_limit,
+  parser_crashed, needs_ocr (a scan, OCR off or tesseract missing), ocr_no_text (OCR found nothing).
+
+Text beyond max_chars is cut (metadata truncated_at_chars); a Document never has empty text.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +20,16 @@ import io
 import json
 import logging
 import os
+import time
 from fnmatch import fnmatch
 from pathlib import PurePosixPath
 
 from pypdf import PdfReader
-from pypdf.errors import FileNotDecryptedError, PyPdfError
+from pypdf.errors import DependencyError, FileNotDecryptedError, LimitReachedError, PyPdfError
 
+from processors.ingest.isolate import IsolatedError, run_isolated
+from processors.ingest.ocr import OcrTimeout, OcrUnavailable, ocr_pages
+from processors.ingest.text import clean_text
 from schemas.config import PdfOptions
 from schemas.records import Document, Rejected
 
@@ -26,60 +43,165 @@ def _reject(uri: str, doc_id: str, reason: str, message: str) -> Rejected:
     return Rejected(uri=uri, source="pdf", stage="ingest", reason=reason, message=message, doc_id=doc_id)
 
 
-def _candidate_passwords(uri: str, options: PdfOptions) -> list[str]:
+def candidate_passwords(uri: str, options: PdfOptions) -> list[str]:
     """Passwords configured for this file name: the config file, then the environment (never logged)."""
     passwords = dict(options.passwords)
     try:
-        passwords.update(json.loads(os.environ.get(PASSWORDS_ENV, "{}")))
+        from_env = json.loads(os.environ.get(PASSWORDS_ENV, "{}"))
+        if isinstance(from_env, dict):
+            passwords.update({str(k): str(v) for k, v in from_env.items()})
     except json.JSONDecodeError:
         pass
     name = PurePosixPath(uri.split("://")[-1]).name
     return [pw for pattern, pw in passwords.items() if fnmatch(name, pattern)]
 
 
-def read_pdf(uri: str, data: bytes, options: PdfOptions) -> Document | Rejected:
-    doc_id = hashlib.sha256(data).hexdigest()
-    if not data:
-        return _reject(uri, doc_id, "empty_file", "the file has no bytes")
+def _precheck(uri: str, doc_id: str, data: bytes, options: PdfOptions) -> Rejected | None:
+    """What needs no parser: run in the caller, so junk never costs a worker round trip."""
+    if not data.strip():
+        return _reject(uri, doc_id, "empty_file", f"the file has no content ({len(data)} bytes)")
     if len(data) > options.max_bytes:
         return _reject(uri, doc_id, "too_large", f"{len(data)} bytes > limit {options.max_bytes}")
     if b"%PDF-" not in data[:1024]:
-        return _reject(uri, doc_id, "not_a_pdf", f"no %PDF- header; starts with {data[:16]!r}")
+        head = data[:256].lstrip().lower()
+        looks = " (looks like HTML)" if head.startswith((b"<!doctype html", b"<html", b"<?xml")) else ""
+        return _reject(uri, doc_id, "not_a_pdf", f"no %PDF- header{looks}; starts with {data[:16]!r}")
+    return None
+
+
+def read_pdf(uri: str, data: bytes, options: PdfOptions) -> Document | Rejected:
+    """One PDF -> Document | Rejected, within the configured bytes/pages/characters/seconds/memory limits."""
+    doc_id = hashlib.sha256(data).hexdigest()
+    rejected = _precheck(uri, doc_id, data, options)
+    if rejected:
+        return rejected
+    # Passwords are resolved here: the worker's environment is a snapshot from when it started.
+    passwords = candidate_passwords(uri, options)
+    try:
+        return run_isolated(parse_pdf, uri, data, options, passwords,
+                            seconds=options.max_seconds, memory_mb=options.max_memory_mb)
+    except IsolatedError as e:
+        if e.kind == "timeout":
+            return _reject(uri, doc_id, "parse_timeout",
+                           f"parsing took longer than the limit of {options.max_seconds:g} s; the parser was stopped")
+        if e.kind == "memory":
+            return _reject(uri, doc_id, "memory_limit", f"parsing needed more than {options.max_memory_mb} MB")
+        if e.kind == "crashed":
+            return _reject(uri, doc_id, "parser_crashed", f"the parser process died: {e}")
+        return _reject(uri, doc_id, "corrupt_pdf", str(e)[:500])
+
+
+def parse_pdf(uri: str, data: bytes, options: PdfOptions, passwords: list[str] | None = None) -> Document | Rejected:
+    """The parse itself, in the calling process (no time or memory limit: read_pdf adds those). Never raises
+    except MemoryError, which the worker reports as memory_limit."""
+    started = time.monotonic()
+    doc_id = hashlib.sha256(data).hexdigest()
+    rejected = _precheck(uri, doc_id, data, options)
+    if rejected:
+        return rejected
+    if passwords is None:
+        passwords = candidate_passwords(uri, options)
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         encrypted = reader.is_encrypted
         if encrypted:
-            rejected = _decrypt(reader, uri, doc_id, options)
+            rejected = _decrypt(reader, uri, doc_id, passwords)
             if rejected:
                 return rejected
         n_pages = len(reader.pages)
         if n_pages > options.max_pages:
             return _reject(uri, doc_id, "too_many_pages", f"{n_pages} pages > limit {options.max_pages}")
-        pages = [(page.extract_text() or "") for page in reader.pages]
-        meta = {k.lstrip("/"): str(v) for k, v in (reader.metadata or {}).items() if v is not None}
+        if n_pages == 0:
+            return _reject(uri, doc_id, "corrupt_pdf", "the document has no pages")
+        pages, truncated = _extract_text(reader, options.max_chars)
+        meta = {clean_text(str(k)).lstrip("/"): clean_text(str(v)) for k, v in (reader.metadata or {}).items()
+                if v is not None}
+    except MemoryError:
+        raise
     except FileNotDecryptedError as e:
         return _reject(uri, doc_id, "encrypted_no_password", str(e))
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError,
-            RecursionError, AssertionError, ZeroDivisionError, OverflowError) as e:
-        # pypdf raises more than PyPdfError on damaged files; all mean the same to us.
-        return _reject(uri, doc_id, "corrupt_pdf", f"{type(e).__name__}: {e}"[:500])
-    text = "\n\n".join(pages)
-    if len(text.strip()) < options.min_chars:
-        return _reject(uri, doc_id, "needs_ocr",
-                       f"{n_pages} page(s) with {len(text.strip())} characters of text: scanned or empty")
+    except LimitReachedError as e:
+        return _reject(uri, doc_id, "decompression_bomb", f"a stream decodes past pypdf's safety limit: {e}"[:500])
+    except DependencyError as e:
+        return _reject(uri, doc_id, "unsupported_filter", str(e)[:500])
+    except Exception as e:  # noqa: BLE001 - pypdf raises far more than PyPdfError on damaged files
+        return _reject(uri, doc_id, "corrupt_pdf", _diagnose(data, e))
     metadata = {k: v[:500] for k, v in meta.items()}
     metadata.update(n_pages=str(n_pages), encrypted=str(encrypted).lower())
-    return Document(doc_id=doc_id, source="pdf", uri=uri, text=text, pages=pages, metadata=metadata)
+    if truncated:
+        metadata.update(truncated_at_chars=str(options.max_chars), pages_read=str(len(pages)))
+    if len("".join(pages).strip()) < options.min_chars:
+        return _scanned(uri, doc_id, reader, n_pages, metadata, options, started)
+    return Document(doc_id=doc_id, source="pdf", uri=uri, text="\n\n".join(pages), pages=pages, metadata=metadata)
 
 
-def _decrypt(reader: PdfReader, uri: str, doc_id: str, options: PdfOptions) -> Rejected | None:
+def _extract_text(reader: PdfReader, max_chars: int) -> tuple[list[str], bool]:
+    """Text per page, stopping once max_chars are read (the rest of a huge document is never extracted)."""
+    pages: list[str] = []
+    total = 0
+    for page in reader.pages:
+        text = clean_text(page.extract_text() or "")
+        room = max_chars - total - 2 * len(pages)  # pages are joined with a blank line
+        if len(text) >= room:
+            pages.append(text[:max(room, 0)])
+            return pages, True
+        pages.append(text)
+        total += len(text)
+    return pages, False
+
+
+def _diagnose(data: bytes, e: Exception) -> str:
+    """What kind of damage, for the message: the reason stays corrupt_pdf."""
+    tail = data[-1024:]
+    if b"%%EOF" not in tail:
+        what = "truncated or cut off (no %%EOF at the end)"
+    elif b"startxref" not in tail:
+        what = "no startxref: the cross-reference table cannot be found"
+    else:
+        what = "damaged structure"
+    return f"{what}: {type(e).__name__}: {e}"[:500]
+
+
+def _scanned(uri: str, doc_id: str, reader: PdfReader, n_pages: int, metadata: dict[str, str],
+             options: PdfOptions, started: float) -> Document | Rejected:
+    """No text layer: OCR when enabled, else needs_ocr. Never an empty Document."""
+    if not options.ocr:
+        return _reject(uri, doc_id, "needs_ocr", f"{n_pages} page(s) without a text layer: scanned or empty; "
+                                                 "OCR is off ([pdf] ocr = true to turn it on)")
+    pages = reader.pages[: options.ocr_max_pages]
+    try:
+        result = ocr_pages(list(pages), options, started + options.max_seconds)
+    except OcrUnavailable as e:
+        return _reject(uri, doc_id, "needs_ocr", str(e))
+    except OcrTimeout as e:
+        return _reject(uri, doc_id, "parse_timeout", f"{e} (limit {options.max_seconds:g} s per document)")
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - parsers never raise
+        return _reject(uri, doc_id, "corrupt_pdf", f"OCR: {type(e).__name__}: {e}"[:500])
+    result.pages = [clean_text(page) for page in result.pages]
+    text = "\n\n".join(result.pages)
+    if len(text.strip()) < options.min_chars:
+        found = f"OCR of {result.n_images} image(s) found {len(text.strip())} characters" if result.n_images \
+            else "the pages have no text layer and no images to OCR"
+        return _reject(uri, doc_id, "ocr_no_text", f"{found}; problems: {result.problems[:3]}")
+    text, truncated = (text[: options.max_chars], True) if len(text) > options.max_chars else (text, False)
+    metadata.update(ocr="tesseract", ocr_languages=options.ocr_languages, ocr_pages=str(len(result.pages)))
+    if n_pages > len(result.pages):
+        metadata["ocr_pages_skipped"] = str(n_pages - len(result.pages))
+    if truncated:
+        metadata["truncated_at_chars"] = str(options.max_chars)
+    return Document(doc_id=doc_id, source="pdf", uri=uri, text=text, pages=result.pages, metadata=metadata)
+
+
+def _decrypt(reader: PdfReader, uri: str, doc_id: str, passwords: list[str]) -> Rejected | None:
     """Tries the empty password, then the configured ones. Messages never contain a password."""
-    candidates = ["", *_candidate_passwords(uri, options)]
+    candidates = ["", *passwords]
     for password in candidates:
         try:
             if reader.decrypt(password):
                 return None
-        except (PyPdfError, NotImplementedError) as e:
+        except (PyPdfError, NotImplementedError, DependencyError) as e:
             return _reject(uri, doc_id, "encryption_unsupported", f"{type(e).__name__}: {e}"[:300])
     if len(candidates) > 1:
         return _reject(uri, doc_id, "wrong_password",

@@ -2,6 +2,7 @@ from processors.ingest.tickets import read_tickets
 from schemas.config import TicketColumns, TicketOptions
 from schemas.records import Document, Rejected
 from tests.conftest import FIXTURE_DATE, FIXTURES
+from tests.robustness.hostile import hostile_tickets
 
 TICKETS = FIXTURES / "inbox" / "tickets" / FIXTURE_DATE
 
@@ -60,3 +61,101 @@ def test_csv_with_extra_cells_and_other_encoding():
 def test_unsupported_and_empty_files():
     assert read_tickets("t.xml", b"<x/>", TicketOptions())[0].reason == "unsupported_format"
     assert read_tickets("t.jsonl", b"\n\n", TicketOptions())[0].reason == "empty_file"
+
+
+# ---- hostile exports, generated here (tests/robustness/hostile.py) ----
+
+def _by_uri(name: str, options: TicketOptions | None = None) -> dict[str, Document | Rejected]:
+    records = read_tickets(name, hostile_tickets()[name], options or TicketOptions())
+    by_uri = {r.uri: r for r in records}
+    assert len(by_uri) == len(records), "every record has its own uri"
+    return by_uri
+
+
+def _reason(record: Document | Rejected) -> str:
+    return record.reason if isinstance(record, Rejected) else "doc"
+
+
+def test_hostile_jsonl_one_record_per_line_with_specific_reasons():
+    got = {uri.split("#")[1]: _reason(r) for uri, r in _by_uri("hostile.jsonl").items()}
+    assert got == {"L1": "doc", "L2": "malformed_json", "L3": "malformed_record", "L4": "empty_body",
+                   "L5": "missing_body", "L6": "doc", "L7": "doc", "L8": "doc", "L9": "doc", "L10": "doc"}
+
+
+def test_one_megabyte_body_is_cut_to_max_body_chars_and_marked():
+    doc = _by_uri("hostile.jsonl", TicketOptions(max_body_chars=5000))["hostile.jsonl#L6"]
+    assert len(doc.text) == 5000 and doc.metadata["truncated_from_chars"] == "1000000"
+
+
+def test_duplicate_ids_are_kept_and_point_to_the_first():
+    records = _by_uri("hostile.jsonl")
+    assert records["hostile.jsonl#L7"].metadata["duplicate_of"] == "hostile.jsonl#L1"
+    # The same line twice: same doc_id (same bytes), two inputs with their own uri.
+    assert records["hostile.jsonl#L10"].doc_id == records["hostile.jsonl#L1"].doc_id
+    assert "duplicate_of" not in records["hostile.jsonl#L1"].metadata
+
+
+def test_control_characters_are_removed_and_nested_values_kept_as_json():
+    doc = _by_uri("hostile.jsonl")["hostile.jsonl#L8"]
+    assert not any(ord(c) < 32 and c not in "\t\n\r" for c in doc.text)
+    assert doc.text.startswith("bell") and doc.metadata["extra"] == '{"nested": [1]}'
+
+
+def test_lone_surrogates_and_c1_controls_never_reach_the_tables():
+    [doc] = read_tickets("t.jsonl", b'{"body": "ok \\ud800 half \\u0085 c1 \\u2028 sep", "k\\udfff": "v"}\n',
+                         TicketOptions())
+    doc.text.encode("utf-8")  # would raise on a lone surrogate
+    assert "\x85" not in doc.text and "\u2028" in doc.text and "k" in doc.metadata
+
+
+def test_line_separator_inside_a_json_string_does_not_split_the_line():
+    data = '{"body": "first\u2028second\x1cthird"}\n'.encode()
+    [doc] = read_tickets("t.jsonl", data, TicketOptions())
+    assert isinstance(doc, Document) and doc.uri == "t.jsonl#L1" and "second" in doc.text
+
+
+def test_csv_broken_quoting_is_one_error_and_the_rows_after_it_are_read():
+    got = {uri.split("#")[1]: _reason(r) for uri, r in _by_uri("broken_quoting.csv").items()}
+    assert got == {"R1": "doc", "R2": "malformed_csv", "R3": "doc"}
+
+
+def test_csv_with_a_multiline_quoted_body_is_one_row():
+    data = b'id,body\n1,"line one\nline two, with comma"\n2,next\n'
+    records = read_tickets("t.csv", data, TicketOptions())
+    assert [_reason(r) for r in records] == ["doc", "doc"] and "line two" in records[0].text
+    assert records[1].uri == "t.csv#R2"
+
+
+def test_csv_cells_longer_than_the_csv_module_default_limit():
+    data = b"id,body\n1," + b"y" * 300_000 + b"\n"
+    [doc] = read_tickets("t.csv", data, TicketOptions())
+    assert doc.metadata["truncated_from_chars"] == "300000"
+
+
+def test_missing_and_extra_columns():
+    [missing] = _by_uri("missing_columns.csv").values()
+    assert missing.reason == "missing_body" and "ident, text" in missing.message
+    extra = _by_uri("extra_columns.csv")
+    assert extra["extra_columns.csv#R1"].metadata["_extra_cells"] == '["EXTRA", "MORE"]'
+    assert _reason(extra["extra_columns.csv#R2"]) == "doc"
+
+
+def test_encodings_are_decided_per_line():
+    records = _by_uri("mixed_encodings.jsonl")
+    assert records["mixed_encodings.jsonl#L1"].text == "café crème"
+    assert records["mixed_encodings.jsonl#L1"].metadata["encoding"] == "utf-8"
+    assert records["mixed_encodings.jsonl#L2"].text == "naïve résumé"
+    assert records["mixed_encodings.jsonl#L2"].metadata["encoding"] == "cp1252"
+    assert isinstance(records["mixed_encodings.jsonl#L3"], Document)  # undecodable bytes: cp1252, never a crash
+    [utf16] = _by_uri("utf16.jsonl").values()
+    assert utf16.text == "utf-16 encoded export" and utf16.metadata["encoding"] == "utf-16"
+
+
+def test_file_level_errors():
+    for name, reason in (("empty.jsonl", "empty_file"), ("whitespace.csv", "empty_file"),
+                         ("binary.jsonl", "binary_file"), ("tickets.xml", "unsupported_format")):
+        [record] = _by_uri(name).values()
+        assert (record.reason, record.uri) == (reason, name)
+    data = hostile_tickets()["hostile.jsonl"]
+    [too_large] = read_tickets("t.jsonl", data, TicketOptions(max_bytes=1000))
+    assert too_large.reason == "too_large" and str(len(data)) in too_large.message
