@@ -12,11 +12,28 @@ def _llamacpp(tier: TierModel) -> Runtime:
     return LlamaCppRuntime(tier)
 
 
-RUNTIMES = {"llamacpp": _llamacpp}
+def _http(tier: TierModel) -> Runtime:
+    from processors.models.http import HttpRuntime
+
+    return HttpRuntime(tier)
+
+
+RUNTIMES = {"llamacpp": _llamacpp, "http": _http}
 
 
 def load_runtime(tier: TierModel) -> Runtime:
     return RUNTIMES[tier.runtime](tier)
 
 
-__all__ = ["RUNTIMES", "Completion", "Runtime", "TokenLogprob", "load_runtime"]
+def tier_version(tier: TierModel) -> str:
+    """The model version id a tier writes into rows, known without loading it (and without the network)."""
+    if tier.runtime == "http":
+        from processors.models.http import http_version
+
+        return http_version(tier)
+    from processors.models.weights import model_version
+
+    return model_version(tier.model, tier.adapter)
+
+
+__all__ = ["RUNTIMES", "Completion", "Runtime", "TokenLogprob", "load_runtime", "tier_version"]
