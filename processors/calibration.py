@@ -1,0 +1,251 @@
+"""Confidence calibration and threshold choice: pure functions over (confidence, correct) data.
+
+- Label tasks: temperature scaling of the label distribution (p_i ** (1/T), renormalised), T fitted by
+  minimising the negative log-likelihood of the gold labels. One parameter: it cannot overfit a few
+  hundred items, and the chosen label never changes (only how sure the tier is).
+- Fields: isotonic regression of correctness on the raw (length-robust) confidence, stored as the
+  (x, y) points of a piecewise-linear map, so applying it needs no scikit-learn.
+- Thresholds: from per-item small/large outcomes, for a target escalation rate or for a target quality
+  (the cascade within a gap of large-only quality at the lowest escalation rate). Thresholds live in
+  the calibrated confidence space: the run calibrates before it routes (processors/tiers.py).
+
+Applying a calibration is cheap and import-light (it runs on every prediction in Beam workers);
+fitting imports scipy / scikit-learn lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from schemas.config import TaskCalibration, Thresholds
+from schemas.records import FieldPrediction, LabelPrediction
+
+MIN_ITEMS = 10  # fewer labelled items than this: no calibration is fitted (method none)
+_EPS = 1e-12
+
+
+# --- applying ------------------------------------------------------------------------------------
+
+def _usable(cal: TaskCalibration | None) -> bool:
+    if cal is None or cal.method == "none":
+        return False
+    if cal.method == "isotonic":
+        return len(cal.x) >= 1 and len(cal.x) == len(cal.y)
+    return cal.temperature > 0 and cal.temperature != 1.0
+
+
+def apply_label(dist: dict[str, float], cal: TaskCalibration | None) -> dict[str, float]:
+    """A label distribution, temperature-scaled (isotonic and none leave the distribution as it is)."""
+    if not dist or not _usable(cal) or cal.method != "temperature":
+        return dist
+    inv = 1.0 / cal.temperature
+    logs = {k: math.log(max(p, _EPS)) * inv for k, p in dist.items()}
+    top = max(logs.values())
+    scaled = {k: math.exp(v - top) for k, v in logs.items()}  # shifted: no underflow at small T
+    total = sum(scaled.values())
+    return {k: v / total for k, v in scaled.items()}
+
+
+def apply_confidence(conf: float, cal: TaskCalibration | None) -> float:
+    """One confidence, calibrated: isotonic map, or temperature on the two-way (right / wrong) split."""
+    if not _usable(cal):
+        return conf
+    if cal.method == "isotonic":
+        return float(np.interp(conf, cal.x, cal.y))
+    p = min(max(conf, _EPS), 1 - _EPS)
+    a, b = p ** (1 / cal.temperature), (1 - p) ** (1 / cal.temperature)
+    return a / (a + b)
+
+
+def calibrate_label(pred: LabelPrediction, cal: TaskCalibration | None) -> LabelPrediction:
+    """The prediction with calibrated probabilities and confidence; the label itself never changes."""
+    if not _usable(cal) or not pred.valid or pred.label is None:
+        return pred
+    if cal.method == "temperature":
+        dist = apply_label(pred.probabilities, cal)
+        return replace(pred, probabilities=dist, confidence=float(dist.get(pred.label, 0.0)))
+    return replace(pred, confidence=apply_confidence(pred.confidence, cal))
+
+
+def calibrate_field(pred: FieldPrediction, cal: TaskCalibration | None) -> FieldPrediction:
+    if not _usable(cal):
+        return pred
+    return replace(pred, confidence=apply_confidence(pred.confidence, cal))
+
+
+# --- fitting -------------------------------------------------------------------------------------
+
+def fit_temperature(dists: Sequence[dict[str, float]], gold: Sequence[str]) -> TaskCalibration:
+    """Temperature T minimising the NLL of the gold labels under p_i ** (1/T) / sum_j p_j ** (1/T).
+
+    Items whose distribution is empty (invalid output) or lacks the gold label are left out.
+    """
+    rows = [(d, g) for d, g in zip(dists, gold, strict=True) if d and g in d]
+    if len(rows) < MIN_ITEMS:
+        return TaskCalibration(method="none")
+    from scipy.optimize import minimize_scalar
+
+    labels = sorted({k for d, _ in rows for k in d})
+    index = {k: i for i, k in enumerate(labels)}
+    logp = np.full((len(rows), len(labels)), math.log(_EPS))
+    for r, (d, _) in enumerate(rows):
+        for k, p in d.items():
+            logp[r, index[k]] = math.log(max(p, _EPS))
+    gold_idx = np.array([index[g] for _, g in rows])
+
+    def nll(log_t: float) -> float:
+        z = logp / math.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(z).sum(axis=1))
+        return float(np.mean(log_norm - z[np.arange(len(rows)), gold_idx]))
+
+    # T from 1/50 to 50: a wider range only matters for degenerate data (all right or all wrong).
+    found = minimize_scalar(nll, bounds=(-math.log(50), math.log(50)), method="bounded",
+                            options={"xatol": 1e-4})
+    return TaskCalibration(method="temperature", temperature=round(float(math.exp(found.x)), 4))
+
+
+def fit_isotonic(conf: Sequence[float], correct: Sequence[bool]) -> TaskCalibration:
+    """Monotone map from raw confidence to observed accuracy, as (x, y) points.
+
+    y is kept inside [1/(n+2), 1 - 1/(n+2)]: a tier that was right on every one of n items is not
+    certain on the next one, and a 0 or 1 would freeze its routing whatever the threshold.
+    """
+    x = np.asarray(conf, dtype=float)
+    y = np.asarray(correct, dtype=float)
+    if len(x) < MIN_ITEMS:
+        return TaskCalibration(method="none")
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(x, y)
+    floor = 1.0 / (len(x) + 2)
+    ys = np.clip(iso.y_thresholds_, floor, 1 - floor)
+    return TaskCalibration(method="isotonic", x=[round(float(v), 6) for v in iso.X_thresholds_],
+                           y=[round(float(v), 6) for v in ys])
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    lo: float
+    hi: float
+    confidence: float  # mean confidence in the bin
+    accuracy: float
+    count: int
+
+
+def reliability(conf: Sequence[float], correct: Sequence[bool], bins: int = 10) -> list[ReliabilityBin]:
+    """Equal-width confidence bins over [0, 1] (empty bins left out), for ECE and reliability diagrams."""
+    c = np.clip(np.asarray(conf, dtype=float), 0.0, 1.0)
+    ok = np.asarray(correct, dtype=float)
+    which = np.minimum((c * bins).astype(int), bins - 1)
+    out = []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            out.append(ReliabilityBin(b / bins, (b + 1) / bins, float(c[mask].mean()), float(ok[mask].mean()),
+                                      int(mask.sum())))
+    return out
+
+
+def ece(conf: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """Expected calibration error: the count-weighted mean |accuracy - confidence| over 10 equal bins."""
+    n = len(conf)
+    if n == 0:
+        return float("nan")
+    return float(sum(b.count * abs(b.accuracy - b.confidence) for b in reliability(conf, correct, bins)) / n)
+
+
+# --- choosing thresholds -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Where the cascade runs at one small threshold (on one labelled set)."""
+
+    threshold: float
+    escalation_rate: float
+    quality: float  # cascade quality (accuracy or exact match) at this threshold
+    small_quality: float
+    large_quality: float
+    review_rate: float = 0.0  # escalated items the large tier holds below its threshold
+    target: str = ""
+
+
+def cascade_curve(small_conf: Sequence[float], small_invalid: Sequence[bool], small_correct: Sequence[bool],
+                  large_correct: Sequence[bool]) -> list[OperatingPoint]:
+    """Every distinct operating point of the small threshold, from escalating nothing to everything.
+
+    An item escalates when the small tier's answer is invalid or its confidence is below the
+    threshold (processors.routing's rule); an escalated item takes the large tier's answer.
+    """
+    conf = np.asarray(small_conf, dtype=float)
+    invalid = np.asarray(small_invalid, dtype=bool)
+    s_ok = np.asarray(small_correct, dtype=bool)
+    l_ok = np.asarray(large_correct, dtype=bool)
+    n = len(conf)
+    if n == 0:
+        return []
+    s_q, l_q = float(s_ok.mean()), float(l_ok.mean())
+    values = np.unique(conf[~invalid]) if (~invalid).any() else np.array([])
+    # Thresholds between consecutive confidences (midpoints): the same split, and robust to rounding.
+    cuts = [0.0] + [float((a + b) / 2) for a, b in zip(values[:-1], values[1:], strict=True)]
+    cuts.append(float(min(1.0, values[-1] + 1e-6)) if len(values) else 1.0)
+    points = []
+    for t in cuts:
+        up = invalid | (conf < t)
+        cascade = np.where(up, l_ok, s_ok)
+        points.append(OperatingPoint(round(t, 6), float(up.mean()), float(cascade.mean()), s_q, l_q))
+    return points
+
+
+def review_threshold(large_conf: Sequence[float], review_below: float = 0.5, max_review_rate: float = 0.2) -> float:
+    """The large tier's threshold: items it is more likely wrong than right on (calibrated confidence
+    below `review_below`) go to review, but at most `max_review_rate` of the items it sees."""
+    conf = np.sort(np.asarray(large_conf, dtype=float))
+    if len(conf) == 0:
+        return review_below
+    cap = int(math.floor(max_review_rate * len(conf)))  # items allowed below the threshold
+    if cap >= len(conf) or (conf < review_below).sum() <= cap:
+        return review_below
+    return float(conf[cap]) if cap > 0 else float(min(review_below, conf[0]))
+
+
+def choose_threshold(small_conf: Sequence[float], small_invalid: Sequence[bool], small_correct: Sequence[bool],
+                     large_correct: Sequence[bool], large_conf: Sequence[float] | None = None, *,
+                     target_escalation: float | None = None, target_quality_gap: float | None = None,
+                     review_below: float = 0.5, max_review_rate: float = 0.2) -> tuple[Thresholds, OperatingPoint]:
+    """Thresholds for one task from per-item outcomes.
+
+    target_escalation: the most escalation-hungry point with an escalation rate at most this (the
+    best quality the budget buys). target_quality_gap (default 0.01 when neither is given): the lowest
+    escalation rate at which cascade quality is within the gap of large-only quality (it always exists:
+    escalating everything is large-only). The large threshold comes from review_threshold.
+    """
+    if target_escalation is not None and target_quality_gap is not None:
+        raise ValueError("give a target escalation rate or a target quality gap, not both")
+    points = cascade_curve(small_conf, small_invalid, small_correct, large_correct)
+    if not points:
+        return Thresholds(), OperatingPoint(Thresholds().small, 0.0, float("nan"), float("nan"), float("nan"))
+    if target_escalation is not None:
+        within = [p for p in points if p.escalation_rate <= target_escalation + 1e-9] or [points[0]]
+        best = max(within, key=lambda p: (p.escalation_rate, p.quality))
+        target = f"escalation <= {target_escalation:.0%}"
+    else:
+        gap = 0.01 if target_quality_gap is None else target_quality_gap
+        good = [p for p in points if p.quality >= p.large_quality - gap - 1e-9]
+        best = min(good, key=lambda p: (p.escalation_rate, -p.quality))
+        target = f"quality >= large-only - {gap * 100:g} points"
+    # Items at the chosen point that escalate: the large tier's review threshold is chosen on those.
+    conf = np.asarray(small_conf, dtype=float)
+    escalated = np.asarray(small_invalid, dtype=bool) | (conf < best.threshold)
+    large = (np.asarray(large_conf, dtype=float)[escalated] if large_conf is not None
+             else np.array([], dtype=float))
+    large_t = review_threshold(large, review_below, max_review_rate)
+    review = float((large < large_t).sum() / len(conf)) if len(conf) else 0.0
+    point = replace(best, review_rate=review, target=target)
+    return Thresholds(small=round(best.threshold, 6), large=round(large_t, 6)), point
