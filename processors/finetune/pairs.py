@@ -1,0 +1,89 @@
+"""Training pairs: the exact prompts the small tier sends at run time, and the answer it should give.
+
+A label task's answer is the label's verbalizer as scored at run time (` cancel order`); a field's
+answer is the JSON value the grammar lets it write (` "370795561790",` or ` null,`). Because the
+prompts come from the same builders as the nightly run, the adapter is trained on what it will see.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+from processors.datasets import LabelledExample, label_sets
+from processors.tasks import extract, label
+from processors.tasks.normalize import find_span
+from processors.tasks.prompts import Style, cut
+from schemas.config import Config, LabelTask
+
+# Questions for label tasks that come from the data rather than the configuration.
+_QUESTIONS = {
+    "intent": "What does the customer want to do?",
+    "sentiment": "Is the writer's tone negative, neutral or positive?",
+    "category": "Which topic is this about?",
+}
+
+
+@dataclass
+class Pair:
+    prompt: str
+    answer: str
+    kind: str  # '<task>' or 'field:<name>'
+    example_id: str
+
+
+def training_tasks(config: Config, examples: list[LabelledExample]) -> tuple[list[LabelTask], dict[str, int]]:
+    """The configured tasks, plus a task for every label column the configuration does not name.
+
+    Returns the tasks and, per task, how many examples carry a label outside the task's label set
+    (they are left out of that task's pairs, and reported).
+    """
+    tasks = [t.model_copy(deep=True) for t in config.tasks]
+    known = {t.name for t in tasks}
+    for name, labels in label_sets(examples).items():
+        if name not in known and len(labels) >= 2:
+            question = _QUESTIONS.get(name, f"Which {name.replace('_', ' ')} fits this document?")
+            tasks.append(LabelTask(name=name, labels=labels, question=question))
+    outside = {t.name: sum(1 for ex in examples if t.name in ex.labels and ex.labels[t.name] not in t.labels)
+               for t in tasks}
+    return tasks, outside
+
+
+def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledExample], seed: int = 0,
+                null_fields_per_example: int = 1) -> list[Pair]:
+    """Pairs for every labelled task of every example, and its fields.
+
+    Fields: every known field with a value that occurs in the text (a value the model cannot copy
+    from the text would teach it to invent), plus up to `null_fields_per_example` absent fields so
+    it also learns to answer null. Unknown fields are left out.
+    """
+    rng = random.Random(seed)
+    style: Style = config.small.prompt_style
+    limit = config.small.max_doc_chars
+    pairs: list[Pair] = []
+    for ex in examples:
+        text = cut(ex.text, limit)
+        for task in tasks:
+            gold = ex.labels.get(task.name)
+            if gold is None or gold not in task.labels or ex.source not in task.sources:
+                continue
+            pairs.append(Pair(label.build_prompt(task, style, ex.source, text),
+                              label.targets_for(task, style)[gold], task.name, ex.example_id))
+        specs = config.fields.get(ex.source, [])
+        present, absent = [], []
+        for spec in specs:
+            known, value = ex.field_value(spec.name)
+            if not known:
+                continue
+            if value is None:
+                absent.append(spec)
+            elif find_span(text, value) is not None:
+                present.append((spec, value))
+        for spec, value in present:
+            pairs.append(Pair(extract.build_prompt(specs, spec, style, ex.source, text),
+                              f" {json.dumps(value, ensure_ascii=False)},", f"field:{spec.name}", ex.example_id))
+        for spec in rng.sample(absent, min(null_fields_per_example, len(absent))):
+            pairs.append(Pair(extract.build_prompt(specs, spec, style, ex.source, text), " null,",
+                              f"field:{spec.name}", ex.example_id))
+    return pairs

@@ -1,0 +1,133 @@
+"""Model versions and the registry that names the promoted one.
+
+A version is a folder `<registry>/versions/<id>/` holding `version.json` (this module's ModelVersion),
+the LoRA adapter (`adapter.gguf`), and tier-0 linear models (`linear-<task>.joblib`) when kept.
+`<registry>/registry.json` names the promoted version and keeps the promotion history. The nightly
+run applies the promoted (or pinned) version to its configuration and writes the version id into
+every output row, so every answer can be traced to the adapter, label sets, calibration and
+thresholds that made it.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.config import Config, FieldSpec, LabelTask, LinearTier, TaskCalibration, Thresholds
+
+REGISTRY_FILE = "registry.json"
+VERSION_FILE = "version.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelVersion(_Strict):
+    id: str
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    parent: str | None = None  # the version that was promoted when this one was trained
+    base_model: str = "gemma3-270m"
+    adapter: str | None = None  # file name inside the folder
+    prompt_style: Literal["base", "chatml"] = "base"
+    # A fine-tuned adapter answers in the label set directly; content-free calibration is for base models.
+    contextual_calibration: bool = False
+    tasks: list[LabelTask] = Field(default_factory=list)
+    fields: dict[str, list[FieldSpec]] = Field(default_factory=dict)
+    task_versions: dict[str, str] = Field(default_factory=dict)
+    data_hash: str | None = None
+    training: dict[str, float | int | str | list[str]] = Field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)  # split -> metric -> value
+    calibration: dict[str, TaskCalibration] = Field(default_factory=dict)  # '<tier>:<task>' -> calibration
+    thresholds: dict[str, Thresholds] = Field(default_factory=dict)
+    linear: dict[str, LinearTier] = Field(default_factory=dict)  # task -> tier 0, path inside the folder
+
+
+class Registry(_Strict):
+    promoted: str | None = None
+    history: list[dict[str, str]] = Field(default_factory=list)  # {"id", "at", "why"}
+
+
+def read_registry(root: str | Path) -> Registry:
+    path = Path(root) / REGISTRY_FILE
+    if not path.exists():
+        return Registry()
+    return Registry.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def version_dir(root: str | Path, version_id: str) -> Path:
+    return Path(root) / "versions" / version_id
+
+
+def read_version(root: str | Path, version_id: str) -> ModelVersion:
+    path = version_dir(root, version_id) / VERSION_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"model version {version_id!r} not found under {root}")
+    return ModelVersion.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def write_version(root: str | Path, version: ModelVersion) -> Path:
+    folder = version_dir(root, version.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / VERSION_FILE, version.model_dump_json(indent=2))
+    return folder
+
+
+def promote(root: str | Path, version_id: str, why: str) -> Registry:
+    """Names a version as the one nightly runs use; the previous ones stay in the history."""
+    read_version(root, version_id)  # must exist
+    registry = read_registry(root)
+    registry.promoted = version_id
+    registry.history.append({"id": version_id, "at": datetime.now(UTC).isoformat(timespec="seconds"), "why": why})
+    _atomic_write(Path(root) / REGISTRY_FILE, registry.model_dump_json(indent=2))
+    return registry
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolve(root: str | Path | None, pinned: str | None) -> tuple[ModelVersion, Path] | None:
+    """The version a run should use: the pinned id, else the promoted one, else none (base model)."""
+    if not root:
+        return None
+    version_id = pinned or read_registry(root).promoted
+    if not version_id:
+        return None
+    return read_version(root, version_id), version_dir(root, version_id)
+
+
+def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config:
+    """The configuration a run uses with this version: a copy, the original is left alone.
+
+    The adapter was trained on the version's prompts, so the version's label sets, questions and
+    field specs win for what it covers (the configuration keeps its `sources` per task and any
+    task or field source the version does not cover). Its calibration, thresholds and tier 0 win too.
+    """
+    config = config.model_copy(deep=True)
+    config.small.model = version.base_model
+    config.small.adapter = str(folder / version.adapter) if version.adapter else None
+    config.small.prompt_style = version.prompt_style
+    config.small.contextual_calibration = version.contextual_calibration
+    configured = {t.name: t for t in config.tasks}
+    tasks = []
+    for trained in version.tasks:
+        task = trained.model_copy(deep=True)
+        if trained.name in configured:
+            task.sources = configured[trained.name].sources
+        tasks.append(task)
+    trained_names = {t.name for t in version.tasks}
+    config.tasks = tasks + [t for t in config.tasks if t.name not in trained_names]
+    config.fields.update({source: [f.model_copy() for f in specs] for source, specs in version.fields.items()})
+    config.thresholds.update({k: v.model_copy() for k, v in version.thresholds.items()})
+    config.calibration.update({k: v.model_copy() for k, v in version.calibration.items()})
+    config.linear = {task: LinearTier(path=str(folder / tier.path), threshold=tier.threshold)
+                     for task, tier in version.linear.items()}
+    config.models.active = version.id
+    return config

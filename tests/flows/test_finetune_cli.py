@@ -1,0 +1,100 @@
+"""One command fine-tunes on a user's CSV, and the next nightly run uses the new version.
+
+Real everything: PyTorch from the PyPI GGUF, a short LoRA training run, GGUF export loaded by
+llama.cpp, evaluation with both tiers, the registry, then `sluicegate run` on a small inbox.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from schemas.versions import read_registry, read_version
+from tests.conftest import FIXTURE_DATE, FIXTURES
+
+SLUICEGATE = str(Path(sys.executable).parent / "sluicegate")
+pytestmark = pytest.mark.slow
+
+ROWS = [
+    ("I want my money back for order 55501", "REFUND", "negative", "55501"),
+    ("Where is my parcel? It is late again", "DELIVERY", "negative", ""),
+    ("Thanks, the new invoice arrived fine", "INVOICE", "positive", ""),
+    ("How do I change my password for my account", "ACCOUNT", "neutral", ""),
+    ("Please cancel order 77123, I ordered twice", "ORDER", "neutral", "77123"),
+    ("Great service, the refund came in two days", "REFUND", "positive", ""),
+    ("My order 88812 never arrived, I am angry", "DELIVERY", "negative", "88812"),
+    ("Can I get a copy of my invoice please", "INVOICE", "neutral", ""),
+]
+HELD = [
+    ("Refund order 44410 now please", "REFUND", "negative", "44410"),
+    ("Where can I download the invoice", "INVOICE", "neutral", ""),
+]
+
+
+def _csv(path: Path, rows) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "category", "urgency", "sentiment", "field.order_id"])
+        for text, cat, sent, order in rows:
+            w.writerow([text, cat, "high" if sent == "negative" else "low", sent, order])
+    return path
+
+
+def _config(tmp_path: Path) -> Path:
+    inbox = tmp_path / "inbox" / "tickets" / FIXTURE_DATE
+    inbox.mkdir(parents=True)
+    lines = (FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl").read_text().splitlines()
+    (inbox / "tickets.jsonl").write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
+    text = (FIXTURES / "sluicegate.toml").read_text(encoding="utf-8")
+    text = text.replace('inbox = "inbox"', f'inbox = "{tmp_path / "inbox"}"').replace(
+        'root = "../out"', f'root = "{tmp_path / "out"}"')
+    text = text.replace('sources = ["tickets", "pdf"]\n', 'sources = ["tickets"]\n', 1)
+    start = text.index("[models]") if "[models]" in text else None
+    if start is not None:  # the shipped registry is replaced by this test's own
+        end = text.find("\n[", start + 1)
+        text = text[:start] + (text[end + 1:] if end > 0 else "")
+    path = tmp_path / "sluicegate.toml"
+    path.write_text(text + f'\n[models]\nregistry = "{tmp_path / "models"}"\n', encoding="utf-8")
+    return path
+
+
+def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path):
+    config = _config(tmp_path)
+    train, held = _csv(tmp_path / "train.csv", ROWS), _csv(tmp_path / "held.csv", HELD)
+    done = subprocess.run([SLUICEGATE, "finetune", "--train", str(train), "--eval", str(held), "--epochs", "2",
+                           "--force", "--config", str(config), "--json"], capture_output=True, text=True, timeout=1200,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout[done.stdout.index("{"):])
+    version_id = result["version"]
+    # compared with what runs today (the base model); promoted, forced if a few steps were not enough
+    assert result["promoted"] and "held-out score" in result["why"]
+    assert set(result["metrics"]) >= {"candidate_small", "promoted_small", "large", "candidate_cascade"}
+    registry = tmp_path / "models"
+    assert read_registry(registry).promoted == version_id
+    version = read_version(registry, version_id)
+    assert version.adapter == "adapter.gguf" and (registry / "versions" / version_id / "adapter.gguf").exists()
+    assert "urgency" in [t.name for t in version.tasks]  # a label set the configuration does not name
+    assert version.training["loss_last"] < version.training["loss_first"]
+    assert version.training["agreement_adapter_top1"] >= 0.75
+    assert version.data_hash and version.metrics["candidate_small"]["score"] >= 0
+    assert not version.thresholds  # two held-out items are too few to choose thresholds on: the config's stand
+    assert (registry / "versions" / version_id / "evaluation" / "report.md").exists()
+
+    # the next nightly run picks the promoted version up and names it in every row
+    run = subprocess.run([SLUICEGATE, "run", "--date", FIXTURE_DATE, "--config", str(config), "--json"],
+                         capture_output=True, text=True, timeout=900, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = pl.read_parquet(tmp_path / "out" / "results" / f"run_date={FIXTURE_DATE}" / "source=tickets")
+    assert len(results) == 3
+    assert results["model_version_id"].to_list() == [version_id] * 3
+    assert all("+lora:adapter.gguf@" in v for v in results["small_model_version"].to_list())
+    assert results["urgency"].is_in(["high", "low"]).all()  # the learned task is answered in its label set
+    shutil.rmtree(tmp_path / "models" / ".work", ignore_errors=True)

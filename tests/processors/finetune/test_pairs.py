@@ -1,0 +1,41 @@
+"""Training pairs are built with the run-time prompt builders."""
+
+from __future__ import annotations
+
+from processors.datasets import LabelledExample
+from processors.finetune.pairs import build_pairs, training_tasks
+from processors.tasks import extract, label
+
+
+def test_pairs_use_the_runtime_prompts_and_answers(config):
+    examples = [
+        LabelledExample("a", "Please refund order 12345 now", labels={"category": "REFUND", "intent": "get_refund"},
+                        fields={"order_id": "12345"}, fields_complete=True),
+        LabelledExample("b", "I love this shop", labels={"sentiment": "positive", "category": "NOT_A_LABEL",
+                                                        "intent": "review"}),
+    ]
+    tasks, outside = training_tasks(config, examples)
+    intent = next(t for t in tasks if t.name == "intent")  # not configured: learned from the data
+    assert intent.labels == ["get_refund", "review"]
+    assert outside["category"] == 1  # NOT_A_LABEL is left out, and counted
+    pairs = build_pairs(config, tasks, examples, null_fields_per_example=1)
+    by_kind = {(p.example_id, p.kind): p for p in pairs}
+    category = next(t for t in tasks if t.name == "category")
+    expected = label.build_prompt(category, config.small.prompt_style, "tickets", "Please refund order 12345 now")
+    assert by_kind[("a", "category")].prompt == expected
+    assert by_kind[("a", "category")].answer == " refund"
+    assert ("b", "category") not in by_kind
+    assert by_kind[("b", "sentiment")].answer == " positive"
+    order = by_kind[("a", "field:order_id")]
+    specs = config.fields["tickets"]
+    spec = next(s for s in specs if s.name == "order_id")
+    assert order.prompt == extract.build_prompt(specs, spec, "base", "tickets", "Please refund order 12345 now")
+    assert order.answer == ' "12345",'
+    nulls = [p for p in pairs if p.example_id == "a" and p.answer == " null,"]
+    assert len(nulls) == 1  # one absent field, so the model also learns null
+
+
+def test_a_field_value_not_in_the_text_is_not_taught(config):
+    ex = LabelledExample("c", "Invoice dated 3 March 2020", source="tickets", fields={"invoice_id": "INV-9"})
+    tasks, _ = training_tasks(config, [ex])
+    assert not [p for p in build_pairs(config, tasks, [ex]) if p.kind == "field:invoice_id"]

