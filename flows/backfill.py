@@ -2,29 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import date, timedelta
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.nightly import Source, nightly
+from flows.settings import PROGRESS_LOGGER
 
 
 @flow(name="backfill", log_prints=True)
 def backfill(start: date, end: date, sources: list[Source] | None = None, reprocess: bool = False,
              config_path: str | None = None, inbox: str | None = None, out: str | None = None) -> dict:
-    """Runs `nightly` for every date from start to end (inclusive).
+    """Runs `nightly` for every date from start to end (inclusive), in order.
 
-    sources: default all configured. reprocess: recompute inputs already done with the current
-    version (otherwise a rerun keeps their rows). Each date runs under its own lock, so a date is
-    never written by two runs at once, whichever flows started them.
+    Each date runs under its own lock, so a date is never written by two runs at once, whichever
+    flows started them. A failed date does not stop the others; the run ends Failed naming it.
+
+    Args:
+        start: First date of the range.
+        end: Last date of the range (inclusive).
+        sources: Sources to process (tickets, pdf). None: all configured.
+        reprocess: Recompute inputs already done with the current models and configuration, replacing
+            the dates' partitions. Off: a rerun skips them and keeps their rows.
+        config_path: TOML configuration file. None: ./sluicegate.toml, else the bundled one.
+        inbox: Input root (local path or fsspec URL). None: the configuration's.
+        out: Output root (a local folder). None: the configuration's.
     """
     logger = get_run_logger()
+    progress = logging.getLogger(PROGRESS_LOGGER)
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     outcomes: list[dict] = []
-    for day in days:
+    for i, day in enumerate(days, 1):
+        progress.info("backfill: %s (%d of %d)", day, i, len(days))
         state = nightly(run_date=day, sources=sources, reprocess=reprocess, inbox=inbox, out=out,
                         config_path=config_path, return_state=True)
         if state.is_completed():
@@ -34,10 +47,12 @@ def backfill(start: date, end: date, sources: list[Source] | None = None, reproc
                              "message": ""})
         else:
             logger.error("date %s failed: %s", day, state.message)
+            progress.info("backfill: %s failed: %s", day, state.message)
             outcomes.append({"date": day.isoformat(), "state": state.type.value.lower(), "inputs": None,
                              "results": None, "errors": None, "skipped": None, "message": state.message or ""})
     create_table_artifact(key="backfill", table=outcomes, description=f"sluicegate backfill {start} .. {end}")
     failed = [o["date"] for o in outcomes if o["state"] != "completed"]
+    progress.info("backfill: %d of %d dates completed", len(days) - len(failed), len(days))
     if failed:
         # Every date was tried; the flow run still ends Failed so the UI shows it, naming the dates.
         raise RuntimeError(f"{len(failed)} of {len(days)} dates failed: {', '.join(failed)}")

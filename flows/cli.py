@@ -8,7 +8,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from flows.settings import apply_defaults
+from flows.settings import apply_defaults, progress_to_stderr
 
 
 def _parse_date(text: str) -> date:
@@ -39,6 +39,37 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--out")
     fill.add_argument("--config")
 
+    ev = sub.add_parser("evaluate", help="score small, large and the cascade on a labelled set; report and plots")
+    ev.add_argument("--data", required=True, help="labelled CSV/JSONL, or an invoice2data folder")
+    ev.add_argument("--format", help="adapter: sluicegate, bitext, airline, vader, invoice2data (default: by columns)")
+    ev.add_argument("--out", default="eval", help="report folder (default ./eval)")
+    ev.add_argument("--limit", type=int, help="a stratified sample of this many examples")
+    ev.add_argument("--config", help="TOML configuration (default as for run)")
+    ev.add_argument("--calibrate", action="store_true",
+                    help="store the fitted calibration and thresholds with the model version (next runs use them)")
+    target = ev.add_mutually_exclusive_group()
+    target.add_argument("--target-escalation", type=float, metavar="R",
+                        help="thresholds for this escalation rate, 0-1")
+    target.add_argument("--target-quality-gap", type=float, metavar="P",
+                        help="thresholds for cascade within P accuracy points of large-only (default 1)")
+    ev.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    ft = sub.add_parser("finetune", help="train a LoRA adapter (and tier 0) on labelled examples; promote if better")
+    ft.add_argument("--train", action="append", required=True, help="labelled examples (CSV/JSONL; repeatable)")
+    ft.add_argument("--eval", help="held-out examples (default: a 10%% split of --train)")
+    ft.add_argument("--format", help="adapter for every file (default: picked from the columns)")
+    ft.add_argument("--limit", type=int, help="examples per training file (stratified sample)")
+    ft.add_argument("--eval-limit", type=int, default=150, help="held-out examples evaluated (default 150)")
+    ft.add_argument("--epochs", type=float, default=1.0)
+    ft.add_argument("--distill-start", type=_parse_date, help="also learn from the large tier's decisions ...")
+    ft.add_argument("--distill-end", type=_parse_date, help="... of these run dates (default: the start date)")
+    ft.add_argument("--distill-out", help="output root to distill from (default: the configured one)")
+    ft.add_argument("--corrections", help="CSV of doc_id + corrected labels / field.<name> values")
+    ft.add_argument("--force", action="store_true", help="promote even if not better than the promoted version")
+    ft.add_argument("--no-linear", action="store_true", help="do not fit tier 0 (TF-IDF linear models)")
+    ft.add_argument("--config")
+    ft.add_argument("--json", action="store_true")
+
     srv = sub.add_parser("serve", help="start a local Prefect server (UI) and serve the deployments")
     srv.add_argument("--config", help="configuration the deployments use (default as for run)")
     srv.add_argument("--port", type=int, default=4200, help="server port on 127.0.0.1 (default 4200)")
@@ -53,10 +84,33 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         resolve_config(args.config)  # a bad configuration fails here, before any flow run starts
+        if args.command in ("run", "backfill"):
+            progress_to_stderr()  # per-stage lines; runs under `serve` log to Prefect only
         if args.command == "serve":
             from flows.deployments import serve_deployments
 
             return serve_deployments(args.config, args.api_url, args.port, Path(args.home))
+        if args.command == "finetune":
+            from flows.finetune import finetune
+
+            result = finetune(train=args.train, eval=args.eval, format=args.format, limit=args.limit,
+                              eval_limit=args.eval_limit, epochs=args.epochs, distill_out=args.distill_out,
+                              distill_start=args.distill_start, distill_end=args.distill_end,
+                              corrections=args.corrections, force=args.force, linear=not args.no_linear,
+                              config_path=args.config)
+            print(json.dumps(result, indent=2, default=str) if args.json else
+                  f"version {result['version']}: {'promoted' if result['promoted'] else 'not promoted'}"
+                  f" ({result['why']})\n  folder {result['folder']}")
+            return 0
+        if args.command == "evaluate":
+            from flows.evaluate import evaluate, print_summary
+
+            result = evaluate(data=args.data, format=args.format, out=args.out, limit=args.limit,
+                              config_path=args.config, calibrate=args.calibrate,
+                              target_escalation=args.target_escalation,
+                              target_quality_gap_points=args.target_quality_gap)
+            print(json.dumps(result, indent=2, default=str)) if args.json else print_summary(result)
+            return 0
         if args.command == "backfill":
             from flows.backfill import backfill
 

@@ -2,50 +2,85 @@
 
 The same deployments are declared in prefect.yaml for a process work pool (`prefect deploy --all`).
 Parameters are plain typed values (dates, lists of literals, booleans, strings) so the Prefect UI
-renders a proper form for them.
+renders a proper form for them; their descriptions come from the flows' Google-style docstrings.
+
+To add a deployment: one `Deployment(...)` line in DEPLOYMENTS below, and one line in prefect.yaml.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib
+import inspect
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.backfill import backfill
-from flows.nightly import nightly, resolve_config
+from flows.nightly import resolve_config
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One served deployment: named after its flow ('<flow>/<flow>' in the UI and CLI)."""
+
+    flow: str  # "module:attribute" of the @flow
+    description: str  # may use {cron} and {timezone} from the configuration's [schedule]
+    nightly_schedule: bool = False  # runs on the configuration's cron in its time zone
+
+
+DEPLOYMENTS: list[Deployment] = [
+    Deployment("flows.nightly:nightly", "Every night at '{cron}' ({timezone}): yesterday's inputs.",
+               nightly_schedule=True),
+    Deployment("flows.backfill:backfill",
+               "Reruns a date range (start and end inclusive); reprocess recomputes done inputs."),
+    Deployment("flows.evaluate:evaluate",
+               "Scores small, large and the cascade on a labelled file; report, plots, optional calibration."),
+    Deployment("flows.finetune:finetune",
+               "Trains a LoRA adapter (and tier 0) on labelled files and past large-tier decisions; "
+               "promotes it if better on held-out data."),
+]
+
+
+def _load_flow(target: str):
+    module, attribute = target.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def build_deployments(config_path: str | None) -> list[RunnerDeployment]:
+    """The deployments of DEPLOYMENTS; config_path and sources are pinned for the flows that take them."""
     config, config_file = resolve_config(config_path)
-    pinned = {"config_path": config_file} if config_file != "<defaults>" else {}
-    return [
-        nightly.to_deployment(
-            name="nightly",
-            schedules=[Cron(config.schedule.cron, timezone=config.schedule.timezone)],
-            parameters=pinned,
-            description=f"Every night at '{config.schedule.cron}' ({config.schedule.timezone}): yesterday's inputs.",
+    schedule = config.schedule
+    deployments = []
+    # Defaults the UI's form opens with: the configuration file, and its sources as a pre-filled list.
+    pinned = {"sources": list(config.inputs.sources)}
+    if config_file != "<defaults>":
+        pinned["config_path"] = config_file
+    for spec in DEPLOYMENTS:
+        flow = _load_flow(spec.flow)
+        takes = inspect.signature(flow.fn).parameters
+        deployments.append(flow.to_deployment(
+            name=flow.name,
+            schedules=[Cron(schedule.cron, timezone=schedule.timezone)] if spec.nightly_schedule else None,
+            parameters={k: v for k, v in pinned.items() if k in takes},
+            description=spec.description.format(cron=schedule.cron, timezone=schedule.timezone),
             tags=["sluicegate"],
-        ),
-        backfill.to_deployment(
-            name="backfill",
-            parameters=pinned,
-            description="Reruns a date range (start and end inclusive); reprocess recomputes done inputs.",
-            tags=["sluicegate"],
-        ),
-    ]
+        ))
+    return deployments
 
 
-def wait_healthy(api_url: str, timeout: float = 90.0) -> None:
+def wait_healthy(api_url: str, timeout: float = 120.0, server: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            raise RuntimeError(f"the Prefect server exited with code {server.returncode} (port in use?)")
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -56,31 +91,69 @@ def wait_healthy(api_url: str, timeout: float = 90.0) -> None:
     raise TimeoutError(f"Prefect server at {api_url} was not healthy within {timeout:.0f}s")
 
 
+def _die_with_parent() -> None:
+    """In the server's process: SIGTERM when the process that started it dies, however it dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def start_server(port: int, home: Path) -> subprocess.Popen:
-    """A local Prefect server on 127.0.0.1 (its UI at http://127.0.0.1:<port>/)."""
+    """A local Prefect server on 127.0.0.1 (its UI at http://127.0.0.1:<port>/), its database under home.
+
+    In a session of its own, so a Ctrl-C in the terminal reaches only `serve`: serve's shutdown pauses
+    its deployments through the server, then stops the server (had the server died first, that shutdown
+    would hang retrying). It still dies with its parent.
+    """
+    home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     prefect = str(Path(sys.executable).parent / "prefect")
-    return subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env)
+    return subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """The server's whole process group: `prefect server start` runs the API in a child of its own."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def serve_deployments(config_path: str | None, api_url: str | None, port: int, home: Path) -> int:
-    """Starts a server unless api_url points at one, then serves the deployments until interrupted."""
+    """Starts a server unless api_url points at one, then serves the deployments until interrupted.
+
+    Flow runs start as subprocesses of this process, in its working directory, with PREFECT_API_URL set.
+    Ctrl-C or SIGTERM stops serving and the server this command started.
+    """
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     server = None
     if not api_url:
         server = start_server(port, home)
         api_url = f"http://127.0.0.1:{port}/api"
+    # Before serve() installs its own SIGTERM handler: a SIGTERM while waiting still stops the server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        wait_healthy(api_url)
+        wait_healthy(api_url, server=server)
         os.environ["PREFECT_API_URL"] = api_url  # inherited by the flow-run processes serve starts
-        print(f"Prefect UI: {api_url.removesuffix('/api')}/  (deployments: nightly/nightly, backfill/backfill)",
-              flush=True)
+        deployments = build_deployments(config_path)
+        names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
+        print(f"Prefect UI: {api_url.removesuffix('/api')}/  (deployments: {names})", flush=True)
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            serve(*build_deployments(config_path))
+            serve(*deployments)
     except KeyboardInterrupt:
         pass
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            _stop(server)
     return 0

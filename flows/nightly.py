@@ -19,8 +19,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.locks import date_lock
-from processors.models.weights import model_version
-from processors.pipeline import RunSpec, run_pipeline
+from flows.settings import PROGRESS_LOGGER, beam_logs_in_run
+from processors.models import tier_version
+from processors.pipeline import RunSpec, crash_test_hook, run_pipeline
 from processors.sinks import TASK_VERSIONS, partition_path, write_partition
 from schemas.config import Config, load_config
 from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
@@ -29,15 +30,43 @@ Source = Literal["tickets", "pdf"]
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "fixtures" / "sluicegate.toml"
 
 
-def resolve_config(config_path: str | None) -> tuple[Config, str]:
-    """An explicit file, else ./sluicegate.toml, else the bundled fixtures' configuration."""
+def resolve_config(config_path: str | None, load_secrets: bool = False) -> tuple[Config, str]:
+    """An explicit file, else ./sluicegate.toml, else the bundled fixtures' configuration.
+
+    load_secrets (inside a flow run): API keys named as Prefect Secrets are put into the environment.
+    """
     candidates = [config_path] if config_path else ["sluicegate.toml", str(DEFAULT_CONFIG)]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
-            return load_config(candidate), str(Path(candidate).resolve())
-    if config_path:
-        raise FileNotFoundError(f"configuration file {config_path} does not exist")
-    return Config(), "<defaults>"
+            config, found = load_config(candidate), str(Path(candidate).resolve())
+            break
+    else:
+        if config_path:
+            raise FileNotFoundError(f"configuration file {config_path} does not exist")
+        config, found = Config(), "<defaults>"
+    if load_secrets:
+        _api_keys_from_secrets(config)
+    return config, found
+
+
+def _api_keys_from_secrets(config: Config) -> None:
+    """A tier's `api_key_secret` (a Prefect Secret block) goes into the environment variable its runtime
+    reads (`api_key_env`, default SLUICEGATE_<TIER>_API_KEY): processors never import prefect, and the
+    key never enters the configuration, its hash, logs or rows."""
+    import os
+
+    from prefect.blocks.system import Secret
+
+    for name, tier in (("small", config.small), ("large", config.large)):
+        if not tier.api_key_secret:
+            continue
+        tier.api_key_env = tier.api_key_env or f"SLUICEGATE_{name.upper()}_API_KEY"
+        try:
+            value = Secret.load(tier.api_key_secret).get()
+        except Exception as e:  # the message names the block, never a value
+            raise RuntimeError(f"{name} tier: cannot load Prefect Secret {tier.api_key_secret!r}: "
+                               f"{type(e).__name__}") from None
+        os.environ[tier.api_key_env] = str(value)
 
 
 def config_hash(config: Config) -> str:
@@ -46,8 +75,7 @@ def config_hash(config: Config) -> str:
 
 def version_key(config: Config) -> str:
     """Everything that changes outputs: both models (and adapters), the configuration, task and schema versions."""
-    parts = {"small": model_version(config.small.model, config.small.adapter),
-             "large": model_version(config.large.model, config.large.adapter),
+    parts = {"small": tier_version(config.small), "large": tier_version(config.large),
              "config": config_hash(config), "tasks": TASK_VERSIONS, "schema": SCHEMA_VERSION}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -86,7 +114,8 @@ def discover(inbox: str, sources: list[str], run_date: str) -> list[tuple[str, s
 
 @task
 def run_beam(spec: RunSpec, runner: str) -> dict[str, int]:
-    return run_pipeline(spec, runner=runner)
+    with beam_logs_in_run():  # Beam's worker threads log into this task run too
+        return run_pipeline(spec, runner=runner)
 
 
 def read_partition(out_root: str, table: str, run_date: str, sources: list[str]) -> pl.DataFrame:
@@ -116,10 +145,10 @@ def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> di
             continue
         decided = results[col].drop_nulls()
         if len(decided):
-            escalation[task_name] = float((decided != "small").mean())
+            escalation[task_name] = float(decided.is_in(["large", "review"]).mean())  # linear/small: not escalated
             review[task_name] = float((decided == "review").mean())
     if not fields.is_empty():
-        escalation["fields"] = float((fields["decided_by"] != "small").mean())
+        escalation["fields"] = float(fields["decided_by"].is_in(["large", "review"]).mean())
         review["fields"] = float((fields["decided_by"] == "review").mean())
     return {"escalation": escalation, "review": review}
 
@@ -130,12 +159,18 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
             runner: str = "FnApiRunner") -> dict:
     """Processes one date's documents.
 
-    run_date: default yesterday in the configured time zone. sources: default all configured.
-    reprocess: recompute inputs already done with the current models and configuration (otherwise
-    they are skipped and their rows kept as they are). inbox, out, config_path override the configuration.
+    Args:
+        run_date: Date to process. None: yesterday in the configured time zone.
+        sources: Sources to process (tickets, pdf). None: all configured.
+        reprocess: Recompute inputs already done with the current models and configuration, replacing
+            the date's partitions. Off: they are skipped and their rows kept as they are.
+        inbox: Input root (local path or fsspec URL). None: the configuration's.
+        out: Output root (a local folder). None: the configuration's.
+        config_path: TOML configuration file. None: ./sluicegate.toml, else the bundled one.
+        runner: Beam runner (FnApiRunner runs in-process).
     """
     logger = get_run_logger()
-    config, config_file = resolve_config(config_path)
+    config, config_file = resolve_config(config_path, load_secrets=True)
     day = (run_date or yesterday(config.schedule.timezone)).isoformat()
     out_root = out or config.output.root
     unknown = set(sources or []) - set(config.inputs.sources)
@@ -158,11 +193,17 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     inputs = discover(inbox, sources, day)
     done = frozenset() if reprocess else done_inputs(out_root, day, sources, key)
     t_discover = time.perf_counter()
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    per_source = ", ".join(f"{s} {sum(1 for _, src in inputs if src == s)}" for s in sources)
+    progress.info("discover: %d files for %s (%s); %d inputs already done", len(inputs), day, per_source, len(done))
     logger.info("discovered %d input files for %s; %d inputs already done with version %s", len(inputs), day,
                 len(done), key)
     spec = RunSpec(run_id=run_id, run_date=day, inputs=inputs, sources=sources, config=config,
-                   config_hash=config_hash(config), out_root=out_root, version_key=key, done=done)
+                   config_hash=config_hash(config), out_root=out_root, version_key=key, done=done,
+                   inbox=inbox)  # inputs that resolve outside it are outside_root errors, never read
     counters = run_beam(spec, runner)
+    crash_test_hook("finish")  # TEST HOOK (crash tests): tables written, runs row not yet
+    _stage_lines(progress, counters)
     t_pipeline = time.perf_counter()
 
     # Read back what was written: the invariant is checked on the tables, not on in-memory counts.
@@ -213,10 +254,22 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     }
     create_markdown_artifact(key=f"nightly-{day}", markdown=_markdown(summary),
                              description=f"sluicegate nightly {day}")
+    progress.info("check: %s (inputs %d = results %d + errors %d)", "ok" if invariant_ok else "FAILED", n_inputs,
+                  len(results), len(errors))
     if not invariant_ok:
         raise RuntimeError(f"invariant failed: {n_inputs} inputs != {len(results)} results + {len(errors)} errors;"
                            f" files with no row: {missing_files[:5]}")
     return summary
+
+
+def _stage_lines(progress: logging.Logger, counters: dict[str, int]) -> None:
+    """One line per pipeline stage, from the Beam counters (the CLI prints them)."""
+    c = counters.get
+    progress.info("ingest: %d inputs (%d already done, kept)", c("inputs", 0), c("skipped", 0))
+    progress.info("small tier: %d documents", c("sluicegate_small.num_inferences", 0))
+    progress.info("large tier: %d documents escalated", c("sluicegate_large.num_inferences", 0))
+    tables = sorted(k.removeprefix("rows_") for k in counters if k.startswith("rows_"))
+    progress.info("write: %s", ", ".join(f"{t} {c('rows_' + t)} rows" for t in tables) or "nothing")
 
 
 def _markdown(s: dict) -> str:

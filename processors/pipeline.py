@@ -7,6 +7,10 @@ the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark 
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
+import signal
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -43,25 +47,74 @@ class RunSpec:
     done: frozenset[tuple[str, str]] = frozenset()  # (uri, doc_id) already done with version_key: skipped
     shard: str = "00000"
     extra: dict[str, str] = field(default_factory=dict)
+    inbox: str = ""  # root the inputs must stay under (symlinks and '..' resolved); empty: not checked
 
 
-def read_and_ingest(item: tuple[str, str], config: Config) -> Iterator[Document | Rejected]:
-    """Reads one input's bytes (any fsspec URL) and ingests it. I/O failures become retriable errors."""
+def read_and_ingest(item: tuple[str, str], config: Config, inbox: str | None = None) -> Iterator[Document | Rejected]:
+    """Reads one input's bytes (any fsspec URL) and ingests it. I/O failures become retriable errors.
+
+    inbox: the root every input must stay under. A path that leaves it (a symlink to elsewhere, '..')
+    is an outside_root error and is never opened.
+    """
     uri, source = item
+    escaped = outside_root(uri, inbox) if inbox else None
     try:
-        with fsspec.open(uri, "rb") as f:
-            size = getattr(f, "size", None)
-            limit = config.pdf.max_bytes if source == "pdf" else 500_000_000
-            if size is not None and size > limit:
-                records: list = [Rejected(uri, source, "ingest", "too_large", f"{size} bytes > limit {limit}")]
-            else:
-                records = ingest(uri, source, f.read(), config)
+        if escaped:
+            records: list = [Rejected(uri, source, "read", "outside_root", escaped)]
+        else:
+            with fsspec.open(uri, "rb") as f:
+                size = getattr(f, "size", None)
+                limit = config.pdf.max_bytes if source == "pdf" else config.tickets.max_bytes
+                if size is not None and size > limit:
+                    records = [Rejected(uri, source, "ingest", "too_large", f"{size} bytes > limit {limit}")]
+                else:
+                    # read at most limit + 1 bytes: a size the file system did not report cannot exhaust memory
+                    records = ingest(uri, source, f.read(limit + 1), config)
+    except IsADirectoryError:
+        records = [Rejected(uri, source, "read", "not_a_file", "the input is a directory (e.g. a linked one)")]
     except OSError as e:
         records = [Rejected(uri, source, "read", "read_failed", f"{type(e).__name__}: {e}"[:500], retriable=True)]
     for record in records:
         Metrics.counter(NAMESPACE, "inputs").inc()
         Metrics.counter(NAMESPACE, f"inputs_{source}").inc()
+        crash_test_hook("ingest")
         yield record
+
+
+def outside_root(uri: str, root: str) -> str | None:
+    """Why `uri` is not under `root` (None: it is). Local paths are resolved (symlinks, '..') first."""
+    if "://" in root or "://" in uri:
+        if "://" in uri and not uri.startswith("file://"):
+            path, base = posixpath.normpath(uri.split("://", 1)[1]), posixpath.normpath(root.split("://", 1)[-1])
+            return None if path == base or path.startswith(base.rstrip("/") + "/") else \
+                "the path leaves the inbox root ('..' or another location)"
+        uri, root = uri.removeprefix("file://"), root.removeprefix("file://")
+    real, base = os.path.realpath(uri), os.path.realpath(root)
+    if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
+        return None
+    what = "a symbolic link" if os.path.islink(uri) else "the path"
+    return f"{what} resolves outside the inbox root; it is not read"
+
+
+KILL_ENV = "SLUICEGATE_TEST_KILL_AT"  # TEST HOOK: "<stage>[:<n>]", e.g. "write:2"
+_kill_counts: dict[str, int] = {}
+_kill_lock = threading.Lock()
+
+
+def crash_test_hook(stage: str) -> None:
+    """TEST HOOK for the crash-safety tests (tests/robustness/test_crash.py), inert unless SLUICEGATE_TEST_KILL_AT
+    is set: the n-th time `stage` (ingest, inference, write, finish) is reached, the process SIGKILLs itself,
+    like an OOM kill or a lost machine would, with no chance to clean up."""
+    wanted = os.environ.get(KILL_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name != stage:
+        return
+    with _kill_lock:
+        _kill_counts[stage] = _kill_counts.get(stage, 0) + 1
+        if _kill_counts[stage] >= int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -88,7 +141,12 @@ class _SkipDone(beam.DoFn):
 class _Split(beam.DoFn):
     """Documents to the main output; rejections (and documents a stage failed on) to 'errors'."""
 
+    def __init__(self, kill_hook: str | None = None):
+        self._kill_hook = kill_hook
+
     def process(self, record: Document | Rejected) -> Iterator:
+        if self._kill_hook:
+            crash_test_hook(self._kill_hook)
         if isinstance(record, Rejected):
             yield beam.pvalue.TaggedOutput("errors", record)
         elif record.error:
@@ -114,7 +172,8 @@ class _WritePartition(beam.DoFn):
     def __init__(self, spec: RunSpec):
         self._spec = spec
 
-    def process(self, element: tuple[tuple[str, str], Iterable[dict | _Keep | None]]) -> Iterator[tuple[str, int]]:
+    def process(self, element: tuple[tuple[str, str], Iterable[dict | _Keep | None]],
+                after: list | None = None) -> Iterator[tuple[str, int]]:
         (table, source), items = element
         rows, keep = [], set()
         for item in items:
@@ -125,6 +184,7 @@ class _WritePartition(beam.DoFn):
         s = self._spec
         n = sinks.write_table_partition(s.out_root, table, s.run_date, source, rows, s.config, s.shard, keep)
         Metrics.counter(NAMESPACE, f"rows_{table}").inc(n)
+        crash_test_hook("write")
         yield f"{table}/{source}", n
 
 
@@ -134,13 +194,13 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
         p
         | "Inputs" >> beam.Create(spec.inputs)
         | "Reshuffle" >> beam.Reshuffle()  # spread files over workers before the expensive parse
-        | "Ingest" >> beam.FlatMap(read_and_ingest, config)
+        | "Ingest" >> beam.FlatMap(read_and_ingest, config, spec.inbox or None)
     )
     todo = records | "SkipDone" >> beam.ParDo(_SkipDone(spec.done)).with_outputs("skipped", main="todo")
     ingested = todo.todo | "SplitIngest" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
 
     small = ingested.docs | "SmallTier" >> RunInference(TierModelHandler(config, "small"))
-    after_small = small | "SplitSmall" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
+    after_small = small | "SplitSmall" >> beam.ParDo(_Split(kill_hook="inference")).with_outputs("errors", main="docs")
 
     kept, escalated = after_small.docs | "Route" >> beam.Partition(lambda d, _: int(needs_large(d)), 2)
     large = escalated | "LargeTier" >> RunInference(TierModelHandler(config, "large"))
@@ -159,12 +219,18 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
     # Every partition this run owns is written, even empty, so a rerun replaces what an earlier run wrote.
     owned = p | "OwnedPartitions" >> beam.Create(
         [((table, source), None) for table in RESULT_TABLES for source in spec.sources])
-    return (
+    partitions = (
         (doc_rows, error_rows, kept_rows, owned)
         | "AllRows" >> beam.Flatten()
         | "ByPartition" >> beam.GroupByKey()
-        | "Write" >> beam.ParDo(_WritePartition(spec))
     )
+    # The manifest says "done, skip next time": it is written only after every other partition is, so a
+    # run killed between writes never leaves a manifest that points at rows that were not written.
+    data, manifest = partitions | "ManifestLast" >> beam.Partition(lambda kv, _: int(kv[0][0] == "manifest"), 2)
+    written = data | "Write" >> beam.ParDo(_WritePartition(spec))
+    manifest_written = manifest | "WriteManifest" >> beam.ParDo(_WritePartition(spec),
+                                                                after=beam.pvalue.AsList(written))
+    return (written, manifest_written) | "Written" >> beam.Flatten()
 
 
 def run_pipeline(spec: RunSpec, runner: str = "FnApiRunner", pipeline_args: list[str] | None = None) -> dict[str, int]:

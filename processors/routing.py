@@ -31,7 +31,7 @@ def _failure(invalid_reason: str | None, confidence: float, limit: float) -> str
     """Why an item fails its tier (None: it passes): invalid first, then below the threshold."""
     if invalid_reason is not None:
         return invalid_reason
-    if confidence < limit:
+    if not confidence >= limit:  # also catches NaN (from a runtime's NaN log-probabilities)
         return f"low_confidence({confidence:.2f}<{limit:.2f})"
     return None
 
@@ -56,5 +56,5 @@ def route(labels: dict[str, LabelPrediction], fields: dict[str, FieldPrediction]
 
 def overall_tier(decided_by: dict[str, Tier]) -> Tier:
     """The highest tier any item of the document needed."""
-    order = {"small": 0, "large": 1, "review": 2}
+    order = {"linear": 0, "small": 1, "large": 2, "review": 3}
     return max(decided_by.values(), key=order.__getitem__, default="small")

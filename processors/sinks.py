@@ -39,6 +39,7 @@ def result_row(doc: Document, config: Config, run_id: str, config_hash: str) -> 
         n_pages=len(doc.pages) or 1,
         n_chars=len(doc.text),
         metadata=sorted(doc.metadata.items()),
+        model_version_id=config.models.active,
         small_model_version=doc.model_versions.get("small"),
         large_model_version=doc.model_versions.get("large"),
         task_versions=sorted(TASK_VERSIONS.items()),
@@ -65,6 +66,7 @@ def field_rows(doc: Document, config: Config, run_id: str) -> list[dict]:
             "span_start": pred.span_start, "span_end": pred.span_end,
             "decided_by": doc.decided_by.get(f"field:{name}", pred.tier), "valid": pred.valid,
             "problems": list(pred.problems), "model_version": doc.model_versions.get(pred.tier),
+            "model_version_id": config.models.active,
             "task_version": extract.TASK_VERSION, "schema_version": SCHEMA_VERSION, "run_id": run_id,
         })
     return rows

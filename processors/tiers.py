@@ -14,23 +14,25 @@ from dataclasses import dataclass, field
 
 from apache_beam.ml.inference.base import ModelHandler
 
+from processors import privacy
+from processors.calibration import calibrate_field, calibrate_label
+from processors.linear import LinearLabeler
 from processors.models import Runtime, load_runtime
 from processors.routing import route
 from processors.tasks import extract, label
+from processors.tasks.prompts import cut
 from schemas.config import Config, TierModel
-from schemas.records import Document, Tier, Usage
+from schemas.records import Document, LabelPrediction, Tier, Usage
 
 log = logging.getLogger(__name__)
+progress = logging.getLogger("sluicegate.progress")  # per-stage lines; only the CLI shows them
 
 
 @dataclass
 class LoadedTier:
     runtime: Runtime
     content_free: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (task, source)
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "\n[...]"
+    linear: dict[str, LinearLabeler] = field(default_factory=dict)  # task -> tier 0 (small tier only)
 
 
 def _requested(doc: Document, item: str, only_escalated: bool) -> bool:
@@ -44,18 +46,31 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
     style = tier_cfg.prompt_style
     started = time.perf_counter()
     usage = {d.doc_id + d.uri: Usage() for d in docs}
+    # What the model reads: PII masked (when the tier sends text off the machine), then cut.
+    masked = {d.doc_id + d.uri: privacy.mask(d.text) if tier_cfg.mask_pii else (d.text, {}) for d in docs}
+
+    def model_text(d: Document) -> str:
+        return cut(masked[d.doc_id + d.uri][0], tier_cfg.max_doc_chars)
+
     for task in config.tasks:
         batch = [d for d in docs if d.source in task.sources and _requested(d, task.name, only_escalated)]
+        if task.name in loaded.linear and tier == "small":
+            batch = _decide_linear(batch, task, loaded.linear[task.name], config.linear[task.name].threshold)
         if not batch:
             continue
-        prompts = [label.build_prompt(task, style, d.source, _cut(d.text, tier_cfg.max_doc_chars)) for d in batch]
+        prompts = [label.build_prompt(task, style, d.source, model_text(d)) for d in batch]
         targets = label.targets_for(task, style)
         scores = label.score_labels(loaded.runtime, prompts, targets, tier_cfg.top_logprobs)
         for doc, score in zip(batch, scores, strict=False):
+            usage[doc.doc_id + doc.uri].add(score.usage)
+            if only_escalated and score.error:  # e.g. the endpoint died: the small answer stands
+                _escalation_failed(doc, task.name, score.error)
+                continue
             content_free = (_content_free(loaded, tier_cfg, task, doc.source)
                             if tier_cfg.contextual_calibration else None)
-            doc.labels[task.name] = label.to_prediction(task, score, content_free, tier)
-            usage[doc.doc_id + doc.uri].add(score.usage)
+            # Calibrated (from the model version) before routing: thresholds live in that space.
+            doc.labels[task.name] = calibrate_label(label.to_prediction(task, score, content_free, tier),
+                                                    config.calibration.get(f"{tier}:{task.name}"))
     for source, specs in config.fields.items():
         for spec in specs:
             # One call per field over the batch: each document keeps its llama.cpp slot, so its
@@ -63,20 +78,46 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
             batch = [d for d in docs if d.source == source and _requested(d, f"field:{spec.name}", only_escalated)]
             if not batch:
                 continue
-            prompts = [extract.build_prompt(specs, spec, style, source, _cut(d.text, tier_cfg.max_doc_chars))
-                       for d in batch]
+            prompts = [extract.build_prompt(specs, spec, style, source, model_text(d)) for d in batch]
             completions = loaded.runtime.complete(prompts,
                                                   max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
                                                   top_logprobs=10, grammar=extract.grammar(spec))
             for doc, completion in zip(batch, completions, strict=False):
-                doc.fields[spec.name] = extract.parse(completion, spec, doc, tier)
                 usage[doc.doc_id + doc.uri].add(Usage(completion.prompt_tokens, completion.completion_tokens))
+                if only_escalated and completion.error:
+                    _escalation_failed(doc, f"field:{spec.name}", completion.error)
+                    continue
+                # Placeholders back to the real values before the value is checked against the text.
+                completion = privacy.unmask_completion(completion, masked[doc.doc_id + doc.uri][1])
+                doc.fields[spec.name] = calibrate_field(extract.parse(completion, spec, doc, tier),
+                                                        config.calibration.get(f"{tier}:fields"))
     elapsed = time.perf_counter() - started
     for doc in docs:
         u = usage[doc.doc_id + doc.uri]
         u.seconds = elapsed / max(len(docs), 1)
         doc.usage.setdefault(tier, Usage()).add(u)
         doc.model_versions[tier] = loaded.runtime.version
+
+
+def _escalation_failed(doc: Document, item: str, why: str) -> None:
+    """The large tier gave no answer for this item: the small answer stands, marked; the next run retries it."""
+    doc.escalation_failed = True
+    doc.decided_by[item] = "small"
+    doc.escalation_reasons.append(f"large:failed({item}: {why[:200]})")
+
+
+def _decide_linear(batch: list[Document], task, labeler: LinearLabeler, threshold: float) -> list[Document]:
+    """Tier 0: the documents it is confident on are decided here; the rest go on to the small model."""
+    rest = []
+    for doc, dist in zip(batch, labeler.predict_proba([d.text for d in batch]), strict=True):
+        dist = {k: v for k, v in dist.items() if k in task.labels}
+        best = max(dist, key=dist.get, default=None)
+        if best is not None and dist[best] >= threshold:
+            doc.labels[task.name] = LabelPrediction(task.name, best, dist[best], dist, "linear")
+            doc.decided_by[task.name] = "linear"
+        else:
+            rest.append(doc)
+    return rest
 
 
 def _content_free(loaded: LoadedTier, tier_cfg: TierModel, task, source: str) -> dict[str, float] | None:
@@ -123,19 +164,26 @@ class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
     def load_model(self) -> LoadedTier:
         started = time.perf_counter()
         loaded = LoadedTier(load_runtime(self._tier_cfg))
+        if self._tier == "small":
+            loaded.linear = {task: LinearLabeler.load(tier0.path) for task, tier0 in self._config.linear.items()}
         log.info("%s tier loaded %s in %.1fs", self._tier, loaded.runtime.version, time.perf_counter() - started)
         return loaded
 
     def run_inference(self, batch: Sequence[Document], model: LoadedTier,
                       inference_args: dict | None = None) -> Iterable[Document]:
+        started = getattr(self, "_started", 0)  # documents this worker's handler was given so far
+        self._started = started + len(batch)
+        progress.info("%s tier: documents %d-%d", self._tier, started + 1, self._started)
+        before = [(dict(d.labels), dict(d.fields)) for d in batch]  # the small answers, if the large tier fails
         try:
             predict(batch, model, self._tier_cfg, self._config, self._tier)
         except Exception as e:
             log.exception("%s tier failed on a batch of %d", self._tier, len(batch))
-            for doc in batch:
+            for doc, (labels, fields) in zip(batch, before, strict=True):
                 if self._tier == "small":
                     doc.error = f"small tier failed: {type(e).__name__}: {e}"[:500]
                 else:
+                    doc.labels, doc.fields = labels, fields  # no half-written large answers
                     self._keep_small_answers(doc, f"{type(e).__name__}: {e}")
             return batch
         for doc in batch:

@@ -48,9 +48,10 @@ class FieldSpec(_Strict):
 
 
 class TierModel(_Strict):
-    """One model tier. `model` is a packaged model name (see processors/models/weights.py) or a .gguf path."""
+    """One model tier. `model` is a packaged model name (see processors/models/weights.py) or a .gguf path;
+    with runtime "http", the model name the endpoint serves."""
 
-    runtime: Literal["llamacpp"] = "llamacpp"
+    runtime: Literal["llamacpp", "http"] = "llamacpp"
     model: str
     adapter: str | None = None  # optional llama.cpp LoRA adapter (.gguf)
     prompt_style: Literal["base", "chatml"] = "base"
@@ -64,6 +65,27 @@ class TierModel(_Strict):
     max_field_tokens: int = 40  # generation budget per field value (also bounded by the field's type)
     top_logprobs: int = 40  # candidate tokens read per label position
     price_per_million_tokens: float = 0.0  # estimated cost, for the runs table
+    # runtime "http": any OpenAI-compatible /v1/completions endpoint (llama.cpp server, vLLM, Ollama, hosted).
+    endpoint: str | None = None  # base URL, e.g. http://127.0.0.1:8080 (".../v1" also accepted)
+    api_key_env: str | None = None  # name of the environment variable holding the API key (never the key)
+    api_key_secret: str | None = None  # or a Prefect Secret block name; the flow puts it in api_key_env
+    request_timeout_seconds: float = 60.0  # per HTTP request
+    max_retries: int = 3  # retries on connection errors, timeouts, 429, 5xx and garbage bodies
+    retry_backoff_seconds: float = 0.5  # first retry delay; doubles per retry, with jitter
+    max_concurrency: int = 4  # requests in flight per worker
+    circuit_breaker_failures: int = 5  # consecutive failed requests that open the circuit ...
+    circuit_breaker_cooldown_seconds: float = 30.0  # ... which then fails fast for this long
+    # Mask emails, phone numbers, IBANs and card numbers before text reaches the model; restored in
+    # field values. Default: on for runtime "http" (text leaves the machine), off for in-process models.
+    mask_pii: bool = False
+
+    @model_validator(mode="after")
+    def _http_defaults(self) -> TierModel:
+        if "mask_pii" not in self.model_fields_set:
+            self.mask_pii = self.runtime == "http"
+        if self.runtime == "http" and not self.endpoint:
+            raise ValueError("runtime 'http' needs an endpoint")
+        return self
 
 
 class Thresholds(_Strict):
@@ -73,12 +95,48 @@ class Thresholds(_Strict):
     large: float = 0.5
 
 
+class TaskCalibration(_Strict):
+    """Maps a tier's raw confidence to a calibrated probability for one task (or 'fields')."""
+
+    method: Literal["none", "temperature", "isotonic"] = "none"
+    temperature: float = 1.0  # label distributions: p_i ** (1/T), renormalised
+    # isotonic: piecewise-linear map from raw confidence (x, ascending) to observed accuracy (y)
+    x: list[float] = Field(default_factory=list)
+    y: list[float] = Field(default_factory=list)
+
+
+class LinearTier(_Strict):
+    """Tier 0 for one label task: TF-IDF + a linear model; confident items skip the language models."""
+
+    path: str  # joblib file (inside the model version's folder)
+    threshold: float  # predicted probability at or above which tier 0 decides
+
+
+class Models(_Strict):
+    """Where fine-tuned model versions live (see schemas/versions.py)."""
+
+    registry: str | None = None  # folder with registry.json and versions/<id>/; none: the base model
+    version: str | None = None  # pin a version id; default: the registry's promoted version
+    active: str | None = None  # set when the configuration is loaded: the version in use (in every row)
+
+
 class PdfOptions(_Strict):
     # File name (or glob) -> password. Prefer the SLUICEGATE_PDF_PASSWORDS env var (JSON) for secrets.
     passwords: dict[str, str] = Field(default_factory=dict)
-    max_bytes: int = 50_000_000
-    max_pages: int = 500
-    min_chars: int = 20  # less text than this: a scan or an empty document (reason needs_ocr)
+    # Per-document limits, so one file cannot stall the night or exhaust memory. A PDF is parsed in a
+    # worker process that is killed at max_seconds (reason parse_timeout) and capped at max_memory_mb
+    # of address space (memory_limit).
+    max_bytes: int = Field(50_000_000, gt=0)  # larger files: too_large, not read
+    max_pages: int = Field(500, gt=0)  # more pages: too_many_pages
+    max_chars: int = Field(1_000_000, gt=0)  # text beyond this is cut (metadata truncated_at_chars)
+    max_seconds: float = Field(60.0, gt=0)  # parse + OCR of one file
+    max_memory_mb: int = Field(2048, ge=256)
+    min_chars: int = 20  # less text than this: a scan or an empty document (OCR, else reason needs_ocr)
+    # OCR of scanned pages with the Tesseract binary (Debian: apt-get install tesseract-ocr).
+    ocr: bool = False
+    ocr_languages: str = "eng"  # tesseract -l, e.g. "eng+deu"
+    ocr_max_pages: int = Field(20, gt=0)  # a longer scan is OCRed up to this page, the rest is marked
+    tesseract: str = "tesseract"  # the binary: a name on PATH or a path
 
 
 class TicketColumns(_Strict):
@@ -93,8 +151,10 @@ class TicketColumns(_Strict):
 class TicketOptions(_Strict):
     # Column mapping per file-name glob, first match wins; '*' is the default.
     columns: dict[str, TicketColumns] = Field(default_factory=lambda: {"*": TicketColumns()})
-    encoding: str = "utf-8"
-    max_body_chars: int = 20_000  # longer bodies are cut (recorded in metadata 'truncated')
+    encoding: str = "utf-8"  # tried first, per line; then UTF-8, then cp1252 (metadata 'encoding' says which)
+    max_bytes: int = Field(500_000_000, gt=0)  # a larger export file is one error (too_large), not read
+    # A longer body is cut to this many characters, never split: metadata 'truncated_from_chars' has its length.
+    max_body_chars: int = Field(20_000, gt=0)
 
     def columns_for(self, filename: str) -> TicketColumns:
         from fnmatch import fnmatch
@@ -151,6 +211,10 @@ class Config(_Strict):
     # Price per million tokens of a hosted large model, to show what sending everything there would cost.
     hosted_price_per_million_tokens: float = 0.60
     thresholds: dict[str, Thresholds] = Field(default_factory=dict)  # task or 'fields' -> thresholds
+    models: Models = Models()
+    # '<tier>:<task>' (or '<tier>:fields') -> calibration; normally filled from the model version.
+    calibration: dict[str, TaskCalibration] = Field(default_factory=dict)
+    linear: dict[str, LinearTier] = Field(default_factory=dict)  # task -> tier 0; from the model version
     pdf: PdfOptions = PdfOptions()
     tickets: TicketOptions = TicketOptions()
 
@@ -168,8 +232,12 @@ class Config(_Strict):
         return [t for t in self.tasks if source in t.sources]
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Reads and validates a TOML configuration; relative paths resolve against its folder."""
+def load_config(path: str | Path | None, apply_version: bool = True) -> Config:
+    """Reads and validates a TOML configuration; relative paths resolve against its folder.
+
+    With apply_version, the registry's promoted (or pinned) model version is applied: its adapter,
+    label sets, calibration, thresholds and tier 0 (schemas/versions.py).
+    """
     if path is None:
         return Config()
     path = Path(path)
@@ -184,6 +252,15 @@ def load_config(path: str | Path | None) -> Config:
             tier.model = _resolve(tier.model, base)
         if tier.adapter:
             tier.adapter = _resolve(tier.adapter, base)
+    if config.models.registry:
+        config.models.registry = _resolve(config.models.registry, base)
+    if apply_version:
+        from schemas.versions import apply_version as apply
+        from schemas.versions import resolve
+
+        found = resolve(config.models.registry, config.models.version)
+        if found:
+            config = apply(config, *found)
     return config
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Source = Literal["pdf", "tickets"]
-Tier = Literal["small", "large", "review"]
+Tier = Literal["linear", "small", "large", "review"]  # linear: tier 0 (TF-IDF), label tasks only
 
 
 @dataclass

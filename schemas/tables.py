@@ -40,6 +40,7 @@ def results_schema(task_names: list[str]) -> pa.Schema:
             pa.field("n_pages", pa.int32()),
             pa.field("n_chars", pa.int64()),
             pa.field("metadata", pa.map_(pa.string(), pa.string())),
+            pa.field("model_version_id", pa.string()),  # the registry's model version (adapter, labels, thresholds)
             pa.field("small_model_version", pa.string()),
             pa.field("large_model_version", pa.string()),
             pa.field("task_versions", pa.map_(pa.string(), pa.string())),
@@ -71,6 +72,7 @@ FIELDS_SCHEMA = pa.schema(
         pa.field("valid", pa.bool_(), nullable=False),
         pa.field("problems", pa.list_(pa.string())),
         pa.field("model_version", pa.string()),
+        pa.field("model_version_id", pa.string()),  # the registry's model version
         pa.field("task_version", pa.string()),
         *_common,
     ]

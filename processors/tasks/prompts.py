@@ -20,6 +20,11 @@ def frame(style: Style, source: str, text: str, request: str) -> str:
     return f"{kind}:\n\"\"\"\n{text}\n\"\"\"\n\n{request}"
 
 
+def cut(text: str, limit: int) -> str:
+    """The document text as a tier sees it: at most `limit` characters, marked when cut."""
+    return text if len(text) <= limit else text[:limit] + "\n[...]"
+
+
 def answer_lead(style: Style) -> str:
     """What precedes the first answer token: base prompts end with 'Answer:', so answers start with a space."""
     return "" if style == "chatml" else " "

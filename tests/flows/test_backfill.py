@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
         folder.mkdir(parents=True)
         (folder / "export.jsonl").write_text("\n".join([good[2 * i], good[2 * i + 1], '{"broken": ']) + "\n")
     config = root / "sluicegate.toml"
-    config.write_text(f"""
+    config.write_text("""
 [inputs]
 inbox = "inbox"
 sources = ["tickets"]
@@ -114,8 +114,12 @@ def test_deployments_have_typed_parameters_and_the_schedule(setup):
     _, config = setup
     from flows.deployments import build_deployments
 
-    nightly, backfill = build_deployments(config)
-    assert nightly.name == "nightly" and backfill.name == "backfill"
+    nightly, backfill, evaluate, finetune = build_deployments(config)
+    assert [d.name for d in (nightly, backfill, evaluate, finetune)] == ["nightly", "backfill", "evaluate", "finetune"]
+    for deployment in (evaluate, finetune):  # plain typed fields only: the UI renders them as a form
+        for name, prop in deployment._parameter_openapi_schema.properties.items():
+            assert "object" not in json.dumps(prop), (deployment.name, name, prop)
+    assert finetune._parameter_openapi_schema.properties["train"]["type"] == "array"
     cron = nightly.schedules[0].schedule
     assert cron.cron == "0 2 * * *" and cron.timezone == "UTC"
     props = backfill._parameter_openapi_schema.properties

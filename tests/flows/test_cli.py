@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SLUICEGATE = str(Path(sys.executable).parent / "sluicegate")
 
 
@@ -25,3 +27,42 @@ def test_missing_config_file_fails_cleanly(tmp_path):
 def test_help_lists_the_commands():
     done = _run("--help")
     assert done.returncode == 0 and "run" in done.stdout
+
+
+@pytest.mark.slow
+def test_backfill_prints_per_stage_progress_lines(tmp_path):
+    """A one-date backfill of two tickets and a malformed line: one stderr line per stage, stdout untouched."""
+    import re
+
+    from tests.conftest import FIXTURES
+
+    lines = (FIXTURES / "inbox" / "tickets" / "2026-11-20" / "support_export.jsonl").read_text().splitlines()
+    folder = tmp_path / "inbox" / "tickets" / "2026-11-05"
+    folder.mkdir(parents=True)
+    (folder / "export.jsonl").write_text("\n".join([lines[0], lines[1], '{"broken": ']) + "\n")
+    config = tmp_path / "sluicegate.toml"
+    config.write_text('[inputs]\ninbox = "inbox"\nsources = ["tickets"]\n[output]\nroot = "out"\n'
+                      '[[tasks]]\nname = "sentiment"\nlabels = ["negative", "neutral", "positive"]\n'
+                      '[small]\nmodel = "gemma3-270m"\nparallel_sequences = 2\n'
+                      '[large]\nmodel = "qwen2.5-coder-1.5b-instruct"\nprompt_style = "chatml"\n'
+                      'contextual_calibration = false\nparallel_sequences = 2\n'
+                      '[tickets.columns."*"]\nid = "ticket_id"\n')
+    done = subprocess.run([SLUICEGATE, "backfill", "--start", "2026-11-05", "--end", "2026-11-05", "--config",
+                           str(config)], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    progress = [line.split("  ", 1)[1] for line in done.stderr.splitlines()
+                if re.match(r"\d\d:\d\d:\d\d  \S", line)]
+    expected = [r"backfill: 2026-11-05 \(1 of 1\)",
+                r"discover: 1 files for 2026-11-05 \(tickets 1\); 0 inputs already done",
+                r"small tier: documents 1-2",
+                r"ingest: 3 inputs \(0 already done, kept\)",
+                r"small tier: 2 documents",
+                r"large tier: \d documents escalated",
+                r"write: errors 1 rows, fields 0 rows, manifest 3 rows, results 2 rows",
+                r"check: ok \(inputs 3 = results 2 \+ errors 1\)",
+                r"backfill: 1 of 1 dates completed"]
+    remaining = iter(progress)  # in this order, other lines (the large tier's batches) may come between
+    for pattern in expected:
+        assert any(re.fullmatch(pattern, line) for line in remaining), (pattern, progress)
+    assert "2026-11-05: completed  inputs 3 = results 2 + errors 1" in done.stdout
+    assert "discover:" not in done.stdout

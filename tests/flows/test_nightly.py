@@ -4,6 +4,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from schemas.config import load_config
 from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, RUNS_SCHEMA, results_schema
 from tests.conftest import FIXTURE_DATE, FIXTURES
 
@@ -55,8 +56,9 @@ def test_broken_inputs_are_errors_with_their_reason(nightly_run):
 
 
 @pytest.mark.slow
-def test_tables_have_the_declared_schemas_and_partitions(nightly_run, config):
+def test_tables_have_the_declared_schemas_and_partitions(nightly_run):
     _, out = nightly_run
+    config = load_config(FIXTURES / "sluicegate.toml")  # as the run loaded it: with the shipped model version
     expected = {"results": results_schema([t.name for t in config.tasks]), "fields": FIELDS_SCHEMA,
                 "errors": ERRORS_SCHEMA}
     for table, schema in expected.items():
@@ -73,9 +75,18 @@ def test_small_and_large_tiers_both_decide_and_versions_are_recorded(nightly_run
     summary, out = nightly_run
     results, fields = _table(out, "results"), _table(out, "fields")
     decided = pl.concat([results[c] for c in ("category_decided_by", "sentiment_decided_by")]).drop_nulls()
-    assert "large" in decided.to_list() and "small" in decided.to_list()
+    # the shipped version: tier 0 and the fine-tuned small model decide labels; fields escalate (PDFs)
+    assert set(decided.to_list()) <= {"linear", "small", "large", "review"}
+    assert {"linear", "small"} & set(decided.to_list())
+    assert "large" in fields["decided_by"].to_list() or "large" in decided.to_list()
     assert results["small_model_version"].str.starts_with("gemma3-270m@").all()
-    escalated = results.filter(pl.col("decided_by") != "small")
+    # the shipped fine-tuned version is the one the quick start runs, and every row names it
+    config = load_config(FIXTURES / "sluicegate.toml")
+    assert config.models.active, "models/registry.json names the shipped version"
+    assert results["model_version_id"].to_list() == [config.models.active] * results.height
+    assert results["small_model_version"].str.contains("+lora:adapter.gguf@", literal=True).all()
+    assert fields["model_version_id"].to_list() == [config.models.active] * fields.height
+    escalated = results.filter(pl.col("decided_by").is_in(["large", "review"]))
     assert escalated["large_model_version"].str.starts_with("qwen2.5-coder-1.5b-instruct@").all()
     assert (escalated["escalation_reasons"].list.len() > 0).all()
     assert results.filter(pl.col("source") == "tickets")["category"].is_in(

@@ -1,0 +1,240 @@
+"""Operations against a real Prefect server process: deployments served by `sluicegate serve`, a backfill
+started through the API, a rerun started with `prefect deployment run`, Beam's logs in the run logs.
+
+Everything runs as separate processes, as for a user: `prefect server start` (its own PREFECT_HOME),
+`sluicegate serve --api-url` (which runs each flow run in a subprocess), the `prefect` CLI. A tiny
+inbox (two tickets and one malformed line per date) and the fixtures' configuration without fields
+keep it quick. All processes are killed at the end, their process groups and children too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import polars as pl
+import psutil
+import pytest
+
+from tests.conftest import FIXTURES
+
+BIN = Path(sys.executable).parent
+DATES = [date(2026, 11, d) for d in (1, 2, 3)]
+TIMEZONE = "Europe/Berlin"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    # A session of its own: the whole group can be killed without touching pytest's.
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process's group and to the groups of all its descendants, then SIGKILL."""
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    groups = {proc.pid}
+    for p in procs:
+        try:
+            groups.add(os.getpgid(p.pid))
+        except ProcessLookupError:
+            pass
+    groups.discard(os.getpgrp())  # never our own
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        if not alive:
+            break
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _tail(log: Path, n: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log.exists() else ""
+
+
+def _write_inbox_and_config(root: Path) -> Path:
+    lines = (FIXTURES / "inbox" / "tickets" / "2026-11-20" / "support_export.jsonl").read_text().splitlines()
+    good = [line for line in lines if line.strip().endswith("}")]
+    for i, day in enumerate(DATES):
+        folder = root / "inbox" / "tickets" / day.isoformat()
+        folder.mkdir(parents=True)
+        (folder / "export.jsonl").write_text("\n".join([good[2 * i], good[2 * i + 1], '{"broken": ']) + "\n")
+    # The bundled configuration, with its output here, one task and no fields (quicker), and a time zone.
+    text = (FIXTURES / "sluicegate.toml").read_text()
+    text, n = re.subn(r'(?m)^root = "[^"]*"', 'root = "out"', text)
+    assert n == 1
+    text = re.sub(r"(?m)^\[\[fields\.\w+\]\]\n(?:[^\[\n].*\n)*", "", text)
+    text, n = re.subn(r'(?m)^\[\[tasks\]\]\nname = "category"\n(?:[^\[\n].*\n)*', "", text)  # sentiment only
+    assert n == 1
+    assert "[schedule]" not in text
+    text += f'\n[schedule]\ncron = "0 2 * * *"\ntimezone = "{TIMEZONE}"\n'
+    config = root / "sluicegate.toml"
+    config.write_text(text)
+    return config
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A real Prefect server and `sluicegate serve` serving the deployments to it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root = tmp_path_factory.mktemp("server")
+    config = _write_inbox_and_config(root)
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # serve picks a new run up sooner (default 10 s)
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(_start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            root / "server.log", env, root))
+        from flows.deployments import wait_healthy
+
+        wait_healthy(api_url, server=procs[0])
+        env["PREFECT_API_URL"] = api_url
+        procs.append(_start([str(BIN / "sluicegate"), "serve", "--config", str(config), "--api-url", api_url],
+                            root / "serve.log", env, root))
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            _wait_for_deployments(procs[1], root / "serve.log")
+            yield {"root": root, "config": config, "api_url": api_url, "env": env}
+    finally:
+        for proc in reversed(procs):
+            _kill_tree(proc)
+
+
+def _wait_for_deployments(serve: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            assert serve.poll() is None, f"sluicegate serve exited:\n{_tail(log)}"
+            try:
+                client.read_deployment_by_name("nightly/nightly")
+                client.read_deployment_by_name("backfill/backfill")
+                if "being served" in log.read_text(errors="replace"):
+                    return
+            except ObjectNotFound:
+                pass
+            time.sleep(1)
+    raise TimeoutError(f"deployments not served within {timeout}s:\n{_tail(log)}")
+
+
+def _form_problems(schema: dict) -> list[str]:
+    """What the UI's parameter form renders badly: objects, nested models ($ref), untyped values."""
+    problems = []
+    if schema.get("definitions") or schema.get("$defs"):
+        problems.append("nested definitions")
+    for name, prop in schema["properties"].items():
+        variants = prop.get("anyOf", [prop])
+        for v in variants:
+            if "$ref" in v or v.get("type") in (None, "object"):
+                problems.append(f"{name}: {v}")
+            if v.get("type") == "array" and v["items"].get("type") not in ("string", "number", "integer"):
+                problems.append(f"{name}: array of {v['items']}")
+    return problems
+
+
+def _results(root: Path) -> pl.DataFrame:
+    return pl.read_parquet(root / "out" / "results" / "**" / "*.parquet", hive_partitioning=True).sort("uri")
+
+
+def _runs(root: Path) -> pl.DataFrame:
+    return pl.read_parquet(root / "out" / "runs" / "**" / "*.parquet", hive_partitioning=True)
+
+
+@pytest.mark.slow
+def test_deployments_backfill_through_the_api_and_the_cli(served):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterName
+    from prefect.deployments import run_deployment
+
+    root = served["root"]
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("nightly/nightly")
+        backfill = client.read_deployment_by_name("backfill/backfill")
+    # The nightly schedule: cron and the configured time zone.
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 2 * * *", TIMEZONE, True)
+    # The form opens with the configuration file and its sources filled in.
+    pinned = {"config_path": str(served["config"]), "sources": ["tickets", "pdf"]}
+    assert nightly.parameters == pinned and backfill.parameters == pinned
+    # The backfill form: dates, a multi-select of sources, a checkbox; no objects or nested models.
+    schema = backfill.parameter_openapi_schema
+    assert schema["required"] == ["start", "end"]
+    props = schema["properties"]
+    assert props["start"]["format"] == props["end"]["format"] == "date"
+    assert props["reprocess"]["type"] == "boolean"
+    assert {"enum": ["tickets", "pdf"], "type": "string"} in [v.get("items") for v in props["sources"]["anyOf"]]
+    assert _form_problems(schema) == [] and _form_problems(nightly.parameter_openapi_schema) == []
+    assert all(p.get("description") for p in props.values())  # the form explains each field
+    with get_client(sync_client=True) as client:  # every flow is served, each with a form the UI can render
+        for name in ("evaluate/evaluate", "finetune/finetune"):
+            assert _form_problems(client.read_deployment_by_name(name).parameter_openapi_schema) == [], name
+
+    # A 3-day backfill started through the API, as the UI's form does.
+    run = run_deployment("backfill/backfill", parameters={"start": "2026-11-01", "end": "2026-11-03"},
+                         timeout=600, poll_interval=2)
+    assert run.state.is_completed(), f"{run.state}\n{_tail(root / 'serve.log')}"
+    first = _results(root)
+    assert first.group_by("run_date").len().sort("run_date")["len"].to_list() == [2, 2, 2]
+    assert first["uri"].n_unique() == 6 and sorted(set(first["run_date"])) == DATES
+    errors = pl.read_parquet(root / "out" / "errors" / "**" / "*.parquet", hive_partitioning=True)
+    assert errors.height == 3 and set(errors["reason"]) == {"malformed_json"}
+    runs = _runs(root)
+    assert runs.height == 3 and runs["invariant_ok"].all() and runs["n_inputs"].to_list() == [3, 3, 3]
+
+    # Beam's in-process workers log into each date's Prefect run: the small tier's load line.
+    with get_client(sync_client=True) as client:
+        dates_of_runs = {r.id: r.parameters["run_date"] for r in client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["nightly"]))) if r.parameters.get("run_date")}
+        logs = client.read_logs(log_filter=LogFilter(name=LogFilterName(any_=["processors.tiers"])))
+    logged = {str(dates_of_runs[log.flow_run_id]) for log in logs
+              if log.flow_run_id in dates_of_runs and "small tier loaded" in log.message}
+    assert logged == {d.isoformat() for d in DATES}, [log.message for log in logs]
+
+    # The same range again, with the command the README gives: everything skipped, no row changed.
+    done = subprocess.run(
+        [str(BIN / "prefect"), "deployment", "run", "backfill/backfill", "--param", "start=2026-11-01",
+         "--param", "end=2026-11-03", "--watch", "--watch-timeout", "600"],
+        capture_output=True, text=True, env=served["env"], cwd=root, timeout=660, check=False)
+    assert done.returncode == 0 and "Completed" in done.stdout, done.stdout + done.stderr
+    again = _results(root)
+    assert again.equals(first)
+    runs = _runs(root).sort("started_at")
+    assert runs.height == 6 and runs["invariant_ok"].all()
+    assert runs["n_skipped"].to_list()[3:] == [3, 3, 3] and runs["n_inputs"].to_list()[3:] == [3, 3, 3]
+
+    # The server made the nightly's scheduled runs: 02:00 in the configured time zone.
+    with get_client(sync_client=True) as client:
+        scheduled = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["nightly"])))
+    starts = [r.expected_start_time.astimezone(ZoneInfo(TIMEZONE)) for r in scheduled
+              if r.deployment_id == nightly.id and r.state and r.state.is_scheduled()]
+    assert starts and all((s.hour, s.minute) == (2, 0) for s in starts), starts
+    assert min(starts) > datetime.now(ZoneInfo(TIMEZONE))
