@@ -22,7 +22,7 @@ from flows.locks import date_lock
 from flows.settings import PROGRESS_LOGGER, beam_logs_in_run
 from processors.models import tier_version
 from processors.pipeline import RunSpec, crash_test_hook, run_pipeline
-from processors.sinks import TASK_VERSIONS, partition_path, write_partition
+from processors.sinks import TASK_VERSIONS, partition_path, read_table, write_partition
 from schemas.config import Config, load_config
 from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
 
@@ -118,18 +118,9 @@ def run_beam(spec: RunSpec, runner: str) -> dict[str, int]:
         return run_pipeline(spec, runner=runner)
 
 
-def read_partition(out_root: str, table: str, run_date: str, sources: list[str]) -> pl.DataFrame:
-    frames = []
-    for source in sources:
-        path = partition_path(out_root, table, run_date, source)
-        if path.exists():
-            frames.append(pl.read_parquet(path).with_columns(pl.lit(source).alias("source")))
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
-
-
 def done_inputs(out_root: str, run_date: str, sources: list[str], key: str) -> frozenset[tuple[str, str]]:
     """(uri, doc_id) of the inputs the manifest says are done with this version_key."""
-    manifest = read_partition(out_root, "manifest", run_date, sources)
+    manifest = read_table(out_root, "manifest", [run_date], sources)
     if manifest.is_empty():
         return frozenset()
     done = manifest.filter(pl.col("done") & (pl.col("version_key") == key))
@@ -207,9 +198,9 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     t_pipeline = time.perf_counter()
 
     # Read back what was written: the invariant is checked on the tables, not on in-memory counts.
-    results = read_partition(out_root, "results", day, sources)
-    errors = read_partition(out_root, "errors", day, sources)
-    fields = read_partition(out_root, "fields", day, sources)
+    results = read_table(out_root, "results", [day], sources)
+    errors = read_table(out_root, "errors", [day], sources)
+    fields = read_table(out_root, "fields", [day], sources)
     n_inputs = int(counters.get("inputs", 0))
     accounted = set(results["uri"].to_list() if len(results) else []) | set(
         errors["uri"].to_list() if len(errors) else [])

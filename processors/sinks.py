@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -106,6 +107,10 @@ def write_partition(path: Path, rows: Iterable[dict], schema: pa.Schema) -> int:
     """Writes rows to `path` atomically (temp file + rename). Returns the number of rows."""
     table = pa.Table.from_pylist(list(rows), schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A write killed before its rename leaves its temp file behind. Runs of a date hold the date's lock,
+    # so no live writer owns another temp file of this partition: sweep them here.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # dot-prefixed: readers' globs skip it
     try:
         pq.write_table(table, tmp)
@@ -115,6 +120,21 @@ def write_partition(path: Path, rows: Iterable[dict], schema: pa.Schema) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return table.num_rows
+
+
+def read_table(out_root: str, table: str, run_dates: Iterable[str], sources: Iterable[str] | None = None
+               ) -> pl.DataFrame:
+    """Every partition file of `table` for these run dates (and these sources, when given) as one frame,
+    with a `source` column from the path; an empty frame when there is none."""
+    wanted = None if sources is None else set(sources)
+    frames = []
+    for run_date in run_dates:
+        folder = Path(out_root) / table / f"run_date={run_date}"
+        for path in sorted(folder.glob("source=*/part-*.parquet")):
+            source = path.parent.name.removeprefix("source=")
+            if wanted is None or source in wanted:
+                frames.append(pl.read_parquet(path).with_columns(pl.lit(source).alias("source")))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
 def read_rows(path: Path, uris: set[str]) -> list[dict]:

@@ -19,22 +19,15 @@ import polars as pl
 
 from processors.datasets import LabelledExample
 from processors.pipeline import read_and_ingest
+from processors.sinks import read_table
 from schemas.config import Config
 from schemas.records import Document
 
 log = logging.getLogger(__name__)
 
 
-def _scan(out_root: str, table: str, start: date, end: date) -> pl.DataFrame:
-    frames = []
-    day = start
-    while day <= end:
-        folder = Path(out_root) / table / f"run_date={day.isoformat()}"
-        for path in sorted(folder.glob("source=*/part-*.parquet")):
-            source = path.parent.name.removeprefix("source=")
-            frames.append(pl.read_parquet(path).with_columns(pl.lit(source).alias("source")))
-        day += timedelta(days=1)
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+def _days(start: date, end: date) -> list[str]:
+    return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
 def read_corrections(path: str | Path | None) -> dict[str, dict[str, str | None]]:
@@ -53,8 +46,8 @@ def read_corrections(path: str | Path | None) -> dict[str, dict[str, str | None]
 def distilled_examples(config: Config, out_root: str, start: date, end: date,
                        corrections_path: str | Path | None = None) -> tuple[list[LabelledExample], dict[str, int]]:
     """Training examples from the large tier's decisions (and corrections) in [start, end]."""
-    results = _scan(out_root, "results", start, end)
-    fields = _scan(out_root, "fields", start, end)
+    results = read_table(out_root, "results", _days(start, end))
+    fields = read_table(out_root, "fields", _days(start, end))
     corrections = read_corrections(corrections_path)
     stats = {"large_labels": 0, "large_fields": 0, "corrected": 0, "unreadable": 0}
     wanted: dict[str, dict] = {}  # uri -> {"doc_id", "source", "labels", "fields"}

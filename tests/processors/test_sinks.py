@@ -49,3 +49,28 @@ def test_failed_write_keeps_the_old_partition(tmp_path):
         sinks.write_partition(path, [{"uri": None}], ERRORS_SCHEMA)  # violates a non-null column
     assert pl.read_parquet(path)["run_id"].to_list() == ["r1"]
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_write_sweeps_temp_files_left_by_a_killed_write(tmp_path):
+    path = sinks.partition_path(str(tmp_path), "errors", "2026-11-20", "pdf")
+    path.parent.mkdir(parents=True)
+    left = path.parent / f".{path.name}.0123abcd.tmp"  # what a write killed before its rename leaves
+    left.write_bytes(b"half a parquet file")
+    other = path.parent / ".part-00001.parquet.0123abcd.tmp"  # another shard's: not this write's to sweep
+    other.write_bytes(b"x")
+    bad = Rejected("a.pdf", "pdf", "ingest", "corrupt_pdf", "x")
+    sinks.write_partition(path, [sinks.error_row(bad, "r1")], ERRORS_SCHEMA)
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, other.name])
+
+
+def test_read_table_joins_dates_and_sources_and_names_the_source(tmp_path):
+    out = str(tmp_path)
+    for day, source, run in (("2026-11-20", "pdf", "a"), ("2026-11-21", "pdf", "b"), ("2026-11-21", "tickets", "c")):
+        bad = Rejected(f"{run}.x", source, "ingest", "corrupt_pdf", "x")
+        sinks.write_partition(sinks.partition_path(out, "errors", day, source), [sinks.error_row(bad, run)],
+                              ERRORS_SCHEMA)
+    both = sinks.read_table(out, "errors", ["2026-11-20", "2026-11-21", "2026-11-22"])
+    assert sorted(zip(both["run_id"], both["source"], strict=True)) == [("a", "pdf"), ("b", "pdf"), ("c", "tickets")]
+    only = sinks.read_table(out, "errors", ["2026-11-21"], sources=["tickets"])
+    assert only["run_id"].to_list() == ["c"]
+    assert sinks.read_table(out, "errors", ["2026-11-19"]).is_empty()
