@@ -70,9 +70,10 @@ def print_summary(s: dict) -> None:
             return "-"
         return f"{v:.1%}" if pct else f"{v:.3f}"
 
-    tiers = [("small", "small"), ("large", "large"), ("cascade", "cascade"), ("cascade_calibrated", "calibrated")]
+    tiers = [("linear", "tier 0"), ("small", "small"), ("large", "large"), ("cascade", "cascade"),
+             ("cascade_calibrated", "calibrated")]
     print(f"\nsluicegate evaluate: {s['n_docs']} documents, {s['n_items']} items")
-    print(f"  {'task':<18} {'tier':<11} {'quality':>8} {'macro-F1':>9} {'escalation':>11}")
+    print(f"  {'task':<18} {'tier':<11} {'quality':>8} {'macro-F1':>9} {'escalation':>11} {'tier 0 decides':>15}")
     for group in ("tasks", "fields"):
         for name, entry in s[group].items():
             for key, label in tiers:
@@ -80,7 +81,7 @@ def print_summary(s: dict) -> None:
                     e = entry[key]
                     esc = e.get("escalation_rate", 1.0 if key == "large" else 0.0)
                     print(f"  {name:<18} {label:<11} {f(e.get('quality')):>8} {f(e.get('macro_f1')):>9} "
-                          f"{f(esc, True):>11}")
+                          f"{f(esc, True):>11} {f(e.get('linear_rate'), True):>15}")
     print(f"  {'tier':<11} {'tokens/doc':>10} {'cost/1k docs':>13} {'hosted large/1k':>16} {'docs/s':>7}")
     for key, label in tiers:
         c = s["cost"].get(key)

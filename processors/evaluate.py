@@ -10,6 +10,10 @@ rerun. A library first (the fine-tuning flow compares model versions with it), a
     calibration = fit_calibration(ev); thresholds, points = choose_thresholds(ev, calibration)
     write_report(ev, "eval/")
 
+Tier 0 (the linear model of the configuration's model version, when it has one for a task) runs on
+every labelled item too; in the cascade it decides the items at or above its threshold before the
+small model, as in the nightly run (`decided_by = linear`).
+
 Only the tasks a document is labelled for and the fields known for it are run. A task in the data
 that the configuration lacks is added with the data's label set. Confidences in the outcomes are raw
 (the models run without calibration); the configuration's calibration (from its model version) is
@@ -49,6 +53,7 @@ OUTCOME_SCHEMA = {
     "small_dist": pl.String, "small_problems": pl.String,
     "large_pred": pl.String, "large_conf": pl.Float64, "large_valid": pl.Boolean, "large_correct": pl.Boolean,
     "large_dist": pl.String, "large_problems": pl.String,
+    "linear_pred": pl.String, "linear_conf": pl.Float64, "linear_correct": pl.Boolean,
     "cascade_pred": pl.String, "decided_by": pl.String, "cascade_correct": pl.Boolean,
     "small_doc_tokens": pl.Int64, "small_doc_seconds": pl.Float64,
     "large_tokens": pl.Int64, "large_seconds": pl.Float64,
@@ -121,8 +126,9 @@ def evaluation_config(config: Config, examples: Sequence[LabelledExample]) -> tu
     if extra:
         notes.append(f"fields in the data but not in the configuration (not evaluated): {extra}")
     if config.linear:
-        notes.append(f"tier 0 (linear) of {sorted(config.linear)} is not part of this evaluation: the small model "
-                     "answers every item")
+        notes.append(f"tier 0 (linear) of {sorted(config.linear)} decides the items at or above its threshold "
+                     "before the small model in the cascade, as in the nightly run; the cascade's small-tier cost "
+                     "still counts those items (the small model answered every item here)")
     out = config.model_copy(deep=True)
     out.tasks = tasks
     out.fields = fields
@@ -236,7 +242,8 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
         runs[tier] = TierRun(tier, runtime_tier.runtime.version, n_docs, seconds, load_seconds,
                              sum(_tokens(d, tier) for d in docs[tier].values()))
 
-    outcomes = _outcomes(plan, docs, item_usage, config, tiers)
+    linear = _predict_linear(eval_cfg, examples) if "small" in tiers else {}
+    outcomes = _outcomes(plan, docs, linear, item_usage, config, tiers)
     ev = Evaluation(outcomes, {}, eval_cfg, tiers, runs, n_docs, notes=notes)
     ev.calibration = fit_calibration(ev)
     if "large" in tiers and "small" in tiers:
@@ -244,6 +251,23 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
                                                                target_quality_gap=target_quality_gap)
     ev.summary = summarize(ev, config)
     return ev
+
+
+def _predict_linear(cfg: Config, examples: list[LabelledExample]) -> dict[tuple[str, str], LabelPrediction]:
+    """(example id, task) -> tier 0's prediction, for every labelled item of a task that has tier 0."""
+    from processors.linear import LinearLabeler  # scikit-learn: only when a version has tier 0
+
+    out: dict[tuple[str, str], LabelPrediction] = {}
+    for task in cfg.tasks:
+        if task.name not in cfg.linear:
+            continue
+        members = [ex for ex in examples if task.name in ex.labels and ex.source in task.sources]
+        labeler = LinearLabeler.load(cfg.linear[task.name].path)
+        for ex, dist in zip(members, labeler.predict_proba([ex.text for ex in members]), strict=True):
+            dist = {k: v for k, v in dist.items() if k in task.labels}  # as tiers._decide_linear
+            best = max(dist, key=dist.get, default=None)
+            out[ex.example_id, task.name] = LabelPrediction(task.name, best, dist.get(best, 0.0), dist, "linear")
+    return out
 
 
 def _predict_large_per_item(batch: list[Document], loaded: LoadedTier, cfg: Config,
@@ -306,8 +330,8 @@ def _field_cols(pred: FieldPrediction | None, spec: FieldSpec, gold: str | None,
 
 
 def _outcomes(plan: list[tuple[Config, list[LabelledExample]]], docs: dict[str, dict[str, Document]],
-              item_usage: dict[tuple[str, str], tuple[int, float]], config: Config,
-              tiers: tuple[str, ...]) -> pl.DataFrame:
+              linear: dict[tuple[str, str], LabelPrediction], item_usage: dict[tuple[str, str], tuple[int, float]],
+              config: Config, tiers: tuple[str, ...]) -> pl.DataFrame:
     """One row per scored item; the cascade at the configuration's thresholds and calibration."""
     rows = []
     for cfg, members in plan:
@@ -325,6 +349,10 @@ def _outcomes(plan: list[tuple[Config, list[LabelledExample]]], docs: dict[str, 
                 row = {**base, "kind": "label", "item": task, "gold": gold}
                 row.update(_label_cols(small.labels.get(task) if small else None, gold, "small"))
                 row.update(_label_cols(large.labels.get(task) if large else None, gold, "large"))
+                tier0 = linear.get((ex.example_id, task))
+                if tier0 is not None:
+                    row.update(linear_pred=tier0.label, linear_conf=tier0.confidence,
+                               linear_correct=tier0.label == gold)
                 rows.append(_finish(row, task, decided, item_usage))
             for name in fields:
                 _, gold = ex.field_value(name)
@@ -333,7 +361,20 @@ def _outcomes(plan: list[tuple[Config, list[LabelledExample]]], docs: dict[str, 
                 row.update(_field_cols(small.fields.get(name) if small else None, spec, gold, "small"))
                 row.update(_field_cols(large.fields.get(name) if large else None, spec, gold, "large"))
                 rows.append(_finish(row, f"field:{name}", decided, item_usage))
-    return pl.DataFrame(rows, schema=OUTCOME_SCHEMA)
+    return _tier0_decides(pl.DataFrame(rows, schema=OUTCOME_SCHEMA), config)
+
+
+def _tier0_decides(frame: pl.DataFrame, config: Config) -> pl.DataFrame:
+    """Items tier 0 is confident on are decided by it in the cascade, whatever the language models said."""
+    if not config.linear or frame["linear_conf"].is_null().all():
+        return frame
+    threshold = pl.col("item").replace_strict({k: v.threshold for k, v in config.linear.items()}, default=None,
+                                              return_dtype=pl.Float64)
+    takes = (pl.col("kind") == "label") & pl.col("decided_by").is_not_null() & (pl.col("linear_conf") >= threshold)
+    return frame.with_columns(
+        pl.when(takes).then(pl.lit("linear")).otherwise(pl.col("decided_by")).alias("decided_by"),
+        pl.when(takes).then(pl.col("linear_pred")).otherwise(pl.col("cascade_pred")).alias("cascade_pred"),
+        pl.when(takes).then(pl.col("linear_correct")).otherwise(pl.col("cascade_correct")).alias("cascade_correct"))
 
 
 def _finish(row: dict, item: str, decided: dict[str, str], item_usage: dict) -> dict:
@@ -374,7 +415,7 @@ def _key(kind: str, item: str) -> str:
     return item if kind == "label" else FIELDS_KEY
 
 
-def _groups(outcomes: pl.DataFrame) -> dict[str, pl.DataFrame]:
+def outcomes_by_task(outcomes: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """Calibration / threshold groups: one per label task, and all fields together ('fields')."""
     out: dict[str, pl.DataFrame] = {}
     for task in outcomes.filter(pl.col("kind") == "label")["item"].unique(maintain_order=True).to_list():
@@ -416,7 +457,7 @@ def fit_calibration(evaluation: Evaluation) -> dict[str, TaskCalibration]:
     so): a noisy fit on a small set never makes routing worse. Small sets get the default fit.
     """
     out = {}
-    for key, frame in _groups(evaluation.outcomes).items():
+    for key, frame in outcomes_by_task(evaluation.outcomes).items():
         for tier in evaluation.tiers:
             f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
             kept, why = _best_calibration(f, key, tier)
@@ -456,7 +497,7 @@ def choose_thresholds(evaluation: Evaluation, calibration: dict[str, TaskCalibra
         raise ValueError("choosing thresholds needs the small and the large tier's outcomes")
     calibration = evaluation.calibration if calibration is None else calibration
     thresholds, points = {}, {}
-    for key, frame in _groups(evaluation.outcomes).items():
+    for key, frame in outcomes_by_task(evaluation.outcomes).items():
         s_conf = calibrated_conf(frame, key, "small", calibration.get(f"small:{key}"))
         l_conf = calibrated_conf(frame, key, "large", calibration.get(f"large:{key}"))
         thresholds[key], points[key] = cal.choose_threshold(
@@ -513,28 +554,29 @@ def _quality(frame: pl.DataFrame, kind: str, pred_col: str, correct_col: str) ->
     return _field_quality(frame["gold"].to_list(), frame[pred_col].to_list(), frame[correct_col].to_list())
 
 
-def _chosen_cascade(frame: pl.DataFrame, key: str, ev: Evaluation) -> pl.DataFrame:
+def cascade_at_thresholds(frame: pl.DataFrame, key: str, ev: Evaluation) -> pl.DataFrame:
     """The outcome rows with the cascade at the chosen thresholds and the fitted calibration."""
     t = ev.thresholds[key]
     s_conf = calibrated_conf(frame, key, "small", ev.calibration.get(f"small:{key}"))
     l_conf = calibrated_conf(frame, key, "large", ev.calibration.get(f"large:{key}"))
     up = [(not v) or c < t.small for v, c in zip(frame["small_valid"].to_list(), s_conf, strict=True)]
     decided = ["small" if not u else ("review" if lc < t.large else "large") for u, lc in zip(up, l_conf, strict=True)]
-    return frame.with_columns(
+    return _tier0_decides(frame.with_columns(
         pl.Series("decided_by", decided),
         pl.Series("cascade_pred", [lp if u else sp for u, sp, lp in
                                    zip(up, frame["small_pred"].to_list(), frame["large_pred"].to_list(), strict=True)],
                   dtype=pl.String),
         pl.Series("cascade_correct", [lc if u else sc for u, sc, lc in
                                       zip(up, frame["small_correct"].to_list(), frame["large_correct"].to_list(),
-                                          strict=True)]))
+                                          strict=True)])), ev.config)
 
 
 def _rates(frame: pl.DataFrame) -> dict[str, float]:
     decided = frame["decided_by"].drop_nulls()
     if not len(decided):
         return {}
-    return {"escalation_rate": float((decided != "small").mean()), "review_rate": float((decided == "review").mean())}
+    return {"escalation_rate": float(decided.is_in(["large", "review"]).mean()),
+            "review_rate": float((decided == "review").mean()), "linear_rate": float((decided == "linear").mean())}
 
 
 def _cost(ev: Evaluation, config: Config, chosen: bool) -> dict[str, float] | None:
@@ -543,9 +585,9 @@ def _cost(ev: Evaluation, config: Config, chosen: bool) -> dict[str, float] | No
     if "large" not in ev.tiers or "small" not in ev.tiers:
         return None
     if chosen:
-        parts = [_chosen_cascade(f, k, ev) for k, f in _groups(o).items()] if ev.thresholds else []
+        parts = [cascade_at_thresholds(f, k, ev) for k, f in outcomes_by_task(o).items()] if ev.thresholds else []
         o = pl.concat(parts) if parts else o
-    up = o.filter(pl.col("decided_by").is_not_null() & (pl.col("decided_by") != "small"))
+    up = o.filter(pl.col("decided_by").is_in(["large", "review"]))
     small = ev.runs["small"]
     large_tokens = int(up["large_tokens"].sum() or 0)
     large_seconds = float(up["large_seconds"].sum() or 0.0)
@@ -573,11 +615,15 @@ def summarize(ev: Evaluation, config: Config) -> dict:
     both = "small" in ev.tiers and "large" in ev.tiers
     tasks: dict[str, dict] = {}
     fields: dict[str, dict] = {}
-    chosen_frames = {k: _chosen_cascade(f, k, ev) for k, f in _groups(o).items()} if ev.thresholds else {}
+    chosen_frames = ({k: cascade_at_thresholds(f, k, ev) for k, f in outcomes_by_task(o).items()}
+                     if ev.thresholds else {})
     for (kind, item), frame in sorted(o.group_by(["kind", "item"], maintain_order=True), key=lambda kv: kv[0]):
         entry: dict = {"n": len(frame)}
         for tier in ev.tiers:
             entry[tier] = _quality(frame, kind, f"{tier}_pred", f"{tier}_correct")
+        if kind == "label" and frame["linear_conf"].is_not_null().any():
+            entry["linear"] = _quality(frame, kind, "linear_pred", "linear_correct") | {
+                "threshold": config.linear[item].threshold if item in config.linear else None}
         if both:
             entry["cascade"] = _quality(frame, kind, "cascade_pred", "cascade_correct") | _rates(frame)
             key = _key(kind, item)
@@ -610,7 +656,7 @@ def summarize(ev: Evaluation, config: Config) -> dict:
             cost["cascade_calibrated"] = _cost(ev, config, chosen=True)
 
     calibration: dict[str, dict] = {}
-    for key, frame in _groups(o).items():
+    for key, frame in outcomes_by_task(o).items():
         for tier in ev.tiers:
             f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
             if len(f) == 0:
@@ -632,7 +678,7 @@ def summarize(ev: Evaluation, config: Config) -> dict:
         "config_model_version": config.models.active,
         "tasks": tasks, "fields": fields, "cost": cost, "calibration": calibration,
         "thresholds": {
-            "configured": {k: config.thresholds_for(k).model_dump() for k in _groups(o)},
+            "configured": {k: config.thresholds_for(k).model_dump() for k in outcomes_by_task(o)},
             "chosen": {k: v.model_dump() for k, v in ev.thresholds.items()},
             "operating_points": {k: vars(p) for k, p in ev.operating_points.items()},
         },
@@ -658,12 +704,13 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
              f"model version: `{s['config_model_version'] or 'base (none)'}`.", ""]
     lines += [f"- {n}" for n in [*extra, *s["notes"]]]
     cost = s["cost"]
-    rows = [("small", "small alone"), ("large", "large alone"), ("cascade", "cascade (configured thresholds)"),
+    rows = [("linear", "tier 0 (linear) alone"), ("small", "small alone"), ("large", "large alone"),
+            ("cascade", "cascade (configured thresholds)"),
             ("cascade_calibrated", "cascade (calibrated, chosen thresholds)")]
 
     def tier_table(entry: dict, quality: list[tuple[str, str]]) -> list[str]:
         head = "| tier | " + " | ".join(q for _, q in quality) + \
-            " | escalation | review | cost / 1k docs | hosted large / 1k docs | docs/s |"
+            " | tier 0 decides | escalation | review | cost / 1k docs | hosted large / 1k docs | docs/s |"
         out = [head, "|" + "---|" * (head.count("|") - 1)]
         for key, name in rows:
             if key not in entry:
@@ -671,6 +718,7 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
             e, c = entry[key], cost.get(key) or {}
             esc = e.get("escalation_rate", 1.0 if key == "large" else 0.0)
             out.append(f"| {name} | " + " | ".join(_f(e.get(q)) for q, _ in quality)
+                       + f" | {_f(e.get('linear_rate'), True)}"
                        + f" | {_f(esc, True)} | {_f(e.get('review_rate'), True)}"
                        + f" | {_f(c.get('cost_per_1000_docs'), digits=4)}"
                        + f" | {_f(c.get('cost_per_1000_docs_hosted_large'), digits=4)}"
@@ -738,7 +786,7 @@ def write_report(ev: Evaluation, out: str | Path, extra: Sequence[str] = ()) -> 
     paths = {"outcomes": out / "outcomes.parquet", "summary": out / "summary.json", "report": out / "report.md"}
     ev.outcomes.write_parquet(paths["outcomes"])
     paths["summary"].write_text(json.dumps(ev.summary, indent=2, default=str, allow_nan=True) + "\n", encoding="utf-8")
-    for key, frame in _groups(ev.outcomes).items():
+    for key, frame in outcomes_by_task(ev.outcomes).items():
         paths[f"reliability:{key}"] = _plot_reliability(ev, key, frame, out / _png("reliability", key))
         if "large" in ev.tiers and "small" in ev.tiers:
             paths[f"escalation:{key}"] = _plot_escalation(ev, key, frame, out / _png("escalation", key))
@@ -798,7 +846,7 @@ def _plot_escalation(ev: Evaluation, key: str, frame: pl.DataFrame, path: Path) 
         ax.axhline(points[0].large_quality, color="tab:green", linestyle=":", label="large alone")
     configured = frame.filter(pl.col("decided_by").is_not_null())
     if len(configured):
-        esc = float((configured["decided_by"] != "small").mean())
+        esc = float(configured["decided_by"].is_in(["large", "review"]).mean())
         q = float(configured["cascade_correct"].mean())
         ax.scatter([esc], [q], marker="s", s=60, color="tab:orange", zorder=5,
                    label=f"configured thresholds ({esc:.0%}, {q:.3f})")

@@ -33,3 +33,16 @@ def small_runtime(config):
     runtime = load_runtime(config.small)
     yield runtime
     runtime.close()
+
+
+@pytest.fixture(scope="session")
+def linear_category(tmp_path_factory):
+    """A real tier 0 for bitext categories, fitted on 800 training tickets (a few seconds): (labeler, path)."""
+    from processors.datasets import load_examples, sample
+    from processors.linear import LinearLabeler
+
+    train = sample(load_examples(SHARED_DATA / "tickets/bitext/train.csv"), 800, stratify="category")
+    labeler = LinearLabeler.fit([e.text for e in train], [e.labels["category"] for e in train])
+    path = tmp_path_factory.mktemp("tier0") / "linear-category.joblib"
+    labeler.save(path)
+    return LinearLabeler.load(path), path

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from processors.datasets import LabelledExample
-from processors.evaluate import Evaluation, _groups, evaluate
+from processors.evaluate import Evaluation, cascade_at_thresholds, evaluate, outcomes_by_task
 from processors.routing import FIELDS_KEY
 from schemas.config import Config
 from schemas.versions import ModelVersion, apply_version, resolve
@@ -103,7 +103,7 @@ def compare_versions(config: Config, version: ModelVersion, folder: Path, held: 
     metrics["promoted_small"] = flat_metrics(promoted_ev.summary, "small")
     better, why = decide_promotion(metrics["candidate_small"]["score"], metrics["promoted_small"]["score"])
     kept = _linear_decisions(ev, version, folder, held, metrics)
-    sizes = {key: len(frame) for key, frame in _groups(ev.outcomes).items()}
+    sizes = {key: len(frame) for key, frame in outcomes_by_task(ev.outcomes).items()}
     enough = {key for key, n in sizes.items() if n >= MIN_FIT_ITEMS}
     return {"metrics": metrics,
             "calibration": {k: v for k, v in ev.calibration.items() if k.split(":", 1)[1] in enough},
@@ -114,17 +114,16 @@ def compare_versions(config: Config, version: ModelVersion, folder: Path, held: 
 
 def _linear_decisions(ev: Evaluation, version: ModelVersion, folder: Path, held: list[LabelledExample],
                       metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-    from processors.evaluate import _chosen_cascade
     from processors.linear import LinearLabeler
 
     texts = {ex.example_id: ex.text for ex in held}
-    groups = _groups(ev.outcomes)
+    groups = outcomes_by_task(ev.outcomes)
     kept: dict[str, float] = {}
     stats: dict[str, float] = {}
     for task, tier0 in version.linear.items():
         if task not in groups or task == FIELDS_KEY or task not in ev.thresholds:
             continue
-        frame = _chosen_cascade(groups[task], task, ev).filter(pl.col("cascade_correct").is_not_null())
+        frame = cascade_at_thresholds(groups[task], task, ev).filter(pl.col("cascade_correct").is_not_null())
         if frame.is_empty():
             continue
         labeler = LinearLabeler.load(folder / tier0.path)

@@ -10,6 +10,7 @@ from processors.datasets import load_examples, sample
 from processors.evaluate import OUTCOME_SCHEMA, choose_thresholds, evaluate, field_match, write_report
 from processors.routing import FIELDS_KEY
 from processors.tiers import LoadedTier
+from schemas.config import LinearTier
 from tests.conftest import SHARED_DATA
 
 
@@ -137,3 +138,30 @@ def test_small_tier_alone_for_comparing_versions(config, small_runtime, mix):
     assert ev.outcomes["large_pred"].is_null().all() and not ev.thresholds
     with pytest.raises(ValueError):
         choose_thresholds(ev)
+
+
+def test_tier0_decides_its_confident_items_in_the_cascade(config, small_runtime, mix, linear_category, tmp_path):
+    """With a model version's tier 0, the evaluated cascade is the nightly one: linear -> small -> large.
+    (The small model also stands in as the large tier here: this is about the cascade's bookkeeping.)"""
+    _, path = linear_category
+    cfg = config.model_copy(deep=True)
+    cfg.linear = {"category": LinearTier(path=str(path), threshold=0.6)}
+    tickets = [ex for ex in mix if "category" in ex.labels]  # the bitext part
+    loaded = LoadedTier(small_runtime)
+    ev = evaluate(cfg, tickets, loaded={"small": loaded, "large": loaded})
+    labels = ev.outcomes.filter(pl.col("kind") == "label")
+    category = labels.filter(pl.col("item") == "category")
+    assert category["linear_conf"].is_not_null().all() and len(category) == len(tickets)
+    assert labels.filter(pl.col("item") == "intent")["linear_conf"].is_null().all()  # no tier 0 for intent
+    confident = category["linear_conf"] >= 0.6
+    assert 0 < confident.sum() < len(category)  # some items each way, so both paths are exercised
+    assert ((category["decided_by"] == "linear") == confident).all()
+    taken = category.filter(confident)
+    assert taken["cascade_pred"].to_list() == taken["linear_pred"].to_list()
+    assert (category.filter(~confident)["decided_by"].is_in(["small", "large", "review"])).all()
+    entry = ev.summary["tasks"]["category"]
+    assert entry["linear"]["accuracy"] == pytest.approx(category["linear_correct"].mean())
+    assert entry["cascade"]["linear_rate"] == pytest.approx(confident.mean())
+    assert entry["cascade_calibrated"]["linear_rate"] == pytest.approx(confident.mean())
+    report = write_report(ev, tmp_path)["report"].read_text()
+    assert "tier 0 (linear) alone" in report

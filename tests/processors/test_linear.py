@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from processors.datasets import load_examples, sample
-from processors.linear import LinearLabeler
+from processors.datasets import load_examples
 from processors.tiers import LoadedTier, apply_route, predict
 from schemas.config import LinearTier
 from schemas.records import Document
 from tests.conftest import SHARED_DATA
 
 
-def _labeler(tmp_path):
-    train = sample(load_examples(SHARED_DATA / "tickets/bitext/train.csv"), 800, stratify="category")
-    labeler = LinearLabeler.fit([e.text for e in train], [e.labels["category"] for e in train])
-    path = tmp_path / "linear-category.joblib"
-    labeler.save(path)
-    return LinearLabeler.load(path), path
-
-
-def test_fits_saves_and_predicts_well_on_held_out_bitext(tmp_path):
-    labeler, _ = _labeler(tmp_path)
+def test_fits_saves_and_predicts_well_on_held_out_bitext(linear_category):
+    labeler, _ = linear_category
     held = load_examples(SHARED_DATA / "tickets/bitext/validation.csv")[:200]
     dists = labeler.predict_proba([e.text for e in held])
     accuracy = sum(max(d, key=d.get) == e.labels["category"] for d, e in zip(dists, held, strict=True)) / len(held)
@@ -27,8 +18,8 @@ def test_fits_saves_and_predicts_well_on_held_out_bitext(tmp_path):
     assert all(abs(sum(d.values()) - 1) < 1e-6 for d in dists)
 
 
-def test_confident_items_skip_the_small_model(config, small_runtime, tmp_path):
-    labeler, path = _labeler(tmp_path)
+def test_confident_items_skip_the_small_model(config, small_runtime, linear_category):
+    labeler, path = linear_category
     cfg = config.model_copy(deep=True)
     cfg.fields = {}
     cfg.linear = {"category": LinearTier(path=str(path), threshold=0.5)}

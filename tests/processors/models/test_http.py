@@ -191,8 +191,8 @@ def test_labels_and_fields_over_http_match_in_process(config, small_runtime, htt
         for task, pred in local.labels.items():
             got = remote.labels[task]
             assert got.valid and got.probabilities.keys() == pred.probabilities.keys()
-            for label, p in pred.probabilities.items():
-                assert got.probabilities[label] == pytest.approx(p, abs=0.1), (local.uri, task, label)
+            for option, p in pred.probabilities.items():
+                assert got.probabilities[option] == pytest.approx(p, abs=0.1), (local.uri, task, option)
             first, second = sorted(pred.probabilities.values(), reverse=True)[:2]
             if first - second > 0.1:
                 assert got.label == pred.label, (local.uri, task)
