@@ -6,6 +6,7 @@ the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import posixpath
@@ -50,11 +51,23 @@ class RunSpec:
     inbox: str = ""  # root the inputs must stay under (symlinks and '..' resolved); empty: not checked
 
 
-def read_and_ingest(item: tuple[str, str], config: Config, inbox: str | None = None) -> Iterator[Document | Rejected]:
+@dataclass(frozen=True)
+class AlreadyDone:
+    """A PDF whose bytes this version already processed (in the manifest): recognised by its hash and
+    never parsed again, so a rerun of a done date costs one read per PDF."""
+
+    uri: str
+    source: str
+    doc_id: str
+
+
+def read_and_ingest(item: tuple[str, str], config: Config, inbox: str | None = None,
+                    done: frozenset[tuple[str, str]] = frozenset()) -> Iterator[Document | Rejected | AlreadyDone]:
     """Reads one input's bytes (any fsspec URL) and ingests it. I/O failures become retriable errors.
 
     inbox: the root every input must stay under. A path that leaves it (a symlink to elsewhere, '..')
-    is an outside_root error and is never opened.
+    is an outside_root error and is never opened. done: (uri, doc_id) already processed with this
+    version; such a PDF is not parsed (a ticket export is: its records are cheap and each has its own id).
     """
     uri, source = item
     escaped = outside_root(uri, inbox) if inbox else None
@@ -69,7 +82,12 @@ def read_and_ingest(item: tuple[str, str], config: Config, inbox: str | None = N
                     records = [Rejected(uri, source, "ingest", "too_large", f"{size} bytes > limit {limit}")]
                 else:
                     # read at most limit + 1 bytes: a size the file system did not report cannot exhaust memory
-                    records = ingest(uri, source, f.read(limit + 1), config)
+                    data = f.read(limit + 1)
+                    doc_id = hashlib.sha256(data).hexdigest() if source == "pdf" and done else ""
+                    if (uri, doc_id) in done:  # a PDF's doc_id is the hash of its bytes (ingest.pdf)
+                        records = [AlreadyDone(uri, source, doc_id)]
+                    else:
+                        records = ingest(uri, source, data, config)
     except IsADirectoryError:
         records = [Rejected(uri, source, "read", "not_a_file", "the input is a directory (e.g. a linked one)")]
     except OSError as e:
@@ -130,8 +148,8 @@ class _SkipDone(beam.DoFn):
     def __init__(self, done: frozenset[tuple[str, str]]):
         self._done = done
 
-    def process(self, record: Document | Rejected) -> Iterator:
-        if (record.uri, record.doc_id) in self._done:
+    def process(self, record: Document | Rejected | AlreadyDone) -> Iterator:
+        if isinstance(record, AlreadyDone) or (record.uri, record.doc_id) in self._done:
             Metrics.counter(NAMESPACE, "skipped").inc()
             yield beam.pvalue.TaggedOutput("skipped", record)
         else:
@@ -194,7 +212,7 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
         p
         | "Inputs" >> beam.Create(spec.inputs)
         | "Reshuffle" >> beam.Reshuffle()  # spread files over workers before the expensive parse
-        | "Ingest" >> beam.FlatMap(read_and_ingest, config, spec.inbox or None)
+        | "Ingest" >> beam.FlatMap(read_and_ingest, config, spec.inbox or None, spec.done)
     )
     todo = records | "SkipDone" >> beam.ParDo(_SkipDone(spec.done)).with_outputs("skipped", main="todo")
     ingested = todo.todo | "SplitIngest" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
