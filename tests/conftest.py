@@ -15,6 +15,32 @@ FIXTURES = ROOT / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FIXTURE_DATE = "2026-11-20"
 
+# The head of a small run configuration for the end-to-end tests: inbox/ and out/ beside the file, one
+# sentiment task. Each test appends its own tiers, fields and limits.
+SENTIMENT_RUN = """
+[inputs]
+inbox = "inbox"
+sources = ["tickets"]
+[output]
+root = "out"
+[[tasks]]
+name = "sentiment"
+labels = ["negative", "neutral", "positive"]
+question = "Is the writer's tone negative, neutral or positive?"
+"""
+
+
+def write_ticket_days(root: Path, days: list, per_day: int = 2) -> None:
+    """<root>/inbox/tickets/<day>/export.jsonl for each day: `per_day` good fixture tickets (different each
+    day) and one broken line, so every run has results and an error."""
+    lines = (FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl").read_text().splitlines()
+    good = [line for line in lines if line.strip().endswith("}")]
+    for i, day in enumerate(days):
+        folder = root / "inbox" / "tickets" / str(day)
+        folder.mkdir(parents=True)
+        chosen = good[per_day * i: per_day * (i + 1)]
+        (folder / "export.jsonl").write_text("\n".join([*chosen, '{"broken": ']) + "\n")
+
 
 @pytest.fixture(scope="session")
 def config():

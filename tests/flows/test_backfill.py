@@ -9,7 +9,7 @@ from datetime import date
 import polars as pl
 import pytest
 
-from tests.conftest import FIXTURES
+from tests.conftest import SENTIMENT_RUN, write_ticket_days
 
 DATES = [date(2026, 11, d) for d in (1, 2, 3, 4)]
 
@@ -19,22 +19,9 @@ def setup(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
     root = tmp_path_factory.mktemp("backfill")
-    lines = (FIXTURES / "inbox" / "tickets" / "2026-11-20" / "support_export.jsonl").read_text().splitlines()
-    good = [line for line in lines if line.strip().endswith("}")]
-    for i, day in enumerate(DATES):
-        folder = root / "inbox" / "tickets" / day.isoformat()
-        folder.mkdir(parents=True)
-        (folder / "export.jsonl").write_text("\n".join([good[2 * i], good[2 * i + 1], '{"broken": ']) + "\n")
+    write_ticket_days(root, DATES)
     config = root / "sluicegate.toml"
-    config.write_text("""
-[inputs]
-inbox = "inbox"
-sources = ["tickets"]
-[output]
-root = "out"
-[[tasks]]
-name = "sentiment"
-labels = ["negative", "neutral", "positive"]
+    config.write_text(SENTIMENT_RUN + """
 [small]
 model = "gemma3-270m"
 parallel_sequences = 4
@@ -46,7 +33,7 @@ parallel_sequences = 2
 [tickets.columns."*"]
 id = "ticket_id"
 """)
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a loaded CI machine starts it slowly
         yield root, str(config)
 
 

@@ -24,7 +24,7 @@ def nightly_run(tmp_path_factory):
     from flows.nightly import nightly
 
     out = tmp_path_factory.mktemp("out")
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a loaded CI machine starts it slowly
         summary = nightly(run_date=FIXTURE_DATE, out=str(out), config_path=str(FIXTURES / "sluicegate.toml"))
     return summary, out
 

@@ -24,7 +24,7 @@ import polars as pl
 import psutil
 import pytest
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, write_ticket_days
 
 BIN = Path(sys.executable).parent
 DATES = [date(2026, 11, d) for d in (1, 2, 3)]
@@ -77,12 +77,7 @@ def _tail(log: Path, n: int = 40) -> str:
 
 
 def _write_inbox_and_config(root: Path) -> Path:
-    lines = (FIXTURES / "inbox" / "tickets" / "2026-11-20" / "support_export.jsonl").read_text().splitlines()
-    good = [line for line in lines if line.strip().endswith("}")]
-    for i, day in enumerate(DATES):
-        folder = root / "inbox" / "tickets" / day.isoformat()
-        folder.mkdir(parents=True)
-        (folder / "export.jsonl").write_text("\n".join([good[2 * i], good[2 * i + 1], '{"broken": ']) + "\n")
+    write_ticket_days(root, DATES)
     # The bundled configuration, with its output here, one task and no fields (quicker), and a time zone.
     text = (FIXTURES / "sluicegate.toml").read_text()
     text, n = re.subn(r'(?m)^root = "[^"]*"', 'root = "out"', text)

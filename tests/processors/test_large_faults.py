@@ -20,7 +20,7 @@ from processors.sinks import manifest_row, result_row
 from processors.tiers import LoadedTier, TierModelHandler
 from schemas.config import Config, FieldSpec, LabelTask, Thresholds
 from schemas.records import Document
-from tests.conftest import FIXTURE_DATE, FIXTURES
+from tests.conftest import FIXTURE_DATE, FIXTURES, SENTIMENT_RUN
 from tests.processors.models.test_http import (
     KEY,
     KEY_ENV,
@@ -169,15 +169,7 @@ def test_nightly_with_a_dead_large_endpoint_then_a_working_one(tmp_path, monkeyp
     (folder / "export.jsonl").write_text("\n".join([*GOOD_LINES[:4], '{"broken": ']) + "\n")
     port = free_port()
     config = tmp_path / "sluicegate.toml"
-    config.write_text(f"""
-[inputs]
-inbox = "inbox"
-sources = ["tickets"]
-[output]
-root = "out"
-[[tasks]]
-name = "sentiment"
-labels = ["negative", "neutral", "positive"]
+    config.write_text(SENTIMENT_RUN + f"""
 [[fields.tickets]]
 name = "order_id"
 type = "id"

@@ -26,20 +26,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.conftest import SENTIMENT_RUN
+
 SLUICEGATE = str(Path(sys.executable).parent / "sluicegate")
 DATE = "2026-11-20"
 TABLES = ("results", "fields", "errors", "manifest")
 
-CONFIG = """
-[inputs]
-inbox = "inbox"
-sources = ["tickets"]
-[output]
-root = "out"
-[[tasks]]
-name = "sentiment"
-labels = ["negative", "neutral", "positive"]
-question = "Is the writer's tone negative, neutral or positive?"
+CONFIG = SENTIMENT_RUN + """
 [small]
 model = "gemma3-270m"
 threads = 1

@@ -15,7 +15,7 @@ import shutil
 import polars as pl
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import SENTIMENT_RUN, SHARED_DATA
 from tests.robustness.hostile import hostile_pdfs, hostile_tickets
 
 DATE = "2026-11-21"
@@ -46,16 +46,7 @@ EXPECTED_TICKETS = {
     "tickets.xml": "unsupported_format", "link_outside.jsonl": "outside_root",
 }
 
-CONFIG = """
-[inputs]
-inbox = "inbox"
-sources = ["tickets", "pdf"]
-[output]
-root = "out"
-[[tasks]]
-name = "sentiment"
-labels = ["negative", "neutral", "positive"]
-question = "Is the writer's tone negative, neutral or positive?"
+CONFIG = SENTIMENT_RUN.replace('sources = ["tickets"]', 'sources = ["tickets", "pdf"]') + """
 [small]
 model = "gemma3-270m"
 threads = 1
@@ -114,7 +105,7 @@ def hostile_run(tmp_path_factory):
     config = root / "sluicegate.toml"
     config.write_text(CONFIG.format(ocr=str(OCR).lower(), passwords=_toml_table(passwords)))
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a loaded CI machine starts it slowly
         summary = nightly(run_date=DATE, config_path=str(config))
     return summary, root / "out", root / "inbox"
 
