@@ -1,9 +1,11 @@
-"""Small-tier throughput on the bundled fixtures: one document per call (baseline) vs batched decoding.
+"""Small-tier throughput on the bundled fixtures: one document per call (baseline) vs batched decoding,
+and batched without prompt-cache reuse ([small] reuse_prompt_cache = false).
 
     uv run python bench/small_tier.py [--config fixtures/sluicegate.toml] [--repeat 2]
 
 Prints documents per second for each mode, measured in the same run on the same documents, and
-how many items each mode would escalate (the two must agree closely: batching must not change answers).
+how many items each mode would escalate (the modes must agree closely: batching must not change answers),
+and how many labels changed between the repeated runs of a mode (history dependence of the prompt cache).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def fixture_documents(config) -> list[Document]:
     return docs
 
 
-def run(docs: list[Document], loaded: LoadedTier, config, batch_size: int) -> tuple[float, int]:
+def run(docs: list[Document], loaded: LoadedTier, config, batch_size: int) -> tuple[float, int, list]:
     docs = copy.deepcopy(docs)
     started = time.perf_counter()
     for i in range(0, len(docs), batch_size):
@@ -40,7 +42,8 @@ def run(docs: list[Document], loaded: LoadedTier, config, batch_size: int) -> tu
     for d in docs:
         apply_route(d, config, "small")
     escalated = sum(1 for d in docs for t in d.decided_by.values() if t != "small")
-    return len(docs) / elapsed, escalated
+    labels = [(d.uri, task, p.label) for d in docs for task, p in sorted(d.labels.items())]
+    return len(docs) / elapsed, escalated, labels
 
 
 def main() -> None:
@@ -54,13 +57,20 @@ def main() -> None:
     loaded = LoadedTier(load_runtime(config.small))
     print(f"model {loaded.runtime.version} loaded in {time.perf_counter() - t:.1f}s; {len(docs)} documents "
           f"({sum(d.source == 'tickets' for d in docs)} tickets, {sum(d.source == 'pdf' for d in docs)} PDFs)")
-    run(docs[:2], loaded, config, 2)  # warm-up: content-free calibration and caches
+    fresh_config = config.model_copy(deep=True)
+    fresh_config.small.reuse_prompt_cache = False
+    fresh = LoadedTier(load_runtime(fresh_config.small))
+    for warm in (loaded, fresh):
+        run(docs[:2], warm, config, 2)  # warm-up: content-free calibration and caches
     batch = config.small.parallel_sequences
-    for label, size in (("baseline: one document per call", 1), (f"batched: {batch} documents per call", batch)):
-        rates = [run(docs, loaded, config, size) for _ in range(args.repeat)]
-        best = max(r for r, _ in rates)
-        print(f"{label:40s} {best:6.2f} docs/s (runs: {', '.join(f'{r:.2f}' for r, _ in rates)}); "
-              f"escalated items {rates[-1][1]}")
+    modes = (("baseline: one document per call", loaded, 1), (f"batched: {batch} documents per call", loaded, batch),
+             ("batched, no prompt-cache reuse", fresh, batch))
+    for name, tier, size in modes:
+        runs = [run(docs, tier, config, size) for _ in range(args.repeat)]
+        best = max(r for r, _, _ in runs)
+        changed = sum(a != b for a, b in zip(runs[0][2], runs[-1][2], strict=True))
+        print(f"{name:40s} {best:6.2f} docs/s (runs: {', '.join(f'{r:.2f}' for r, _, _ in runs)}); "
+              f"escalated items {runs[-1][1]}; labels changed between runs {changed}/{len(runs[0][2])}")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ class TierModel(_Strict):
     max_doc_chars: int = 2000  # document text given to the model is cut to this many characters
     max_field_tokens: int = 40  # generation budget per field value (also bounded by the field's type)
     top_logprobs: int = 40  # candidate tokens read per label position
+    # In-process llama.cpp: reuse the cached prefix of earlier prompts (a document's text across its
+    # tasks): about 2x faster, but probabilities then depend a little on what the runtime served
+    # before (near-tie labels can flip between runs). false: every prompt is evaluated afresh, and the
+    # same input gets the same answer whatever came before or beside it.
+    reuse_prompt_cache: bool = True
     price_per_million_tokens: float = 0.0  # estimated cost, for the runs table
     # runtime "http": any OpenAI-compatible /v1/completions endpoint (llama.cpp server, vLLM, Ollama, hosted).
     endpoint: str | None = None  # base URL, e.g. http://127.0.0.1:8080 (".../v1" also accepted)

@@ -36,13 +36,14 @@ class LlamaCppRuntime:
         params.api_keys = [secrets.token_urlsafe(24)]
         self._server = xllamacpp.Server(params)
         self.version = model_version(tier.model, tier.adapter)
+        self._reuse_prompt_cache = tier.reuse_prompt_cache
 
     def complete(self, prompts: list[str], *, max_tokens: int, top_logprobs: int = 0,
                  json_schema: dict | None = None, grammar: str | None = None) -> list[Completion]:
         if not prompts:
             return []
         request: dict = {"prompt": prompts, "max_tokens": max_tokens, "temperature": 0.0,
-                         "cache_prompt": True}
+                         "cache_prompt": self._reuse_prompt_cache}
         if top_logprobs:
             request["n_probs"] = top_logprobs
         if json_schema is not None:

@@ -44,3 +44,38 @@ def test_builtin_http_listener_refuses_requests_without_the_key(small_runtime):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
+
+
+def test_without_prompt_cache_reuse_an_answer_does_not_depend_on_history_or_batch(config):
+    """reuse_prompt_cache = false: the same prompt gets the same label distribution alone, beside another
+    document, and after the runtime served other prompts (with reuse, the base model's sentiment moved
+    by up to 0.4 this way)."""
+    from processors.ingest import ingest
+    from processors.models import load_runtime
+    from processors.tasks import label
+    from schemas.records import Document
+    from tests.conftest import FIXTURE_DATE, FIXTURES
+
+    path = FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl"
+    docs = [r for r in ingest(str(path), "tickets", path.read_bytes(), config) if isinstance(r, Document)]
+    tasks = {t.name: t for t in config.tasks}
+    style = config.small.prompt_style
+
+    def prompt(task: str, doc: Document) -> str:
+        return label.build_prompt(tasks[task], style, "tickets", doc.text)
+
+    targets = label.targets_for(tasks["sentiment"], style)
+    runtime = load_runtime(config.small.model_copy(update={"reuse_prompt_cache": False}))
+    try:
+        def sentiment(prompts: list[str]) -> dict[str, float]:
+            return label.score_labels(runtime, prompts, targets, config.small.top_logprobs)[-1].probabilities
+
+        alone = sentiment([prompt("sentiment", docs[6])])
+        beside = sentiment([prompt("sentiment", docs[2]), prompt("sentiment", docs[6])])
+        runtime.complete([prompt("category", docs[6]), prompt("category", docs[2])], max_tokens=1, top_logprobs=5)
+        after = sentiment([prompt("sentiment", docs[2]), prompt("sentiment", docs[6])])
+    finally:
+        runtime.close()
+    assert alone.keys() == set(targets)
+    for other in (beside, after):
+        assert other == pytest.approx(alone, abs=1e-6)
