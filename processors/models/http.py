@@ -169,6 +169,8 @@ class HttpRuntime:
                 body["grammar"] = grammar
             if json_schema is not None:
                 body["json_schema"] = json_schema
+            if not self._tier.reuse_prompt_cache:  # llama.cpp server reuses cached prefixes unless told not to
+                body["cache_prompt"] = False
         return body
 
     def _with_retries(self, prompt: str, max_tokens: int, top_logprobs: int, json_schema: dict | None,
@@ -185,7 +187,8 @@ class HttpRuntime:
                 try:
                     completion = self._post(self._body(prompt, max_tokens, top_logprobs, json_schema, grammar, plain))
                 except _Failure as f:
-                    if not plain and f.status == 400 and self._has_extras(top_logprobs, json_schema, grammar):
+                    if not plain and f.status == 400 and (self._has_extras(top_logprobs, json_schema, grammar)
+                                                          or not self._tier.reuse_prompt_cache):
                         # Maybe the endpoint does not take llama.cpp's extras: ask with standard fields only.
                         completion = self._post(self._body(prompt, max_tokens, top_logprobs, json_schema, grammar,
                                                            True))
