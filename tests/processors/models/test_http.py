@@ -171,6 +171,18 @@ def _tickets(n: int, config: Config) -> list[Document]:
     return [r for r in records if isinstance(r, Document)][:n]
 
 
+def test_cache_prompt_false_is_sent_only_when_reuse_is_off():
+    default, history_free = (load_runtime(http_tier("http://127.0.0.1:9/v1", reuse_prompt_cache=reuse))
+                             for reuse in (True, False))
+    try:
+        assert "cache_prompt" not in default._body("x", 1, 5, None, None, plain=False)
+        assert history_free._body("x", 1, 5, None, None, plain=False)["cache_prompt"] is False
+        assert "cache_prompt" not in history_free._body("x", 1, 5, None, None, plain=True)  # standard fields only
+    finally:
+        default.close()
+        history_free.close()
+
+
 def test_version_names_host_and_model_never_credentials():
     tier = http_tier("https://user:pw@api.example.com:8443/v1/", model="big-model")
     assert tier_version(tier) == "http:api.example.com:8443/big-model"
