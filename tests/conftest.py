@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,13 @@ name = "sentiment"
 labels = ["negative", "neutral", "positive"]
 question = "Is the writer's tone negative, neutral or positive?"
 """
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed): for a server a test starts, or to be refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_ticket_days(root: Path, days: list, per_day: int = 2) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +23,11 @@ import polars as pl
 import psutil
 import pytest
 
-from tests.conftest import FIXTURES, write_ticket_days
+from tests.conftest import FIXTURES, free_port, write_ticket_days
 
 BIN = Path(sys.executable).parent
 DATES = [date(2026, 11, d) for d in (1, 2, 3)]
 TIMEZONE = "Europe/Berlin"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
@@ -99,7 +92,7 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("server")
     config = _write_inbox_and_config(root)
-    port = _free_port()
+    port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

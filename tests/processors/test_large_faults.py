@@ -20,13 +20,12 @@ from processors.sinks import manifest_row, result_row
 from processors.tiers import LoadedTier, TierModelHandler
 from schemas.config import Config, FieldSpec, LabelTask, Thresholds
 from schemas.records import Document
-from tests.conftest import FIXTURE_DATE, FIXTURES, SENTIMENT_RUN
+from tests.conftest import FIXTURE_DATE, FIXTURES, SENTIMENT_RUN, free_port
 from tests.processors.models.test_http import (
     KEY,
     KEY_ENV,
     FakeEndpoint,
     completion_body,
-    free_port,
     http_tier,
     start_llama_server,
 )

@@ -14,19 +14,17 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.conftest import SENTIMENT_RUN
+from flows.deployments import wait_healthy
+from tests.conftest import SENTIMENT_RUN, free_port
 
 SLUICEGATE = str(Path(sys.executable).parent / "sluicegate")
 DATE = "2026-11-20"
@@ -69,9 +67,7 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
     """One real Prefect server for all the runs of this module: each run would otherwise start its own
     embedded one (about 18 s each on a busy machine). Its own PREFECT_HOME and process group."""
     home = tmp_path_factory.mktemp("prefect-home")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.pop("PREFECT_API_URL", None)
     with open(home / "server.log", "wb") as log:
@@ -80,16 +76,10 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
                                   env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()[-2000:]
-            time.sleep(1)
+        try:
+            wait_healthy(url, timeout=300, server=server)
+        except (RuntimeError, TimeoutError) as e:
+            pytest.fail(f"{e}\n{(home / 'server.log').read_text()[-2000:]}")
         yield url
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -23,18 +23,11 @@ from processors.tasks import extract, label
 from processors.tiers import LoadedTier, predict
 from schemas.config import Config, FieldSpec, LabelTask, TierModel
 from schemas.records import Document
-from tests.conftest import FIXTURE_DATE, FIXTURES
+from tests.conftest import FIXTURE_DATE, FIXTURES, free_port
 
 KEY = "sg-test-" + secrets.token_urlsafe(12)
 KEY_ENV = "SLUICEGATE_TEST_HTTP_KEY"
 TICKETS = FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl"
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then closed): connections to it are refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_llama_server(api_key: str, port: int = 0, parallel: int = 4):
