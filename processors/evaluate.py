@@ -263,10 +263,8 @@ def _predict_linear(cfg: Config, examples: list[LabelledExample]) -> dict[tuple[
             continue
         members = [ex for ex in examples if task.name in ex.labels and ex.source in task.sources]
         labeler = LinearLabeler.load(cfg.linear[task.name].path)
-        for ex, dist in zip(members, labeler.predict_proba([ex.text for ex in members]), strict=True):
-            dist = {k: v for k, v in dist.items() if k in task.labels}  # as tiers._decide_linear
-            best = max(dist, key=dist.get, default=None)
-            out[ex.example_id, task.name] = LabelPrediction(task.name, best, dist.get(best, 0.0), dist, "linear")
+        for ex, pred in zip(members, labeler.predict(task, [ex.text for ex in members]), strict=True):
+            out[ex.example_id, task.name] = pred
     return out
 
 

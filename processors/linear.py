@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from schemas.config import LabelTask
+from schemas.records import LabelPrediction
+
 MODEL_VERSION = "sluicegate.linear.v1"
 
 
@@ -38,6 +41,15 @@ class LinearLabeler:
             return []
         rows = self._pipeline.predict_proba(texts)
         return [{label: float(p) for label, p in zip(self.labels, row, strict=True)} for row in rows]
+
+    def predict(self, task: LabelTask, texts: list[str]) -> list[LabelPrediction]:
+        """Tier 0's answer per text: the distribution over the task's labels and its most likely label."""
+        out = []
+        for dist in self.predict_proba(texts):
+            dist = {k: v for k, v in dist.items() if k in task.labels}
+            best = max(dist, key=dist.get, default=None)
+            out.append(LabelPrediction(task.name, best, dist.get(best, 0.0), dist, "linear"))
+        return out
 
     def save(self, path: Path) -> None:
         import joblib

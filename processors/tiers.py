@@ -22,7 +22,7 @@ from processors.routing import route
 from processors.tasks import extract, label
 from processors.tasks.prompts import cut
 from schemas.config import Config, TierModel
-from schemas.records import Document, LabelPrediction, Tier, Usage
+from schemas.records import Document, Tier, Usage
 
 log = logging.getLogger(__name__)
 progress = logging.getLogger("sluicegate.progress")  # per-stage lines; only the CLI shows them
@@ -109,11 +109,9 @@ def _escalation_failed(doc: Document, item: str, why: str) -> None:
 def _decide_linear(batch: list[Document], task, labeler: LinearLabeler, threshold: float) -> list[Document]:
     """Tier 0: the documents it is confident on are decided here; the rest go on to the small model."""
     rest = []
-    for doc, dist in zip(batch, labeler.predict_proba([d.text for d in batch]), strict=True):
-        dist = {k: v for k, v in dist.items() if k in task.labels}
-        best = max(dist, key=dist.get, default=None)
-        if best is not None and dist[best] >= threshold:
-            doc.labels[task.name] = LabelPrediction(task.name, best, dist[best], dist, "linear")
+    for doc, pred in zip(batch, labeler.predict(task, [d.text for d in batch]), strict=True):
+        if pred.label is not None and pred.confidence >= threshold:
+            doc.labels[task.name] = pred
             doc.decided_by[task.name] = "linear"
         else:
             rest.append(doc)

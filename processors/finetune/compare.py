@@ -117,6 +117,7 @@ def _linear_decisions(ev: Evaluation, version: ModelVersion, folder: Path, held:
     from processors.linear import LinearLabeler
 
     texts = {ex.example_id: ex.text for ex in held}
+    label_tasks = {t.name: t for t in ev.config.tasks}
     groups = outcomes_by_task(ev.outcomes)
     kept: dict[str, float] = {}
     stats: dict[str, float] = {}
@@ -127,10 +128,10 @@ def _linear_decisions(ev: Evaluation, version: ModelVersion, folder: Path, held:
         if frame.is_empty():
             continue
         labeler = LinearLabeler.load(folder / tier0.path)
-        dists = labeler.predict_proba([texts[i] for i in frame["example_id"].to_list()])
-        preds = [max(d, key=d.get) for d in dists]
-        conf = [d[p] for d, p in zip(dists, preds, strict=True)]
-        correct = [p == g for p, g in zip(preds, frame["gold"].to_list(), strict=True)]
+        # as at run time: the labeler's answer over the task's label set
+        preds = labeler.predict(label_tasks[task], [texts[i] for i in frame["example_id"].to_list()])
+        conf = [p.confidence for p in preds]
+        correct = [p.label == g for p, g in zip(preds, frame["gold"].to_list(), strict=True)]
         threshold, share, with_t0, without = linear_threshold(conf, correct, frame["cascade_correct"].to_list())
         stats.update({f"{task}.linear_accuracy": sum(correct) / len(correct), f"{task}.linear_share": share,
                       f"{task}.quality_with_linear": with_t0, f"{task}.quality_without_linear": without})
