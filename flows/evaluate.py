@@ -6,7 +6,6 @@ the configuration uses (or a new version of the base model, promoted), so the ne
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -66,9 +65,7 @@ def evaluate(data: str, format: str | None = None, out: str = "eval", limit: int
 def print_summary(s: dict) -> None:
     """The terminal table: per task and tier, quality and escalation; then cost and speed."""
     def f(v: float | None, pct: bool = False) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "-"
-        return f"{v:.1%}" if pct else f"{v:.3f}"
+        return evaluation.format_figure(v, pct, missing="-")  # plain ASCII for terminals
 
     tiers = [("linear", "tier 0"), ("small", "small"), ("large", "large"), ("cascade", "cascade"),
              ("cascade_calibrated", "calibrated")]

@@ -687,9 +687,10 @@ def summarize(ev: Evaluation, config: Config) -> dict:
 
 # --- report --------------------------------------------------------------------------------------
 
-def _f(value: float | None, pct: bool = False, digits: int = 3) -> str:
+def format_figure(value: float | None, pct: bool = False, digits: int = 3, missing: str = "–") -> str:
+    """A report figure: a percentage or a fixed number of digits; `missing` for none or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return missing
     return f"{value:.1%}" if pct else f"{value:.{digits}f}"
 
 
@@ -715,12 +716,12 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
                 continue
             e, c = entry[key], cost.get(key) or {}
             esc = e.get("escalation_rate", 1.0 if key == "large" else 0.0)
-            out.append(f"| {name} | " + " | ".join(_f(e.get(q)) for q, _ in quality)
-                       + f" | {_f(e.get('linear_rate'), True)}"
-                       + f" | {_f(esc, True)} | {_f(e.get('review_rate'), True)}"
-                       + f" | {_f(c.get('cost_per_1000_docs'), digits=4)}"
-                       + f" | {_f(c.get('cost_per_1000_docs_hosted_large'), digits=4)}"
-                       + f" | {_f(c.get('docs_per_second'), digits=2)} |")
+            out.append(f"| {name} | " + " | ".join(format_figure(e.get(q)) for q, _ in quality)
+                       + f" | {format_figure(e.get('linear_rate'), True)}"
+                       + f" | {format_figure(esc, True)} | {format_figure(e.get('review_rate'), True)}"
+                       + f" | {format_figure(c.get('cost_per_1000_docs'), digits=4)}"
+                       + f" | {format_figure(c.get('cost_per_1000_docs_hosted_large'), digits=4)}"
+                       + f" | {format_figure(c.get('docs_per_second'), digits=2)} |")
         return out
 
     for task, entry in s["tasks"].items():
@@ -747,17 +748,19 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
     for key, name in rows:
         c = cost.get(key)
         if c:
-            lines.append(f"| {name} | {_f(c['tokens_per_doc'], digits=0)} | {_f(c['cost_per_1000_docs'], digits=4)}"
-                         f" | {_f(c['cost_per_1000_docs_hosted_large'], digits=4)}"
-                         f" | {_f(c['docs_per_second'], digits=2)}"
-                         f" | {_f(c.get('docs_escalated'), True)} | {_f(c.get('load_seconds'), digits=1)} |")
+            lines.append(f"| {name} | {format_figure(c['tokens_per_doc'], digits=0)}"
+                         f" | {format_figure(c['cost_per_1000_docs'], digits=4)}"
+                         f" | {format_figure(c['cost_per_1000_docs_hosted_large'], digits=4)}"
+                         f" | {format_figure(c['docs_per_second'], digits=2)}"
+                         f" | {format_figure(c.get('docs_escalated'), True)}"
+                         f" | {format_figure(c.get('load_seconds'), digits=1)} |")
     lines += ["", "## Calibration (expected calibration error, 10 bins)", "",
               "| tier:task | items | method | temperature | ECE before | ECE after | after measured on |",
               "|---|---|---|---|---|---|---|"]
     for key, c in s["calibration"].items():
         lines.append(f"| {key} | {c['n']} | {c['method']} | "
-                     f"{_f(c['temperature'], digits=2) if 'temperature' in c['method'] else '–'} | "
-                     f"{_f(c['ece_before'])} | {_f(c['ece_after'])} | {c['after_on']} |")
+                     f"{format_figure(c['temperature'], digits=2) if 'temperature' in c['method'] else '–'} | "
+                     f"{format_figure(c['ece_before'])} | {format_figure(c['ece_after'])} | {c['after_on']} |")
     th = s["thresholds"]
     if th["chosen"]:
         lines += ["", "## Thresholds", "",
@@ -767,9 +770,11 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
         for key, t in th["chosen"].items():
             c = th["configured"].get(key, {})
             p = th["operating_points"][key]
-            lines.append(f"| {key} | {_f(c.get('small'), digits=2)} / {_f(c.get('large'), digits=2)} | "
-                         f"{_f(t['small'])} / {_f(t['large'])} | {p['target']} | {_f(p['escalation_rate'], True)} | "
-                         f"{_f(p['quality'])} | {_f(p['large_quality'])} | {_f(p['review_rate'], True)} |")
+            lines.append(f"| {key} | {format_figure(c.get('small'), digits=2)} / "
+                         f"{format_figure(c.get('large'), digits=2)} | "
+                         f"{format_figure(t['small'])} / {format_figure(t['large'])} | {p['target']} | "
+                         f"{format_figure(p['escalation_rate'], True)} | {format_figure(p['quality'])} | "
+                         f"{format_figure(p['large_quality'])} | {format_figure(p['review_rate'], True)} |")
     return "\n".join(lines) + "\n"
 
 
