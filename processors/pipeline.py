@@ -6,7 +6,6 @@ the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import posixpath
@@ -23,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from processors import sinks
 from processors.ingest import ingest
+from processors.ingest.pdf import pdf_doc_id
 from processors.routing import overall_tier
 from processors.tiers import TierModelHandler, needs_large
 from schemas.config import Config
@@ -83,8 +83,8 @@ def read_and_ingest(item: tuple[str, str], config: Config, inbox: str | None = N
                 else:
                     # read at most limit + 1 bytes: a size the file system did not report cannot exhaust memory
                     data = f.read(limit + 1)
-                    doc_id = hashlib.sha256(data).hexdigest() if source == "pdf" and done else ""
-                    if (uri, doc_id) in done:  # a PDF's doc_id is the hash of its bytes (ingest.pdf)
+                    doc_id = pdf_doc_id(data) if source == "pdf" and done else ""
+                    if (uri, doc_id) in done:
                         records = [AlreadyDone(uri, source, doc_id)]
                     else:
                         records = ingest(uri, source, data, config)

@@ -69,9 +69,14 @@ def _precheck(uri: str, doc_id: str, data: bytes, options: PdfOptions) -> Reject
     return None
 
 
+def pdf_doc_id(data: bytes) -> str:
+    """A PDF's doc_id: the hash of its bytes (a rerun recognises a done PDF by it before parsing)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def read_pdf(uri: str, data: bytes, options: PdfOptions) -> Document | Rejected:
     """One PDF -> Document | Rejected, within the configured bytes/pages/characters/seconds/memory limits."""
-    doc_id = hashlib.sha256(data).hexdigest()
+    doc_id = pdf_doc_id(data)
     rejected = _precheck(uri, doc_id, data, options)
     if rejected:
         return rejected
@@ -95,7 +100,7 @@ def parse_pdf(uri: str, data: bytes, options: PdfOptions, passwords: list[str] |
     """The parse itself, in the calling process (no time or memory limit: read_pdf adds those). Never raises
     except MemoryError, which the worker reports as memory_limit."""
     started = time.monotonic()
-    doc_id = hashlib.sha256(data).hexdigest()
+    doc_id = pdf_doc_id(data)
     rejected = _precheck(uri, doc_id, data, options)
     if rejected:
         return rejected
