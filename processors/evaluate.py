@@ -278,16 +278,12 @@ def _predict_large_per_item(batch: list[Document], loaded: LoadedTier, cfg: Conf
     total = 0.0
     for item in items:
         before = {d.doc_id: _tokens(d, "large") for d in batch}
-        for d in batch:
-            d.decided_by = {item: "large"}  # the large tier predicts only what was escalated to it
         t0 = time.perf_counter()
-        predict(batch, loaded, cfg.large, cfg, "large")
+        predict(batch, loaded, cfg.large, cfg, "large", asked=[[item]] * len(batch))
         elapsed = time.perf_counter() - t0
         total += elapsed
         for d in batch:
             item_usage[(d.doc_id, item)] = (_tokens(d, "large") - before[d.doc_id], elapsed / len(batch))
-    for d in batch:
-        d.decided_by = {}
     return total
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from apache_beam.ml.inference.base import ModelHandler
@@ -35,14 +35,25 @@ class LoadedTier:
     linear: dict[str, LinearLabeler] = field(default_factory=dict)  # task -> tier 0 (small tier only)
 
 
-def _requested(doc: Document, item: str, only_escalated: bool) -> bool:
-    return not only_escalated or doc.decided_by.get(item) == "large"
+def all_items(doc: Document, config: Config) -> frozenset[str]:
+    """Every item the configuration asks of this document: its source's label tasks and 'field:<name>'s."""
+    return frozenset([t.name for t in config.tasks if doc.source in t.sources]
+                     + [f"field:{s.name}" for s in config.fields.get(doc.source, [])])
+
+
+def escalated_items(doc: Document) -> frozenset[str]:
+    """The items routing sent up to the large tier."""
+    return frozenset(item for item, tier in doc.decided_by.items() if tier == "large")
 
 
 def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, config: Config,
-            tier: Tier) -> None:
-    """Fills doc.labels / doc.fields for the items this tier is asked for (all, or the escalated ones)."""
-    only_escalated = tier == "large"
+            tier: Tier, asked: Sequence[Collection[str]] | None = None) -> None:
+    """Fills doc.labels / doc.fields for the items this tier is asked, one collection per document
+    (None: every item the configuration has for it). An item this tier fails to answer keeps the
+    previous tier's answer, marked (escalation_failed)."""
+    asked_of = {id(d): set(all_items(d, config) if asked is None else a)
+                for d, a in zip(docs, asked if asked is not None else [None] * len(docs), strict=True)}
+    keeps_previous = tier == "large"  # an answer this tier fails to give falls back to the small one
     style = tier_cfg.prompt_style
     started = time.perf_counter()
     usage = {d.doc_id + d.uri: Usage() for d in docs}
@@ -53,7 +64,7 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
         return cut(masked[d.doc_id + d.uri][0], tier_cfg.max_doc_chars)
 
     for task in config.tasks:
-        batch = [d for d in docs if d.source in task.sources and _requested(d, task.name, only_escalated)]
+        batch = [d for d in docs if d.source in task.sources and task.name in asked_of[id(d)]]
         if task.name in loaded.linear and tier == "small":
             batch = _decide_linear(batch, task, loaded.linear[task.name], config.linear[task.name].threshold)
         if not batch:
@@ -63,8 +74,8 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
         scores = label.score_labels(loaded.runtime, prompts, targets, tier_cfg.top_logprobs)
         for doc, score in zip(batch, scores, strict=False):
             usage[doc.doc_id + doc.uri].add(score.usage)
-            if only_escalated and score.error:  # e.g. the endpoint died: the small answer stands
-                _escalation_failed(doc, task.name, score.error)
+            if keeps_previous and score.error:  # e.g. the endpoint died: the small answer stands
+                escalation_failed(doc, [task.name], score.error)
                 continue
             content_free = (_content_free(loaded, tier_cfg, task, doc.source)
                             if tier_cfg.contextual_calibration else None)
@@ -75,7 +86,7 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
         for spec in specs:
             # One call per field over the batch: each document keeps its llama.cpp slot, so its
             # prefix (the document text and the field list) is evaluated once and reused.
-            batch = [d for d in docs if d.source == source and _requested(d, f"field:{spec.name}", only_escalated)]
+            batch = [d for d in docs if d.source == source and f"field:{spec.name}" in asked_of[id(d)]]
             if not batch:
                 continue
             prompts = [extract.build_prompt(specs, spec, style, source, model_text(d)) for d in batch]
@@ -84,8 +95,8 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                                                   top_logprobs=10, grammar=extract.grammar(spec))
             for doc, completion in zip(batch, completions, strict=False):
                 usage[doc.doc_id + doc.uri].add(Usage(completion.prompt_tokens, completion.completion_tokens))
-                if only_escalated and completion.error:
-                    _escalation_failed(doc, f"field:{spec.name}", completion.error)
+                if keeps_previous and completion.error:
+                    escalation_failed(doc, [f"field:{spec.name}"], completion.error)
                     continue
                 # Placeholders back to the real values before the value is checked against the text.
                 completion = privacy.unmask_completion(completion, masked[doc.doc_id + doc.uri][1])
@@ -99,11 +110,12 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
         doc.model_versions[tier] = loaded.runtime.version
 
 
-def _escalation_failed(doc: Document, item: str, why: str) -> None:
-    """The large tier gave no answer for this item: the small answer stands, marked; the next run retries it."""
+def escalation_failed(doc: Document, items: Collection[str], why: str) -> None:
+    """The large tier gave no answer for these items: the small answers stand, marked; the next run retries them."""
     doc.escalation_failed = True
-    doc.decided_by[item] = "small"
-    doc.escalation_reasons.append(f"large:failed({item}: {why[:200]})")
+    for item in items:
+        doc.decided_by[item] = "small"
+    doc.escalation_reasons.append(f"large:failed({'+'.join(items)}: {why[:200]})")
 
 
 def _decide_linear(batch: list[Document], task, labeler: LinearLabeler, threshold: float) -> list[Document]:
@@ -173,8 +185,9 @@ class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
         self._started = started + len(batch)
         progress.info("%s tier: documents %d-%d", self._tier, started + 1, self._started)
         before = [(dict(d.labels), dict(d.fields)) for d in batch]  # the small answers, if the large tier fails
+        asked = None if self._tier == "small" else [escalated_items(d) for d in batch]
         try:
-            predict(batch, model, self._tier_cfg, self._config, self._tier)
+            predict(batch, model, self._tier_cfg, self._config, self._tier, asked)
         except Exception as e:
             log.exception("%s tier failed on a batch of %d", self._tier, len(batch))
             for doc, (labels, fields) in zip(batch, before, strict=True):
@@ -182,21 +195,12 @@ class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
                     doc.error = f"small tier failed: {type(e).__name__}: {e}"[:500]
                 else:
                     doc.labels, doc.fields = labels, fields  # no half-written large answers
-                    self._keep_small_answers(doc, f"{type(e).__name__}: {e}")
+                    escalation_failed(doc, sorted(escalated_items(doc)), f"{type(e).__name__}: {e}")
             return batch
         for doc in batch:
             if not doc.error:
                 apply_route(doc, self._config, self._tier)
         return batch
-
-    @staticmethod
-    def _keep_small_answers(doc: Document, why: str) -> None:
-        """Large tier failed: the small tier's answers stand, marked, and the next run retries them."""
-        doc.escalation_failed = True
-        doc.escalation_reasons.append(f"large:failed({why[:200]})")
-        for item, tier in list(doc.decided_by.items()):
-            if tier == "large":
-                doc.decided_by[item] = "small"
 
     def get_metrics_namespace(self) -> str:
         return f"sluicegate_{self._tier}"
