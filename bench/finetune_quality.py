@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
-    base = load_config(args.config, apply_version=False)
+    base = load_config(args.config)
     found = resolve(base.models.registry, args.version)
     if not found:
         raise SystemExit("no model version: train one with `sluicegate finetune` (or pass --version)")

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_config(ROOT / "fixtures" / "sluicegate.toml", apply_version=False)
+    config = load_config(ROOT / "fixtures" / "sluicegate.toml")
     examples = (sample(load_examples(DATA / "tickets/bitext/train.csv"), 60, stratify="intent")
                 + sample(load_examples(DATA / "sentiment/vader/tweets.csv"), 30))
     tasks, _ = training_tasks(config, examples)

@@ -20,6 +20,7 @@ from processors.models import load_runtime
 from processors.tiers import LoadedTier, apply_route, predict
 from schemas.config import load_config
 from schemas.records import Document
+from schemas.versions import with_model_version
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "fixtures" / "sluicegate.toml"))
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    config = load_config(args.config)
+    config = with_model_version(load_config(args.config))
     docs = fixture_documents(config)
     t = time.perf_counter()
     loaded = LoadedTier(load_runtime(config.small))

@@ -30,7 +30,7 @@ def finetune(train: list[str], eval: str | None = None, format: str | None = Non
 
     logger = get_run_logger()
     _, path = resolve_config(config_path)
-    config = load_config(path, apply_version=False) if path != "<defaults>" else load_config(None)
+    config = load_config(path if path != "<defaults>" else None)  # the file as written: training picks its base
     if not config.models.registry:
         raise ValueError("set [models].registry in the configuration: the folder where model versions live")
     request = FinetuneRequest(

@@ -24,6 +24,7 @@ from processors.models import tier_version
 from processors.pipeline import RunSpec, crash_test_hook, run_pipeline
 from processors.sinks import TASK_VERSIONS, partition_path, read_table, write_partition
 from schemas.config import Config, load_config
+from schemas.versions import with_model_version
 from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
 
 Source = Literal["tickets", "pdf"]
@@ -38,7 +39,7 @@ def resolve_config(config_path: str | None, load_secrets: bool = False) -> tuple
     candidates = [config_path] if config_path else ["sluicegate.toml", str(DEFAULT_CONFIG)]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
-            config, found = load_config(candidate), str(Path(candidate).resolve())
+            config, found = with_model_version(load_config(candidate)), str(Path(candidate).resolve())
             break
     else:
         if config_path:

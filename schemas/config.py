@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 FieldType = Literal["string", "id", "date", "amount", "currency", "email", "name"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a typo in the file is an error, not a silent default
+class Strict(BaseModel):
+    """Base of every contract read from a file: a typo in the file is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
-class LabelTask(_Strict):
+class LabelTask(Strict):
     """A named label set: the model picks exactly one label per document."""
 
     name: str
@@ -41,13 +43,13 @@ class LabelTask(_Strict):
         return self.verbalizers.get(label, label.lower().replace("_", " "))
 
 
-class FieldSpec(_Strict):
+class FieldSpec(Strict):
     name: str
     type: FieldType = "string"
     description: str = ""
 
 
-class TierModel(_Strict):
+class TierModel(Strict):
     """One model tier. `model` is a packaged model name (see processors/models/weights.py) or a .gguf path;
     with runtime "http", the model name the endpoint serves."""
 
@@ -93,14 +95,14 @@ class TierModel(_Strict):
         return self
 
 
-class Thresholds(_Strict):
+class Thresholds(Strict):
     """Below `small` the small tier's answer escalates; below `large` the large tier's goes to review."""
 
     small: float = 0.6
     large: float = 0.5
 
 
-class TaskCalibration(_Strict):
+class TaskCalibration(Strict):
     """Maps a tier's raw confidence to a calibrated probability for one task (or 'fields')."""
 
     method: Literal["none", "temperature", "isotonic"] = "none"
@@ -110,14 +112,14 @@ class TaskCalibration(_Strict):
     y: list[float] = Field(default_factory=list)
 
 
-class LinearTier(_Strict):
+class LinearTier(Strict):
     """Tier 0 for one label task: TF-IDF + a linear model; confident items skip the language models."""
 
     path: str  # joblib file (inside the model version's folder)
     threshold: float  # predicted probability at or above which tier 0 decides
 
 
-class Models(_Strict):
+class Models(Strict):
     """Where fine-tuned model versions live (see schemas/versions.py)."""
 
     registry: str | None = None  # folder with registry.json and versions/<id>/; none: the base model
@@ -125,7 +127,7 @@ class Models(_Strict):
     active: str | None = None  # set when the configuration is loaded: the version in use (in every row)
 
 
-class PdfOptions(_Strict):
+class PdfOptions(Strict):
     # File name (or glob) -> password. Prefer the SLUICEGATE_PDF_PASSWORDS env var (JSON) for secrets.
     passwords: dict[str, str] = Field(default_factory=dict)
     # Per-document limits, so one file cannot stall the night or exhaust memory. A PDF is parsed in a
@@ -144,7 +146,7 @@ class PdfOptions(_Strict):
     tesseract: str = "tesseract"  # the binary: a name on PATH or a path
 
 
-class TicketColumns(_Strict):
+class TicketColumns(Strict):
     """Maps a ticket export's columns to ours. Other columns are kept as metadata."""
 
     id: str = "id"
@@ -153,7 +155,7 @@ class TicketColumns(_Strict):
     created_at: str = "created_at"
 
 
-class TicketOptions(_Strict):
+class TicketOptions(Strict):
     # Column mapping per file-name glob, first match wins; '*' is the default.
     columns: dict[str, TicketColumns] = Field(default_factory=lambda: {"*": TicketColumns()})
     encoding: str = "utf-8"  # tried first, per line; then UTF-8, then cp1252 (metadata 'encoding' says which)
@@ -170,16 +172,16 @@ class TicketOptions(_Strict):
         return TicketColumns()
 
 
-class Inputs(_Strict):
+class Inputs(Strict):
     inbox: str = "inbox"  # root: <inbox>/<source>/<YYYY-MM-DD>/** (local path or fsspec URL)
     sources: list[Literal["pdf", "tickets"]] = ["tickets", "pdf"]
 
 
-class Output(_Strict):
+class Output(Strict):
     root: str = "out"  # a local folder (atomic renames and the per-date lock need a local file system)
 
 
-class Schedule(_Strict):
+class Schedule(Strict):
     """When the nightly deployment runs; its default run date is yesterday in this time zone."""
 
     cron: str = "0 2 * * *"
@@ -202,7 +204,7 @@ def _default_tasks() -> list[LabelTask]:
     ]
 
 
-class Config(_Strict):
+class Config(Strict):
     inputs: Inputs = Inputs()
     output: Output = Output()
     schedule: Schedule = Schedule()
@@ -237,11 +239,10 @@ class Config(_Strict):
         return [t for t in self.tasks if source in t.sources]
 
 
-def load_config(path: str | Path | None, apply_version: bool = True) -> Config:
+def load_config(path: str | Path | None) -> Config:
     """Reads and validates a TOML configuration; relative paths resolve against its folder.
 
-    With apply_version, the registry's promoted (or pinned) model version is applied: its adapter,
-    label sets, calibration, thresholds and tier 0 (schemas/versions.py).
+    Only the file: the promoted model version is applied by `schemas.versions.with_model_version`.
     """
     if path is None:
         return Config()
@@ -259,13 +260,6 @@ def load_config(path: str | Path | None, apply_version: bool = True) -> Config:
             tier.adapter = _resolve(tier.adapter, base)
     if config.models.registry:
         config.models.registry = _resolve(config.models.registry, base)
-    if apply_version:
-        from schemas.versions import apply_version as apply
-        from schemas.versions import resolve
-
-        found = resolve(config.models.registry, config.models.version)
-        if found:
-            config = apply(config, *found)
     return config
 
 

@@ -15,19 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from schemas.config import Config, FieldSpec, LabelTask, LinearTier, TaskCalibration, Thresholds
+from schemas.config import Config, FieldSpec, LabelTask, LinearTier, Strict, TaskCalibration, Thresholds
 
 REGISTRY_FILE = "registry.json"
 VERSION_FILE = "version.json"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelVersion(_Strict):
+class ModelVersion(Strict):
     id: str
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     parent: str | None = None  # the version that was promoted when this one was trained
@@ -47,7 +43,7 @@ class ModelVersion(_Strict):
     linear: dict[str, LinearTier] = Field(default_factory=dict)  # task -> tier 0, path inside the folder
 
 
-class Registry(_Strict):
+class Registry(Strict):
     promoted: str | None = None
     history: list[dict[str, str]] = Field(default_factory=list)  # {"id", "at", "why"}
 
@@ -101,6 +97,13 @@ def resolve(root: str | Path | None, pinned: str | None) -> tuple[ModelVersion, 
     if not version_id:
         return None
     return read_version(root, version_id), version_dir(root, version_id)
+
+
+def with_model_version(config: Config) -> Config:
+    """The configuration a run uses: with the registry's pinned (`[models] version`) or promoted model
+    version applied (a copy), or unchanged when the registry has none (the base model)."""
+    found = resolve(config.models.registry, config.models.version)
+    return apply_version(config, *found) if found else config
 
 
 def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config:

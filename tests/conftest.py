@@ -56,7 +56,7 @@ def config():
 
     # The base model: unit tests of the mechanics do not depend on which model version is shipped.
     # The end-to-end runs load the file as a user does, with the promoted version (models/).
-    return load_config(FIXTURES / "sluicegate.toml", apply_version=False)
+    return load_config(FIXTURES / "sluicegate.toml")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import pytest
 
 from schemas.config import load_config
 from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, RUNS_SCHEMA, results_schema
+from schemas.versions import with_model_version
 from tests.conftest import FIXTURE_DATE, FIXTURES
 
 EXPECTED_ERRORS = {
@@ -81,7 +82,7 @@ def test_small_and_large_tiers_both_decide_and_versions_are_recorded(nightly_run
     assert "large" in fields["decided_by"].to_list() or "large" in decided.to_list()
     assert results["small_model_version"].str.starts_with("gemma3-270m@").all()
     # the shipped fine-tuned version is the one the quick start runs, and every row names it
-    config = load_config(FIXTURES / "sluicegate.toml")
+    config = with_model_version(load_config(FIXTURES / "sluicegate.toml"))
     assert config.models.active, "models/registry.json names the shipped version"
     assert results["model_version_id"].to_list() == [config.models.active] * results.height
     assert results["small_model_version"].str.contains("+lora:adapter.gguf@", literal=True).all()

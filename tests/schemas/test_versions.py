@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from schemas.config import LabelTask, LinearTier, TaskCalibration, Thresholds, load_config
-from schemas.versions import ModelVersion, promote, read_registry, write_version
+from schemas.versions import ModelVersion, promote, read_registry, with_model_version, write_version
 from tests.conftest import FIXTURES
 
 
@@ -31,9 +31,9 @@ def test_the_promoted_version_is_applied_at_load(tmp_path):
     folder = write_version(registry, v1)
     (folder / "adapter.gguf").write_bytes(b"not used here")
     path = _config_file(tmp_path, 'registry = "models"')
-    assert load_config(path).models.active is None  # nothing promoted yet: the base model
+    assert with_model_version(load_config(path)).models.active is None  # nothing promoted yet: the base model
     promote(registry, "ft-1", "test")
-    config = load_config(path)
+    config = with_model_version(load_config(path))
     assert config.models.active == "ft-1"
     assert config.small.adapter == str(folder / "adapter.gguf")
     assert not config.small.contextual_calibration  # a fine-tuned adapter needs no content-free division
@@ -43,7 +43,7 @@ def test_the_promoted_version_is_applied_at_load(tmp_path):
     assert config.thresholds_for("category").small == 0.8
     assert config.calibration["small:category"].temperature == 1.7
     assert config.linear["intent"].path == str(folder / "linear-intent.joblib")
-    base = load_config(path, apply_version=False)
+    base = load_config(path)  # the file alone
     assert base.models.active is None and base.small.adapter is None
 
 
@@ -53,8 +53,9 @@ def test_a_pinned_version_wins_and_a_missing_one_is_an_error(tmp_path):
     write_version(registry, ModelVersion(id="ft-b"))
     promote(registry, "ft-b", "newer")
     assert [h["id"] for h in read_registry(registry).history] == ["ft-b"]
-    assert load_config(_config_file(tmp_path, 'registry = "models"\nversion = "ft-a"')).models.active == "ft-a"
+    pinned = load_config(_config_file(tmp_path, 'registry = "models"\nversion = "ft-a"'))
+    assert with_model_version(pinned).models.active == "ft-a"
     with pytest.raises(FileNotFoundError, match="ft-zzz"):
-        load_config(_config_file(tmp_path, 'registry = "models"\nversion = "ft-zzz"'))
+        with_model_version(load_config(_config_file(tmp_path, 'registry = "models"\nversion = "ft-zzz"')))
     with pytest.raises(FileNotFoundError):
         promote(registry, "ft-zzz", "no such version")
