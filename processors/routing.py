@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.config import Thresholds
-from schemas.records import FieldPrediction, LabelPrediction, Tier
+from schemas.records import TIERS, FieldPrediction, LabelPrediction, Tier
 
 FIELDS_KEY = "fields"  # thresholds key shared by all fields
 
@@ -56,5 +56,4 @@ def route(labels: dict[str, LabelPrediction], fields: dict[str, FieldPrediction]
 
 def overall_tier(decided_by: dict[str, Tier]) -> Tier:
     """The highest tier any item of the document needed."""
-    order = {"linear": 0, "small": 1, "large": 2, "review": 3}
-    return max(decided_by.values(), key=order.__getitem__, default="small")
+    return max(decided_by.values(), key=TIERS.index, default="small")

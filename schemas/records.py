@@ -8,10 +8,55 @@ Plain dataclasses: they pickle cheaply across Beam workers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 Source = Literal["pdf", "tickets"]
-Tier = Literal["linear", "small", "large", "review"]  # linear: tier 0 (TF-IDF), label tasks only
+# Who decided an item, lowest first; linear: tier 0 (TF-IDF), label tasks only. A document's decided_by
+# is the highest tier any of its items needed.
+Tier = Literal["linear", "small", "large", "review"]
+TIERS: tuple[Tier, ...] = get_args(Tier)
+
+# Where an input was rejected: read (the bytes could not be had), ingest (parsing), inference (a model
+# stage failed on it), sink (its rows could not be written).
+Stage = Literal["read", "ingest", "inference", "sink"]
+
+# Every reason the errors table can hold, and what it means: the one list, read by the tests and by the
+# data dictionary in README ("Error reasons"). A new reason is added here first.
+ERROR_REASONS: dict[str, str] = {
+    # read
+    "outside_root": "the path (a symbolic link, '..') resolves outside the inbox root; it is not read",
+    "not_a_file": "the input is a directory or another non-regular file",
+    "read_failed": "the bytes could not be read (I/O error); retried by the next run",
+    # ingest, any source
+    "unknown_source": "the source is neither pdf nor tickets",
+    "too_large": "the file is larger than the source's max_bytes",
+    "empty_file": "the file has no content (or no ticket lines or rows)",
+    # ingest, PDFs
+    "not_a_pdf": "no %PDF- header: another kind of file",
+    "corrupt_pdf": "pypdf could not read the structure (truncated, broken cross-reference, no pages)",
+    "too_many_pages": "more pages than pdf.max_pages",
+    "encrypted_no_password": "encrypted, and no password is configured for the file",
+    "wrong_password": "encrypted, and the configured password does not open it",
+    "encryption_unsupported": "an encryption method the reader cannot decrypt",
+    "decompression_bomb": "a stream decodes past the parser's safety limit",
+    "unsupported_filter": "a stream uses a compression filter the parser does not support",
+    "parse_timeout": "parsing (or OCR) took longer than pdf.max_seconds; the worker was killed",
+    "memory_limit": "parsing needed more memory than pdf.max_memory_mb",
+    "parser_crashed": "the parser's worker process died",
+    "needs_ocr": "pages without a text layer (a scan) and OCR is off or unavailable",
+    "ocr_no_text": "OCR ran but found too little text",
+    # ingest, tickets
+    "unsupported_format": "a ticket file that is not .jsonl, .ndjson or .csv",
+    "binary_file": "mostly control bytes: not a text export",
+    "malformed_json": "a JSONL line that is not valid JSON",
+    "malformed_record": "a JSONL line that is valid JSON but not an object",
+    "malformed_csv": "a CSV row with broken quoting; reading resumes on the next line",
+    "missing_body": "the body column is missing from the record",
+    "empty_body": "the body is empty or whitespace only",
+    # inference
+    "model_failed": "the small tier failed on the document; retried by the next run",
+}
+ErrorReason = Literal[tuple(ERROR_REASONS)]  # type: ignore[valid-type]  # the keys above, as a closed type
 
 
 @dataclass
@@ -82,8 +127,8 @@ class Rejected:
 
     uri: str
     source: Source
-    stage: str  # discover | ingest | inference | sink
-    reason: str  # short machine-readable reason, e.g. encrypted_no_password
+    stage: Stage
+    reason: ErrorReason  # one of ERROR_REASONS, e.g. encrypted_no_password
     message: str  # human-readable detail (never contains secrets)
     retriable: bool = False
     doc_id: str | None = None
