@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--sources", nargs="+", choices=["tickets", "pdf"], help="default: all configured")
     run.add_argument("--reprocess", action="store_true", help="recompute inputs already done with this version")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    # Crash tests only (tests/robustness/test_crash.py): '<stage>[:<n>]', the run kills itself there. Hidden.
+    run.add_argument("--test-kill-at", metavar="STAGE[:N]", help=argparse.SUPPRESS)
 
     fill = sub.add_parser("backfill", help="run the nightly job for every date of a range, embedded")
     fill.add_argument("--start", type=_parse_date, required=True)
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.nightly import nightly
 
         summary = nightly(run_date=args.date, sources=args.sources, reprocess=args.reprocess, inbox=args.inbox,
-                          out=args.out, config_path=args.config)
+                          out=args.out, config_path=args.config, test_kill_at=args.test_kill_at)
     except Exception as e:  # noqa: BLE001 - report, do not dump a traceback on the operator
         print(f"sluicegate: {args.command} failed: {e}", file=sys.stderr)
         return 1

@@ -20,12 +20,13 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.locks import date_lock
 from flows.settings import PROGRESS_LOGGER, beam_logs_in_run
+from processors.faults import FaultPlan, checkpoint
 from processors.models import tier_version
-from processors.pipeline import RunSpec, crash_test_hook, run_pipeline
+from processors.pipeline import RunSpec, run_pipeline
 from processors.sinks import TASK_VERSIONS, partition_path, read_table, write_partition
 from schemas.config import Config, load_config
-from schemas.versions import with_model_version
 from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
+from schemas.versions import with_model_version
 
 Source = Literal["tickets", "pdf"]
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "fixtures" / "sluicegate.toml"
@@ -148,7 +149,7 @@ def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> di
 @flow(name="nightly", log_prints=True)
 def nightly(run_date: date | None = None, sources: list[Source] | None = None, reprocess: bool = False,
             inbox: str | None = None, out: str | None = None, config_path: str | None = None,
-            runner: str = "FnApiRunner") -> dict:
+            runner: str = "FnApiRunner", test_kill_at: str | None = None) -> dict:
     """Processes one date's documents.
 
     Args:
@@ -160,8 +161,11 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
         out: Output root (a local folder). None: the configuration's.
         config_path: TOML configuration file. None: ./sluicegate.toml, else the bundled one.
         runner: Beam runner (FnApiRunner runs in-process).
+        test_kill_at: Crash tests only (leave empty): '<stage>[:<n>]', the run SIGKILLs itself the n-th
+            time it reaches that stage (ingest, inference, write, finish); see processors/faults.py.
     """
     logger = get_run_logger()
+    faults = FaultPlan.parse(test_kill_at) if test_kill_at else None
     config, config_file = resolve_config(config_path, load_secrets=True)
     day = (run_date or yesterday(config.schedule.timezone)).isoformat()
     out_root = out or config.output.root
@@ -170,11 +174,11 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
         raise ValueError(f"sources {sorted(unknown)} are not configured (configured: {config.inputs.sources})")
     with date_lock(out_root, day):  # one writer per date, whatever started the run
         return _run_date(day, list(sources or config.inputs.sources), reprocess, inbox or config.inputs.inbox,
-                         out_root, config, config_file, runner, logger)
+                         out_root, config, config_file, runner, logger, faults)
 
 
 def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_root: str, config: Config,
-              config_file: str, runner: str, logger: logging.Logger) -> dict:
+              config_file: str, runner: str, logger: logging.Logger, faults: FaultPlan | None = None) -> dict:
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     run_id = f"{day}-{started.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -192,9 +196,10 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
                 len(done), key)
     spec = RunSpec(run_id=run_id, run_date=day, inputs=inputs, sources=sources, config=config,
                    config_hash=config_hash(config), out_root=out_root, version_key=key, done=done,
-                   inbox=inbox)  # inputs that resolve outside it are outside_root errors, never read
+                   inbox=inbox,  # inputs that resolve outside it are outside_root errors, never read
+                   faults=faults)  # crash tests only: the graph's kill checkpoints
     counters = run_beam(spec, runner)
-    crash_test_hook("finish")  # TEST HOOK (crash tests): tables written, runs row not yet
+    checkpoint(spec.faults, "finish")  # crash tests only: tables written, runs row not yet
     _stage_lines(progress, counters)
     t_pipeline = time.perf_counter()
 

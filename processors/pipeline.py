@@ -1,5 +1,7 @@
-"""The one Beam graph: inputs -> ingest -> small tier -> route -> large tier -> sinks. Read top to bottom.
+"""The one Beam graph: inputs -> ingest -> small tier -> route -> large tier -> route -> sinks. Read top to bottom.
 
+The only module that imports Beam: the steps here are thin shells over plain functions (reading in
+processors/ingest/read.py, a tier's answers and routing in processors/tiers.py, rows in processors/sinks.py).
 Runs in-process with FnApiRunner by default (named explicitly: DirectRunner would first try to fetch
 the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark through --runner.
 """
@@ -7,29 +9,24 @@ the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark 
 from __future__ import annotations
 
 import logging
-import os
-import posixpath
-import signal
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import apache_beam as beam
-import fsspec
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from processors import sinks
-from processors.ingest import ingest
-from processors.ingest.pdf import pdf_doc_id
+from processors.faults import FaultPlan, pass_checkpoint
+from processors.ingest.read import AlreadyDone, read_and_ingest
 from processors.routing import overall_tier
-from processors.tiers import TierModelHandler, needs_large
+from processors.tiers import LoadedTier, answer_batch, load_tier, needs_large, route_after, tier_config
 from schemas.config import Config
-from schemas.records import Document, Rejected
+from schemas.records import Document, Rejected, Tier
 from schemas.tables import RESULT_TABLES
 
-log = logging.getLogger(__name__)
+progress = logging.getLogger("sluicegate.progress")  # per-stage lines; only the CLI shows them
 NAMESPACE = "sluicegate"
 
 
@@ -49,90 +46,54 @@ class RunSpec:
     shard: str = "00000"
     extra: dict[str, str] = field(default_factory=dict)
     inbox: str = ""  # root the inputs must stay under (symlinks and '..' resolved); empty: not checked
+    faults: FaultPlan | None = None  # crash tests only: where the run kills itself; None: the graph has no checkpoints
 
 
-@dataclass(frozen=True)
-class AlreadyDone:
-    """A PDF whose bytes this version already processed (in the manifest): recognised by its hash and
-    never parsed again, so a rerun of a done date costs one read per PDF."""
-
-    uri: str
-    source: str
-    doc_id: str
-
-
-def read_and_ingest(item: tuple[str, str], config: Config, inbox: str | None = None,
-                    done: frozenset[tuple[str, str]] = frozenset()) -> Iterator[Document | Rejected | AlreadyDone]:
-    """Reads one input's bytes (any fsspec URL) and ingests it. I/O failures become retriable errors.
-
-    inbox: the root every input must stay under. A path that leaves it (a symlink to elsewhere, '..')
-    is an outside_root error and is never opened. done: (uri, doc_id) already processed with this
-    version; such a PDF is not parsed (a ticket export is: its records are cheap and each has its own id).
-    """
-    uri, source = item
-    escaped = outside_root(uri, inbox) if inbox else None
-    try:
-        if escaped:
-            records: list = [Rejected(uri, source, "read", "outside_root", escaped)]
-        else:
-            with fsspec.open(uri, "rb") as f:
-                size = getattr(f, "size", None)
-                limit = config.pdf.max_bytes if source == "pdf" else config.tickets.max_bytes
-                if size is not None and size > limit:
-                    records = [Rejected(uri, source, "ingest", "too_large", f"{size} bytes > limit {limit}")]
-                else:
-                    # read at most limit + 1 bytes: a size the file system did not report cannot exhaust memory
-                    data = f.read(limit + 1)
-                    doc_id = pdf_doc_id(data) if source == "pdf" and done else ""
-                    if (uri, doc_id) in done:
-                        records = [AlreadyDone(uri, source, doc_id)]
-                    else:
-                        records = ingest(uri, source, data, config)
-    except IsADirectoryError:
-        records = [Rejected(uri, source, "read", "not_a_file", "the input is a directory (e.g. a linked one)")]
-    except OSError as e:
-        records = [Rejected(uri, source, "read", "read_failed", f"{type(e).__name__}: {e}"[:500], retriable=True)]
-    for record in records:
+def _read_counted(item: tuple[str, str], config: Config, inbox: str | None,
+                  done: frozenset[tuple[str, str]]) -> Iterator[Document | Rejected | AlreadyDone]:
+    """The Ingest step: read_and_ingest, each record counted (per source too)."""
+    _, source = item
+    for record in read_and_ingest(item, config, inbox, done):
         Metrics.counter(NAMESPACE, "inputs").inc()
         Metrics.counter(NAMESPACE, f"inputs_{source}").inc()
-        crash_test_hook("ingest")
         yield record
 
 
-def outside_root(uri: str, root: str) -> str | None:
-    """Why `uri` is not under `root` (None: it is). Local paths are resolved (symlinks, '..') first."""
-    if "://" in root or "://" in uri:
-        if "://" in uri and not uri.startswith("file://"):
-            path, base = posixpath.normpath(uri.split("://", 1)[1]), posixpath.normpath(root.split("://", 1)[-1])
-            return None if path == base or path.startswith(base.rstrip("/") + "/") else \
-                "the path leaves the inbox root ('..' or another location)"
-        uri, root = uri.removeprefix("file://"), root.removeprefix("file://")
-    real, base = os.path.realpath(uri), os.path.realpath(root)
-    if real == base or real.startswith(base.rstrip(os.sep) + os.sep):
-        return None
-    what = "a symbolic link" if os.path.islink(uri) else "the path"
-    return f"{what} resolves outside the inbox root; it is not read"
+class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
+    """One tier behind RunInference: the model is loaded once per worker, and each batch is answered by
+    tiers.answer_batch. It does not route: routing is the graph's next step."""
+
+    def __init__(self, config: Config, tier: Tier):
+        self._config = config
+        self._tier = tier
+        batch = tier_config(config, tier).parallel_sequences
+        # A batch is as large as the runtime's parallel sequences: they decode together, and each
+        # document keeps its slot (and its cached prefix) across the calls for its tasks and fields.
+        # Fixed size (Beam would otherwise start at 1 and grow): only a bundle's last batch is smaller.
+        super().__init__(min_batch_size=batch, max_batch_size=batch)
+
+    def load_model(self) -> LoadedTier:
+        return load_tier(self._config, self._tier)
+
+    def run_inference(self, batch: Sequence[Document], model: LoadedTier,
+                      inference_args: dict | None = None) -> Iterable[Document]:
+        started = getattr(self, "_started", 0)  # documents this worker's handler was given so far
+        self._started = started + len(batch)
+        progress.info("%s tier: documents %d-%d", self._tier, started + 1, self._started)
+        return answer_batch(batch, model, self._config, self._tier)
+
+    def get_metrics_namespace(self) -> str:
+        return f"sluicegate_{self._tier}"
+
+    def share_model_across_processes(self) -> bool:
+        return False
 
 
-KILL_ENV = "SLUICEGATE_TEST_KILL_AT"  # TEST HOOK: "<stage>[:<n>]", e.g. "write:2"
-_kill_counts: dict[str, int] = {}
-_kill_lock = threading.Lock()
-
-
-def crash_test_hook(stage: str) -> None:
-    """TEST HOOK for the crash-safety tests (tests/robustness/test_crash.py), inert unless SLUICEGATE_TEST_KILL_AT
-    is set: the n-th time `stage` (ingest, inference, write, finish) is reached, the process SIGKILLs itself,
-    like an OOM kill or a lost machine would, with no chance to clean up."""
-    wanted = os.environ.get(KILL_ENV)
-    if not wanted:
-        return
-    name, _, nth = wanted.partition(":")
-    if name != stage:
-        return
-    with _kill_lock:
-        _kill_counts[stage] = _kill_counts.get(stage, 0) + 1
-        if _kill_counts[stage] >= int(nth or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+def _fault_point(pcoll: beam.PCollection, spec: RunSpec, stage: str, label: str) -> beam.PCollection:
+    """A kill checkpoint for the crash tests; in the graph only when the spec carries a fault plan."""
+    if spec.faults is None:
+        return pcoll
+    return pcoll | label >> beam.Map(pass_checkpoint, spec.faults, stage)
 
 
 @dataclass(frozen=True)
@@ -159,12 +120,7 @@ class _SkipDone(beam.DoFn):
 class _Split(beam.DoFn):
     """Documents to the main output; rejections (and documents a stage failed on) to 'errors'."""
 
-    def __init__(self, kill_hook: str | None = None):
-        self._kill_hook = kill_hook
-
     def process(self, record: Document | Rejected) -> Iterator:
-        if self._kill_hook:
-            crash_test_hook(self._kill_hook)
         if isinstance(record, Rejected):
             yield beam.pvalue.TaggedOutput("errors", record)
         elif record.error:
@@ -202,7 +158,6 @@ class _WritePartition(beam.DoFn):
         s = self._spec
         n = sinks.write_table_partition(s.out_root, table, s.run_date, source, rows, s.config, s.shard, keep)
         Metrics.counter(NAMESPACE, f"rows_{table}").inc(n)
-        crash_test_hook("write")
         yield f"{table}/{source}", n
 
 
@@ -212,21 +167,28 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
         p
         | "Inputs" >> beam.Create(spec.inputs)
         | "Reshuffle" >> beam.Reshuffle()  # spread files over workers before the expensive parse
-        | "Ingest" >> beam.FlatMap(read_and_ingest, config, spec.inbox or None, spec.done)
+        | "Ingest" >> beam.FlatMap(_read_counted, config, spec.inbox or None, spec.done)
     )
+    records = _fault_point(records, spec, "ingest", "FaultAfterIngest")
     todo = records | "SkipDone" >> beam.ParDo(_SkipDone(spec.done)).with_outputs("skipped", main="todo")
     ingested = todo.todo | "SplitIngest" >> beam.ParDo(_Split()).with_outputs("errors", main="docs")
 
+    # Small tier, then routing: each item is decided here or escalated; a document the tier failed on is an error.
     small = ingested.docs | "SmallTier" >> RunInference(TierModelHandler(config, "small"))
-    after_small = small | "SplitSmall" >> beam.ParDo(_Split(kill_hook="inference")).with_outputs("errors", main="docs")
+    small = _fault_point(small, spec, "inference", "FaultAfterSmallTier")
+    routed_small = (small
+                    | "RouteSmall" >> beam.Map(route_after, config, "small")
+                    | "SplitSmall" >> beam.ParDo(_Split()).with_outputs("errors", main="docs"))
+    kept, escalated = routed_small.docs | "KeptOrEscalated" >> beam.Partition(lambda d, _: int(needs_large(d)), 2)
 
-    kept, escalated = after_small.docs | "Route" >> beam.Partition(lambda d, _: int(needs_large(d)), 2)
+    # Large tier (escalated items only), then routing: what it is still unsure of goes to review.
     large = escalated | "LargeTier" >> RunInference(TierModelHandler(config, "large"))
-    final_docs = (kept, large) | "AllDecided" >> beam.Flatten()
+    routed_large = large | "RouteLarge" >> beam.Map(route_after, config, "large")
+    final_docs = (kept, routed_large) | "AllDecided" >> beam.Flatten()
 
     doc_rows = final_docs | "Rows" >> _keyed_rows(spec)
     error_rows = (
-        (ingested.errors, after_small.errors)
+        (ingested.errors, routed_small.errors)
         | "AllErrors" >> beam.Flatten()
         | "ErrorRows" >> beam.FlatMap(lambda r: [(("errors", r.source), sinks.error_row(r, spec.run_id)),
                                                  (("manifest", r.source), sinks.manifest_row(r, spec.version_key,
@@ -246,8 +208,10 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
     # run killed between writes never leaves a manifest that points at rows that were not written.
     data, manifest = partitions | "ManifestLast" >> beam.Partition(lambda kv, _: int(kv[0][0] == "manifest"), 2)
     written = data | "Write" >> beam.ParDo(_WritePartition(spec))
+    written = _fault_point(written, spec, "write", "FaultAfterWrite")
     manifest_written = manifest | "WriteManifest" >> beam.ParDo(_WritePartition(spec),
                                                                 after=beam.pvalue.AsList(written))
+    manifest_written = _fault_point(manifest_written, spec, "write", "FaultAfterWriteManifest")
     return (written, manifest_written) | "Written" >> beam.Flatten()
 
 

@@ -1,18 +1,17 @@
-"""One tier's work on a batch of documents, and the Beam ModelHandler that holds its model.
+"""One tier's work on a batch of documents, and the routing after it; pure Python, no Beam.
 
-The model lives only behind TierModelHandler: loaded once per worker (Beam's shared handle),
-called with batches. The small tier predicts every task and field of every document; the large
-tier predicts only the items the small tier escalated.
+The pipeline's TierModelHandler (processors/pipeline.py) holds a LoadedTier per worker and calls
+answer_batch; its routing step calls route_after. Evaluate, bench and finetune call the same functions
+directly. The small tier answers every task and field of every document; the large tier answers only
+the items the small tier escalated.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-
-from apache_beam.ml.inference.base import ModelHandler
 
 from processors import privacy
 from processors.calibration import calibrate_field, calibrate_label
@@ -25,7 +24,6 @@ from schemas.config import Config, TierModel
 from schemas.records import Document, Tier, Usage
 
 log = logging.getLogger(__name__)
-progress = logging.getLogger("sluicegate.progress")  # per-stage lines; only the CLI shows them
 
 
 @dataclass
@@ -33,6 +31,20 @@ class LoadedTier:
     runtime: Runtime
     content_free: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (task, source)
     linear: dict[str, LinearLabeler] = field(default_factory=dict)  # task -> tier 0 (small tier only)
+
+
+def tier_config(config: Config, tier: Tier) -> TierModel:
+    return config.small if tier == "small" else config.large
+
+
+def load_tier(config: Config, tier: Tier) -> LoadedTier:
+    """The tier's runtime; for the small tier also the tier-0 linear models in front of it."""
+    started = time.perf_counter()
+    loaded = LoadedTier(load_runtime(tier_config(config, tier)))
+    if tier == "small":
+        loaded.linear = {task: LinearLabeler.load(tier0.path) for task, tier0 in config.linear.items()}
+    log.info("%s tier loaded %s in %.1fs", tier, loaded.runtime.version, time.perf_counter() - started)
+    return loaded
 
 
 def all_items(doc: Document, config: Config) -> frozenset[str]:
@@ -159,52 +171,32 @@ def needs_large(doc: Document) -> bool:
     return any(t == "large" for t in doc.decided_by.values())
 
 
-class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
-    """Beam ModelHandler for one tier: loads the runtime once, predicts and routes a batch."""
+def answer_batch(docs: Sequence[Document], loaded: LoadedTier, config: Config, tier: Tier) -> Sequence[Document]:
+    """The tier's answers for a batch (the small tier: every item; the large tier: the escalated ones).
 
-    def __init__(self, config: Config, tier: Tier):
-        self._config = config
-        self._tier = tier
-        self._tier_cfg = tier_cfg = config.small if tier == "small" else config.large
-        # A batch is as large as the runtime's parallel sequences: they decode together, and each
-        # document keeps its slot (and its cached prefix) across the calls for its tasks and fields.
-        # Fixed size (Beam would otherwise start at 1 and grow): only a bundle's last batch is smaller.
-        super().__init__(min_batch_size=tier_cfg.parallel_sequences, max_batch_size=tier_cfg.parallel_sequences)
+    Never raises. A batch the tier fails on: the small tier marks each document (doc.error: it becomes
+    an errors row); the large tier restores the small answers, marked escalation_failed (the next run
+    retries them), so no half-written large answer lands.
+    """
+    before = [(dict(d.labels), dict(d.fields)) for d in docs]
+    asked = None if tier == "small" else [escalated_items(d) for d in docs]
+    try:
+        predict(docs, loaded, tier_config(config, tier), config, tier, asked)
+    except Exception as e:
+        log.exception("%s tier failed on a batch of %d", tier, len(docs))
+        for doc, (labels, fields) in zip(docs, before, strict=True):
+            if tier == "small":
+                doc.error = f"small tier failed: {type(e).__name__}: {e}"[:500]
+            else:
+                doc.labels, doc.fields = labels, fields
+                escalation_failed(doc, sorted(escalated_items(doc)), f"{type(e).__name__}: {e}")
+    return docs
 
-    def load_model(self) -> LoadedTier:
-        started = time.perf_counter()
-        loaded = LoadedTier(load_runtime(self._tier_cfg))
-        if self._tier == "small":
-            loaded.linear = {task: LinearLabeler.load(tier0.path) for task, tier0 in self._config.linear.items()}
-        log.info("%s tier loaded %s in %.1fs", self._tier, loaded.runtime.version, time.perf_counter() - started)
-        return loaded
 
-    def run_inference(self, batch: Sequence[Document], model: LoadedTier,
-                      inference_args: dict | None = None) -> Iterable[Document]:
-        started = getattr(self, "_started", 0)  # documents this worker's handler was given so far
-        self._started = started + len(batch)
-        progress.info("%s tier: documents %d-%d", self._tier, started + 1, self._started)
-        before = [(dict(d.labels), dict(d.fields)) for d in batch]  # the small answers, if the large tier fails
-        asked = None if self._tier == "small" else [escalated_items(d) for d in batch]
-        try:
-            predict(batch, model, self._tier_cfg, self._config, self._tier, asked)
-        except Exception as e:
-            log.exception("%s tier failed on a batch of %d", self._tier, len(batch))
-            for doc, (labels, fields) in zip(batch, before, strict=True):
-                if self._tier == "small":
-                    doc.error = f"small tier failed: {type(e).__name__}: {e}"[:500]
-                else:
-                    doc.labels, doc.fields = labels, fields  # no half-written large answers
-                    escalation_failed(doc, sorted(escalated_items(doc)), f"{type(e).__name__}: {e}")
-            return batch
-        for doc in batch:
-            if not doc.error:
-                apply_route(doc, self._config, self._tier)
-        return batch
-
-    def get_metrics_namespace(self) -> str:
-        return f"sluicegate_{self._tier}"
-
-    def share_model_across_processes(self) -> bool:
-        return False
-
+def route_after(doc: Document, config: Config, tier: Tier) -> Document:
+    """The routing step after a tier: which tier decides each item the tier answered. A document the
+    small tier failed on is not routed (it is an error). After a failed large batch the document holds
+    no large answers, so routing leaves the items escalation_failed gave back to the small tier."""
+    if not doc.error:
+        apply_route(doc, config, tier)
+    return doc

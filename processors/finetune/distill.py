@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 from processors.datasets import LabelledExample
-from processors.pipeline import read_and_ingest
+from processors.ingest.read import read_and_ingest
 from processors.sinks import read_table
 from schemas.config import Config
 from schemas.records import Document

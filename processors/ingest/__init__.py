@@ -1,4 +1,7 @@
-"""Ingest: raw bytes -> Document | Rejected. Never raises for bad input."""
+"""Ingest: raw bytes -> Document | Rejected. Never raises for bad input.
+
+read.py reads an input (its uri) and calls ingest; pdf.py and tickets.py are the parsers.
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 from processors.models.base import Completion, TokenLogprob
 from processors.models.http import HttpRuntime
 from processors.sinks import manifest_row, result_row
-from processors.tiers import LoadedTier, TierModelHandler
+from processors.tiers import LoadedTier, answer_batch, route_after
 from schemas.config import Config, FieldSpec, LabelTask, Thresholds
 from schemas.records import Document
 from tests.conftest import FIXTURE_DATE, FIXTURES, SENTIMENT_RUN, free_port
@@ -46,6 +46,11 @@ def fake(monkeypatch):
         endpoint.close()
 
 
+def _tier(docs: list[Document], config: Config, runtime, tier: str) -> list[Document]:
+    """What the graph does for a tier: its answers for the batch, then the routing step after it."""
+    return [route_after(d, config, tier) for d in answer_batch(docs, LoadedTier(runtime), config, tier)]
+
+
 def _config(large_endpoint: str, **large) -> Config:
     """Everything the small tier says escalates (threshold above any confidence); the large tier decides."""
     return Config(tasks=[SENTIMENT], fields={"tickets": [ORDER_ID]},
@@ -64,14 +69,14 @@ def escalated(small_runtime) -> list[Document]:
     path = FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl"
     docs = [r for r in ingest(str(path), "tickets", path.read_bytes(), config)
             if isinstance(r, Document)][:3]
-    TierModelHandler(config, "small").run_inference(docs, LoadedTier(small_runtime))
+    _tier(docs, config, small_runtime, "small")
     assert all(set(d.decided_by.values()) == {"large"} for d in docs)
     return docs
 
 
 def _large(docs: list[Document], config: Config, runtime) -> list[Document]:
     docs = copy.deepcopy(docs)
-    return list(TierModelHandler(config, "large").run_inference(docs, LoadedTier(runtime)))
+    return _tier(docs, config, runtime, "large")
 
 
 def _label_or_field(n: int, body: dict):

@@ -1,30 +1,56 @@
-"""The pipeline's input step: reading, the inbox boundary, and skipping work a rerun already has."""
+"""The Beam graph's shape: routing is a step of its own after each tier, and the crash tests' kill
+checkpoints are in the graph only when the RunSpec carries a fault plan."""
 
-import hashlib
+from __future__ import annotations
 
-from processors.pipeline import AlreadyDone, read_and_ingest
-from schemas.records import Document
-from tests.robustness.hostile import spinning_pdf, text_pdf
+import signal
+import subprocess
+import sys
 
+import apache_beam as beam
+import pytest
 
-def test_a_done_pdf_is_recognised_by_its_bytes_and_never_parsed(config, tmp_path):
-    # The spinning PDF keeps the parser busy until its time limit: only an unparsed skip returns at once
-    # with AlreadyDone (a parse would end in parse_timeout).
-    data = spinning_pdf()
-    path = tmp_path / "spinning.pdf"
-    path.write_bytes(data)
-    done = frozenset({(str(path), hashlib.sha256(data).hexdigest())})
-    assert list(read_and_ingest((str(path), "pdf"), config, str(tmp_path), done)) == [
-        AlreadyDone(str(path), "pdf", hashlib.sha256(data).hexdigest())]
+from processors.faults import FaultPlan
+from processors.pipeline import RunSpec, build_pipeline
 
 
-def test_changed_bytes_at_a_done_uri_are_parsed_again(config, tmp_path):
-    path = tmp_path / "invoice.pdf"
-    path.write_bytes(b"%PDF-1.4 an older version of this file")
-    done = frozenset({(str(path), hashlib.sha256(path.read_bytes()).hexdigest())})
-    data = text_pdf(["Invoice INV-9 total 12.50 EUR"])
-    path.write_bytes(data)
-    [record] = read_and_ingest((str(path), "pdf"), config, str(tmp_path), done)
-    # The skip relies on a PDF's doc_id being the hash of its bytes.
-    assert isinstance(record, Document) and record.doc_id == hashlib.sha256(data).hexdigest()
-    assert "INV-9" in record.text
+def _steps(config, faults: FaultPlan | None = None) -> list[str]:
+    """The graph's top-level steps in the order build_pipeline applies them (nothing is run)."""
+    p = beam.Pipeline()
+    build_pipeline(p, RunSpec(run_id="r", run_date="2026-11-20", inputs=[], sources=["tickets"], config=config,
+                              config_hash="h", out_root="out", faults=faults))
+    return [t.full_label for t in p.transforms_stack[0].parts]
+
+
+def test_the_graph_reads_small_tier_route_large_tier_route_rows(config):
+    steps = _steps(config)
+    order = ["Ingest", "SmallTier", "RouteSmall", "KeptOrEscalated", "LargeTier", "RouteLarge", "Rows", "Write",
+             "WriteManifest"]
+    assert [s for s in steps if s in order] == order
+    assert not [s for s in steps if s.startswith("Fault")]  # production: no kill checkpoints at all
+
+
+def test_a_fault_plan_adds_the_kill_checkpoints(config):
+    steps = _steps(config, FaultPlan("write", 2))
+    assert [s for s in steps if s.startswith("Fault")] == [
+        "FaultAfterIngest", "FaultAfterSmallTier", "FaultAfterWrite", "FaultAfterWriteManifest"]
+    assert steps.index("FaultAfterSmallTier") == steps.index("SmallTier") + 1
+
+
+def test_fault_plans_parse_and_refuse_unknown_stages():
+    assert FaultPlan.parse("write:2") == FaultPlan("write", 2)
+    assert FaultPlan.parse("finish") == FaultPlan("finish", 1)
+    for bad in ("writ", "write:0", "write:x", ""):
+        with pytest.raises(ValueError, match="stage"):
+            FaultPlan.parse(bad)
+
+
+def test_the_process_kills_itself_the_nth_time_its_stage_is_reached():
+    code = ("from processors.faults import FaultPlan, checkpoint\n"
+            "plan = FaultPlan('write', 2)\n"
+            "checkpoint(None, 'write'); checkpoint(plan, 'ingest'); checkpoint(plan, 'write')\n"
+            "print('alive', flush=True)\n"
+            "checkpoint(plan, 'write')\n"
+            "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == -signal.SIGKILL and done.stdout == "alive\n", (done.returncode, done.stdout, done.stderr)

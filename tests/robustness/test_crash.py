@@ -1,8 +1,8 @@
 """Crash safety: the real `sluicegate run` (a subprocess of the console script) SIGKILLed at several points,
 then rerun for the same date; the final tables must equal those of an uninterrupted run.
 
-The kill comes from the pipeline's own test hook (SLUICEGATE_TEST_KILL_AT=<stage>[:<n>], see
-processors/pipeline.py crash_test_hook): the process SIGKILLs itself at that stage boundary, so the
+The kill comes from the run's fault plan (the hidden test option `--test-kill-at <stage>[:<n>]`, a
+RunSpec field, see processors/faults.py): the process SIGKILLs itself at that stage boundary, so the
 point is exact, not a timing guess. Tickets only, one label task, no fields, and the small model also
 as the large tier with thresholds 0 (nothing escalates), and one Prefect server for all runs (instead of
 an embedded one per run), to keep each run short.
@@ -94,9 +94,8 @@ def prefect_api(tmp_path_factory) -> Iterator[str]:
 def run(config: Path, api: str, kill_at: str | None = None, *extra: str) -> subprocess.CompletedProcess:
     """`sluicegate run` as an operator runs it; its own process group, so nothing it started outlives it."""
     env = dict(os.environ, PREFECT_API_URL=api)
-    env.pop("SLUICEGATE_TEST_KILL_AT", None)
     if kill_at:
-        env["SLUICEGATE_TEST_KILL_AT"] = kill_at
+        extra = ("--test-kill-at", kill_at, *extra)
     # Output to files, not pipes: a killed run's orphans would hold a pipe open.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([SLUICEGATE, "run", "--date", DATE, "--config", str(config), "--json", *extra],

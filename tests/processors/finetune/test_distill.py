@@ -6,7 +6,7 @@ import shutil
 from datetime import date
 
 from processors.finetune.distill import distilled_examples
-from processors.pipeline import read_and_ingest
+from processors.ingest.read import read_and_ingest
 from processors.sinks import field_rows, partition_path, result_row, write_partition
 from schemas.records import Document, FieldPrediction, LabelPrediction
 from schemas.tables import FIELDS_SCHEMA, results_schema
