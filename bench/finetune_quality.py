@@ -84,10 +84,10 @@ def main() -> None:
         for label, config, tiers in runs:
             ev = evaluate(config, examples, tiers=tiers)
             tier = tiers[0]
-            dps = ev.summary["cost"][tier]["docs_per_second"]
-            rows[label] = {task: {"accuracy": e[tier]["accuracy"], "macro_f1": e[tier]["macro_f1"],
-                                  "docs_per_second": dps, "n": e["n"]}
-                           for task, e in ev.summary["tasks"].items()}
+            dps = ev.summary.cost[tier].docs_per_second
+            rows[label] = {task: {"accuracy": e.row(tier).accuracy, "macro_f1": e.row(tier).macro_f1,
+                                  "docs_per_second": dps, "n": e.n}
+                           for task, e in ev.summary.tasks.items()}
         figures["sets"][name] = rows
         print(f"\n## {name} ({len(examples)} items)\n")
         print("| tier | task | accuracy | macro-F1 | docs/s |\n|---|---|---|---|---|")

@@ -59,33 +59,37 @@ def evaluate(data: str, format: str | None = None, out: str = "eval", limit: int
     create_markdown_artifact(key="evaluate", markdown=evaluation.report_markdown(ev, images=False, extra=notes),
                              description=f"sluicegate evaluation of {Path(data).name}")
     logger.info("report: %s", paths["report"])
-    return {**ev.summary, "out": str(Path(out).resolve()), "report": str(paths["report"]), "stored": stored}
+    # JSON-able (Prefect keeps it, `--json` prints it): the summary's to_dict, plus where things went.
+    return {**ev.summary.to_dict(), "out": str(Path(out).resolve()), "report": str(paths["report"]), "stored": stored}
 
 
-def print_summary(s: dict) -> None:
-    """The terminal table: per task and tier, quality and escalation; then cost and speed."""
+def print_summary(result: dict) -> None:
+    """The terminal table: per task and tier, quality and escalation; then cost and speed.
+
+    result: what the flow returns (the summary's JSON form, plus 'report' and 'stored')."""
     def f(v: float | None, pct: bool = False) -> str:
         return evaluation.format_figure(v, pct, missing="-")  # plain ASCII for terminals
 
+    s = evaluation.Summary.from_dict(result)
     tiers = [("linear", "tier 0"), ("small", "small"), ("large", "large"), ("cascade", "cascade"),
              ("cascade_calibrated", "calibrated")]
-    print(f"\nsluicegate evaluate: {s['n_docs']} documents, {s['n_items']} items")
+    print(f"\nsluicegate evaluate: {s.n_docs} documents, {s.n_items} items")
     print(f"  {'task':<18} {'tier':<11} {'quality':>8} {'macro-F1':>9} {'escalation':>11} {'tier 0 decides':>15}")
-    for group in ("tasks", "fields"):
-        for name, entry in s[group].items():
+    for group in (s.tasks, s.fields):
+        for name, entry in group.items():
             for key, label in tiers:
-                if key in entry:
-                    e = entry[key]
-                    esc = e.get("escalation_rate", 1.0 if key == "large" else 0.0)
-                    print(f"  {name:<18} {label:<11} {f(e.get('quality')):>8} {f(e.get('macro_f1')):>9} "
-                          f"{f(esc, True):>11} {f(e.get('linear_rate'), True):>15}")
+                e = entry.row(key)
+                if e is not None:
+                    esc = e.escalation_rate if e.escalation_rate is not None else (1.0 if key == "large" else 0.0)
+                    print(f"  {name:<18} {label:<11} {f(e.quality):>8} {f(e.macro_f1):>9} "
+                          f"{f(esc, True):>11} {f(e.linear_rate, True):>15}")
     print(f"  {'tier':<11} {'tokens/doc':>10} {'cost/1k docs':>13} {'hosted large/1k':>16} {'docs/s':>7}")
     for key, label in tiers:
-        c = s["cost"].get(key)
-        if c:
-            print(f"  {label:<11} {c['tokens_per_doc']:>10.0f} {c['cost_per_1000_docs']:>13.4f} "
-                  f"{c['cost_per_1000_docs_hosted_large']:>16.4f} {c['docs_per_second']:>7.2f}")
-    if s.get("stored"):
-        st = s["stored"]
+        c = s.cost.get(key)
+        if c is not None:
+            print(f"  {label:<11} {c.tokens_per_doc:>10.0f} {c.cost_per_1000_docs:>13.4f} "
+                  f"{c.cost_per_1000_docs_hosted_large:>16.4f} {c.docs_per_second:>7.2f}")
+    if result.get("stored"):
+        st = result["stored"]
         print(f"  calibration stored in {'new ' if st['created'] else ''}version {st['version']} ({st['registry']})")
-    print(f"  report: {s['report']}")
+    print(f"  report: {result['report']}")

@@ -1,6 +1,6 @@
 """Is the candidate better than the promoted version, and where does tier 0 pay? On held-out data.
 
-The candidate runs with both tiers (processors/evaluate.py): that gives its quality, calibration and
+The candidate runs with both tiers (processors/evaluate/): that gives its quality, calibration and
 thresholds, and the per-item outcomes the tier-0 decision needs. The promoted version (or the base
 model when none is promoted) runs the small tier only: the large tier is the same for both.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from processors.datasets import LabelledExample
-from processors.evaluate import Evaluation, cascade_at_thresholds, evaluate, outcomes_by_task
+from processors.evaluate import ALL_FIELDS, Evaluation, Summary, cascade_at_thresholds, evaluate, outcomes_by_task
 from processors.routing import FIELDS_KEY
 from schemas.config import Config
 from schemas.versions import ModelVersion, apply_version, resolve
@@ -31,19 +31,24 @@ LINEAR_TOLERANCE = 0.005
 LINEAR_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 
 
-def flat_metrics(summary: dict, tier: str) -> dict[str, float]:
-    """'<task>.accuracy', '<task>.macro_f1', 'fields.exact_match', ... and 'score' for one tier."""
+def flat_metrics(summary: Summary, tier: str) -> dict[str, float]:
+    """'<task>.accuracy', '<task>.macro_f1', 'fields.exact_match', ... and 'score' for one row of the
+    summary (a tier, 'cascade' or 'cascade_calibrated')."""
     out: dict[str, float] = {}
-    for task, entry in summary.get("tasks", {}).items():
+    for task, entry in summary.tasks.items():
+        row = entry.row(tier)
+        if row is None:
+            continue
         for metric in ("accuracy", "macro_f1"):
-            value = entry.get(tier, {}).get(metric)
+            value = getattr(row, metric)
             if value is not None and not math.isnan(value):
                 out[f"{task}.{metric}"] = float(value)
-        if tier.startswith("cascade") and "escalation_rate" in entry.get(tier, {}):
-            out[f"{task}.escalation_rate"] = float(entry[tier]["escalation_rate"])
-    fields = summary.get("fields", {}).get("all fields", {}).get(tier, {})
+        if tier.startswith("cascade") and row.escalation_rate is not None:
+            out[f"{task}.escalation_rate"] = float(row.escalation_rate)
+    every = summary.fields.get(ALL_FIELDS)
+    row = every.row(tier) if every is not None else None
     for metric in ("exact_match", "precision", "recall"):
-        value = fields.get(metric)
+        value = getattr(row, metric) if row is not None else None
         if value is not None and not math.isnan(value):
             out[f"fields.{metric}"] = float(value)
     out["score"] = quality_score(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 from processors.models.base import Completion
 from processors.tasks.normalize import currency_evidence, find_span, normalize
@@ -134,3 +135,46 @@ def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier) ->
         span[0] if span else None, span[1] if span else None,
         not problems, tier, problems,
     )
+
+
+# --- scoring against gold values (evaluation) ----------------------------------------------------
+
+def comparable(field_type: str, value: str | None) -> str | None:
+    """A field value as compared: normalised (ISO date, decimal amount, ISO currency), else tidied text."""
+    if value is None or not value.strip():
+        return None
+    norm, problems = normalize(field_type, value)
+    text = norm if norm and not problems else " ".join(value.split())
+    if field_type in ("id", "string", "name", "email"):
+        text = text.casefold()
+    if field_type == "id":
+        text = text.lstrip("#").strip()  # "#37777" and "37777" name the same invoice
+    return text
+
+
+def field_match(field_type: str, gold: str | None, predicted: str | None) -> bool:
+    """Exact match after normalisation; absent and absent match."""
+    return comparable(field_type, gold) == comparable(field_type, predicted)
+
+
+@dataclass(frozen=True)
+class FieldMetrics:
+    """Fields' quality on gold values."""
+
+    exact_match: float  # share of items whose value matches (absent = absent counts)
+    precision: float  # of the values given, the share that match a gold value
+    recall: float  # of the gold values, the share found
+
+    @property
+    def quality(self) -> float:
+        """The figure cascades and versions are compared on: exact match."""
+        return self.exact_match
+
+
+def field_metrics(gold: list[str | None], predicted: list[str | None], correct: list[bool]) -> FieldMetrics:
+    """Exact match, precision and recall of predicted values; `correct` is field_match per item."""
+    n_pred = sum(p is not None and p.strip() != "" for p in predicted)
+    n_gold = sum(g is not None for g in gold)
+    hit = sum(c and g is not None for g, c in zip(gold, correct, strict=True))
+    em = sum(correct) / len(correct) if correct else float("nan")
+    return FieldMetrics(em, hit / n_pred if n_pred else float("nan"), hit / n_gold if n_gold else float("nan"))

@@ -133,3 +133,33 @@ def to_prediction(task: LabelTask, scores: LabelScores, content_free: dict[str, 
     dist = calibrate(scores.probabilities, content_free)
     label = max(dist, key=dist.get)
     return LabelPrediction(task.name, label, float(dist[label]), dist, tier)
+
+
+# --- scoring against gold labels (evaluation) ----------------------------------------------------
+
+INVALID = "\x00invalid"  # how an invalid answer (no label) counts in macro-F1: a class of its own
+
+
+@dataclass(frozen=True)
+class LabelMetrics:
+    """A label task's quality on gold labels."""
+
+    accuracy: float
+    macro_f1: float
+
+    @property
+    def quality(self) -> float:
+        """The figure cascades and versions are compared on: accuracy."""
+        return self.accuracy
+
+
+def label_metrics(gold: list[str], predicted: list[str | None]) -> LabelMetrics:
+    """Accuracy and macro-F1 (over the gold and predicted labels; an invalid answer is always wrong)."""
+    from sklearn.metrics import f1_score
+
+    if not gold:
+        return LabelMetrics(float("nan"), float("nan"))
+    acc = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
+    shown = [INVALID if p is None else p for p in predicted]
+    labels = sorted(set(gold) | {p for p in predicted if p is not None})
+    return LabelMetrics(acc, float(f1_score(gold, shown, labels=labels, average="macro", zero_division=0)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas.config import load_config
-from schemas.versions import read_registry, read_version
+from schemas.versions import read_registry, read_version, with_model_version
 
 SLUICEGATE = str(Path(sys.executable).parent / "sluicegate")
 
@@ -70,7 +70,7 @@ def test_calibrate_stores_calibration_in_a_version_the_next_run_uses(tmp_path):
     assert version.metrics["calibration"]["sentiment.escalation_rate"] <= 0.5
 
     # The next run's configuration applies it, and names the version its rows will carry.
-    applied = load_config(config)
+    applied = with_model_version(load_config(config))
     assert applied.models.active == registry.promoted
     assert applied.calibration["small:sentiment"] == version.calibration["small:sentiment"]
     assert applied.thresholds["sentiment"] == version.thresholds["sentiment"]

@@ -1,0 +1,115 @@
+"""Calibration and thresholds fitted on the outcome rows, and honest (cross-fitted) calibrated confidences."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from processors import calibration as cal
+from processors.datasets import LabelledExample, split
+from processors.evaluate.outcomes import outcomes_by_task
+from processors.routing import FIELDS_KEY
+from schemas.config import TaskCalibration, Thresholds
+
+if TYPE_CHECKING:
+    from processors.evaluate.run import Evaluation
+
+
+def fit(frame: pl.DataFrame, key: str, tier: str, method: str | None = None) -> TaskCalibration:
+    """Temperature for label tasks, isotonic for fields (or the method asked for)."""
+    if key == FIELDS_KEY or method == "isotonic":
+        return cal.fit_isotonic(frame[f"{tier}_conf"].to_list(), frame[f"{tier}_correct"].to_list())
+    dists = [json.loads(d) if d else {} for d in frame[f"{tier}_dist"].to_list()]
+    return cal.fit_temperature(dists, frame["gold"].to_list())
+
+
+def calibrated_conf(frame: pl.DataFrame, key: str, tier: str, calibration: TaskCalibration | None) -> list[float]:
+    """The tier's confidences in these outcome rows, calibrated (invalid labels stay 0)."""
+    conf = frame[f"{tier}_conf"].to_list()
+    if calibration is None or calibration.method == "none":
+        return [float(c) for c in conf]
+    if key == FIELDS_KEY or calibration.method == "isotonic":
+        return [cal.apply_confidence(float(c), calibration) for c in conf]
+    out = []
+    for dist, pred, c in zip(frame[f"{tier}_dist"].to_list(), frame[f"{tier}_pred"].to_list(), conf, strict=True):
+        d = json.loads(dist) if dist else {}
+        out.append(cal.apply_label(d, calibration).get(pred, float(c)) if d and pred is not None else float(c))
+    return out
+
+
+def fit_calibration(evaluation: Evaluation) -> dict[str, TaskCalibration]:
+    """'<tier>:<task>' and '<tier>:fields' calibrations, fitted on the raw outcomes.
+
+    Label tasks try temperature scaling, then isotonic on the top label's probability; fields use
+    isotonic. When the data is large enough to measure on held-out halves, the method with the lowest
+    held-out expected calibration error is kept, and only if it beats no calibration (else a note says
+    so): a noisy fit on a small set never makes routing worse. Small sets get the default fit.
+    """
+    out = {}
+    for key, frame in outcomes_by_task(evaluation.outcomes).items():
+        for tier in evaluation.tiers:
+            f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
+            kept, why = _best_calibration(f, key, tier)
+            if kept.method != "none":
+                out[f"{tier}:{key}"] = kept
+            elif why and why not in evaluation.notes:
+                evaluation.notes.append(why)
+    return out
+
+
+def _best_calibration(f: pl.DataFrame, key: str, tier: str) -> tuple[TaskCalibration, str]:
+    ok = f[f"{tier}_correct"].to_list()
+    before = cal.ece(f[f"{tier}_conf"].to_list(), ok)
+    tried = []
+    for method in ([None] if key == FIELDS_KEY else [None, "isotonic"]):
+        fitted = fit(f, key, tier, method)
+        if fitted.method == "none":
+            continue
+        after, how = cross_fitted(f, key, tier, method)
+        if how != "held-out halves":
+            return fitted, ""  # too few items to judge on held-out data: the default fit
+        tried.append((cal.ece(after, ok), fitted))
+    better = [(e, c) for e, c in tried if e < before]
+    if better:
+        return min(better, key=lambda ec: ec[0])[1], ""
+    if not tried:
+        return TaskCalibration(), ""
+    return TaskCalibration(), (f"{tier}:{key}: no calibration kept ({', '.join(c.method for _, c in tried)} did not "
+                               f"lower held-out ECE below {before:.3f})")
+
+
+def choose_thresholds(evaluation: Evaluation, calibration: dict[str, TaskCalibration] | None = None, *,
+                      target_escalation: float | None = None, target_quality_gap: float | None = None,
+                      ) -> tuple[dict[str, Thresholds], dict[str, cal.OperatingPoint]]:
+    """Thresholds per task (and 'fields') on the calibrated confidences; needs both tiers' outcomes."""
+    if "large" not in evaluation.tiers or "small" not in evaluation.tiers:
+        raise ValueError("choosing thresholds needs the small and the large tier's outcomes")
+    calibration = evaluation.calibration if calibration is None else calibration
+    thresholds, points = {}, {}
+    for key, frame in outcomes_by_task(evaluation.outcomes).items():
+        s_conf = calibrated_conf(frame, key, "small", calibration.get(f"small:{key}"))
+        l_conf = calibrated_conf(frame, key, "large", calibration.get(f"large:{key}"))
+        thresholds[key], points[key] = cal.choose_threshold(
+            s_conf, [not v for v in frame["small_valid"].to_list()], frame["small_correct"].to_list(),
+            frame["large_correct"].to_list(), l_conf, target_escalation=target_escalation,
+            target_quality_gap=target_quality_gap)
+    return thresholds, points
+
+
+def cross_fitted(frame: pl.DataFrame, key: str, tier: str, method: str | None = None) -> tuple[list[float], str]:
+    """Calibrated confidences where each half of the examples is calibrated by a fit on the other half
+    (an honest 'after'); too few items for halves: fitted on all (in-sample), and said so."""
+    ids = frame["example_id"].to_list()
+    fake = [LabelledExample(i, "") for i in dict.fromkeys(ids)]
+    first, second = split(fake, 0.5, seed=7)
+    half = {ex.example_id for ex in first}
+    mask = pl.Series([i in half for i in ids])
+    a, b = frame.filter(mask), frame.filter(~mask)
+    if min(len(a), len(b)) < cal.MIN_ITEMS:
+        return calibrated_conf(frame, key, tier, fit(frame, key, tier, method)), "in-sample"
+    conf_a = calibrated_conf(a, key, tier, fit(b, key, tier, method))
+    conf_b = calibrated_conf(b, key, tier, fit(a, key, tier, method))
+    it_a, it_b = iter(conf_a), iter(conf_b)
+    return [next(it_a) if m else next(it_b) for m in mask.to_list()], "held-out halves"
