@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from processors.routing import below_threshold
 from schemas.config import TaskCalibration, Thresholds
 from schemas.records import FieldPrediction, LabelPrediction
 
@@ -191,13 +192,14 @@ def cascade_curve(small_conf: Sequence[float], small_invalid: Sequence[bool], sm
     if n == 0:
         return []
     s_q, l_q = float(s_ok.mean()), float(l_ok.mean())
-    values = np.unique(conf[~invalid]) if (~invalid).any() else np.array([])
+    decidable = ~invalid & ~np.isnan(conf)  # a NaN confidence escalates at every threshold
+    values = np.unique(conf[decidable]) if decidable.any() else np.array([])
     # Thresholds between consecutive confidences (midpoints): the same split, and robust to rounding.
     cuts = [0.0] + [float((a + b) / 2) for a, b in zip(values[:-1], values[1:], strict=True)]
     cuts.append(float(min(1.0, values[-1] + 1e-6)) if len(values) else 1.0)
     points = []
     for t in cuts:
-        up = invalid | (conf < t)
+        up = invalid | below_threshold(conf, t)
         cascade = np.where(up, l_ok, s_ok)
         points.append(OperatingPoint(round(t, 6), float(up.mean()), float(cascade.mean()), s_q, l_q))
     return points
@@ -242,10 +244,10 @@ def choose_threshold(small_conf: Sequence[float], small_invalid: Sequence[bool],
         target = f"quality >= large-only - {gap * 100:g} points"
     # Items at the chosen point that escalate: the large tier's review threshold is chosen on those.
     conf = np.asarray(small_conf, dtype=float)
-    escalated = np.asarray(small_invalid, dtype=bool) | (conf < best.threshold)
+    escalated = np.asarray(small_invalid, dtype=bool) | below_threshold(conf, best.threshold)
     large = (np.asarray(large_conf, dtype=float)[escalated] if large_conf is not None
              else np.array([], dtype=float))
     large_t = review_threshold(large, review_below, max_review_rate)
-    review = float((large < large_t).sum() / len(conf)) if len(conf) else 0.0
+    review = float(below_threshold(large, large_t).sum() / len(conf)) if len(conf) else 0.0
     point = replace(best, review_rate=review, target=target)
     return Thresholds(small=round(best.threshold, 6), large=round(large_t, 6)), point

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from schemas.config import Thresholds
 from schemas.records import TIERS, FieldPrediction, LabelPrediction, Tier
 
@@ -27,11 +29,18 @@ def _threshold(thresholds: dict[str, Thresholds], key: str, tier: Tier) -> float
     return t.small if tier == "small" else t.large
 
 
+def below_threshold(confidence: float | np.ndarray, limit: float) -> bool | np.ndarray:
+    """The threshold rule, for one confidence or an array of them (threshold sweeps): a NaN confidence
+    (from a runtime's NaN log-probabilities) counts as below."""
+    return ~(np.asarray(confidence, dtype=float) >= limit) if isinstance(confidence, np.ndarray) \
+        else not confidence >= limit
+
+
 def _failure(invalid_reason: str | None, confidence: float, limit: float) -> str | None:
     """Why an item fails its tier (None: it passes): invalid first, then below the threshold."""
     if invalid_reason is not None:
         return invalid_reason
-    if not confidence >= limit:  # also catches NaN (from a runtime's NaN log-probabilities)
+    if below_threshold(confidence, limit):
         return f"low_confidence({confidence:.2f}<{limit:.2f})"
     return None
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from processors import calibration as cal
-from schemas.config import TaskCalibration
+from processors.routing import route
+from schemas.config import TaskCalibration, Thresholds
 from schemas.records import FieldPrediction, LabelPrediction
 
 LABELS = ["a", "b", "c", "d"]
@@ -149,3 +150,13 @@ def test_review_threshold_caps_the_review_rate():
     many_unsure = [0.1, 0.2, 0.3, 0.4, 0.45, 0.9, 0.9, 0.9, 0.9, 0.9]
     t = cal.review_threshold(many_unsure, review_below=0.5, max_review_rate=0.2)
     assert sum(c < t for c in many_unsure) <= 2
+
+
+def test_the_threshold_sweep_applies_the_routing_rule_to_a_nan_confidence():
+    small_conf, invalid, small_correct, large_correct, _ = _outcomes()
+    small_conf[3] = float("nan")  # a runtime's NaN log-probabilities: routing escalates it at any threshold
+    points = cal.cascade_curve(small_conf, invalid, small_correct, large_correct)
+    assert all(not math.isnan(p.threshold) for p in points)
+    assert points[0].escalation_rate == pytest.approx(2 / 20)  # the invalid one and the NaN one
+    assert route({"t": LabelPrediction("t", "a", float("nan"), {"a": 1.0}, "small")}, {},
+                 {"t": Thresholds(small=0.0)}, "small").failed == ("t",)
