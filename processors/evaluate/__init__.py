@@ -24,17 +24,19 @@ The modules, in the order the work happens:
 - outcomes: one row per scored item (`OUTCOME_SCHEMA`), built from the tiers' predictions.
 - cascade: tier 0, then `routing.route` per tier on the outcome rows, at given thresholds and calibration.
 - fitting: calibration (`fit_calibration`, `calibrated_conf`) and thresholds (`choose_thresholds`).
-- summary: the typed figures (`Summary`); `to_dict()` is summary.json.
+- evaluation: `Evaluation`, what `evaluate()` returns.
+- summary: the typed figures (`Summary`); `to_dict()` is summary.json; summarize computes them.
 - report: report.md and the plots (`write_report`, `report_markdown`, `format_figure`).
 - store: `store_calibration` into the model version.
 Each task scores itself: label metrics in processors/tasks/label.py, field matching in processors/tasks/extract.py.
 """
 
 from processors.evaluate.cascade import cascade_at_thresholds, route_outcomes
+from processors.evaluate.evaluation import TIERS, Evaluation, TierRun
 from processors.evaluate.fitting import calibrated_conf, choose_thresholds, fit_calibration
 from processors.evaluate.outcomes import OUTCOME_SCHEMA, outcomes_by_task
 from processors.evaluate.report import format_figure, report_markdown, write_report
-from processors.evaluate.run import TIERS, Evaluation, TierRun, evaluate, evaluation_config
+from processors.evaluate.run import evaluate, evaluation_config
 from processors.evaluate.store import store_calibration
 from processors.evaluate.summary import (
     ALL_FIELDS,

@@ -19,7 +19,7 @@ from schemas.config import LinearTier, TaskCalibration, Thresholds
 from schemas.records import FieldPrediction, LabelPrediction
 
 if TYPE_CHECKING:
-    from processors.evaluate.run import Evaluation
+    from processors.evaluate.evaluation import Evaluation
 
 
 def cascade_at_thresholds(frame: pl.DataFrame, key: str, ev: Evaluation) -> pl.DataFrame:

@@ -14,7 +14,7 @@ from processors.routing import FIELDS_KEY
 from schemas.config import TaskCalibration, Thresholds
 
 if TYPE_CHECKING:
-    from processors.evaluate.run import Evaluation
+    from processors.evaluate.evaluation import Evaluation
 
 
 def fit(frame: pl.DataFrame, key: str, tier: str, method: str | None = None) -> TaskCalibration:

@@ -17,7 +17,7 @@ from processors.evaluate.summary import ALL_FIELDS, ItemSummary
 from processors.routing import FIELDS_KEY
 
 if TYPE_CHECKING:
-    from processors.evaluate.run import Evaluation
+    from processors.evaluate.evaluation import Evaluation
 
 ROW_NAMES = {"linear": "tier 0 (linear) alone", "small": "small alone", "large": "large alone",
              "cascade": "cascade (configured thresholds)",

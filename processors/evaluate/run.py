@@ -5,51 +5,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
-import polars as pl
-
-from processors import calibration as cal
 from processors.datasets import LabelledExample, label_sets, sample
 from processors.evaluate.cascade import route_outcomes
+from processors.evaluate.evaluation import TIERS, Evaluation, TierRun
 from processors.evaluate.fitting import choose_thresholds, fit_calibration
 from processors.evaluate.outcomes import build_outcomes, doc_tokens, scored_items
-from processors.evaluate.summary import Summary, summarize
+from processors.evaluate.summarize import summarize
 from processors.models import load_runtime
 from processors.tiers import LoadedTier, predict
-from schemas.config import Config, LabelTask, TaskCalibration, Thresholds
+from schemas.config import Config, LabelTask
 from schemas.records import Document, LabelPrediction
 
 log = logging.getLogger(__name__)
 
-TIERS = ("small", "large")
 Progress = Callable[[str, int, int], None]  # (tier, documents done, documents total)
-
-
-@dataclass
-class TierRun:
-    """What one tier cost on the evaluated documents."""
-
-    tier: str
-    model_version: str
-    n_docs: int
-    seconds: float  # prediction time, all documents (model loading excluded)
-    load_seconds: float
-    tokens: int  # prompt + completion tokens, all documents
-
-
-@dataclass
-class Evaluation:
-    outcomes: pl.DataFrame  # one row per (example, labelled task or known field): OUTCOME_SCHEMA
-    config: Config  # the configuration evaluated (tasks and fields as run, thresholds, calibration)
-    tiers: tuple[str, ...]
-    runs: dict[str, TierRun]
-    n_docs: int
-    summary: Summary | None = None  # metrics per task / field / tier, cost, calibration, thresholds
-    calibration: dict[str, TaskCalibration] = field(default_factory=dict)  # fitted on this data
-    thresholds: dict[str, Thresholds] = field(default_factory=dict)  # chosen on this data
-    operating_points: dict[str, cal.OperatingPoint] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 # --- what to run ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from processors.routing import FIELDS_KEY
 from schemas.config import Config
 
 if TYPE_CHECKING:
-    from processors.evaluate.run import Evaluation
+    from processors.evaluate.evaluation import Evaluation
 
 
 def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[str, bool]:

@@ -8,21 +8,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
-from typing import TYPE_CHECKING, Any
-
-import polars as pl
+from typing import Any
 
 from processors import calibration as cal
-from processors.evaluate.cascade import cascade_at_thresholds
-from processors.evaluate.fitting import cross_fitted, fit
-from processors.evaluate.outcomes import group_key, outcomes_by_task
-from processors.routing import FIELDS_KEY
-from processors.tasks.extract import FieldMetrics, field_metrics
-from processors.tasks.label import LabelMetrics, label_metrics
-from schemas.config import Config, TaskCalibration, Thresholds
-
-if TYPE_CHECKING:
-    from processors.evaluate.run import Evaluation
+from processors.tasks.extract import FieldMetrics
+from processors.tasks.label import LabelMetrics
+from schemas.config import Thresholds
 
 ALL_FIELDS = "all fields"  # the fields' entry for every field together
 ROWS = ("linear", "small", "large", "cascade", "cascade_calibrated")  # a task's rows, in report order
@@ -170,122 +161,3 @@ class Summary:
                       "cost": {k: CostRow(**v) for k, v in d.get("cost", {}).items()},
                       "calibration": {k: CalibrationSummary(**v) for k, v in d.get("calibration", {}).items()},
                       "thresholds": ThresholdSummary.from_dict(d.get("thresholds", {}))})
-
-
-# --- computing it --------------------------------------------------------------------------------
-
-def _quality(frame: pl.DataFrame, kind: str, pred_col: str, correct_col: str, **more: float | None) -> TierQuality:
-    frame = frame.filter(pl.col(correct_col).is_not_null())
-    if kind == "label":
-        metrics = label_metrics(frame["gold"].to_list(), frame[pred_col].to_list())
-    else:
-        metrics = field_metrics(frame["gold"].to_list(), frame[pred_col].to_list(), frame[correct_col].to_list())
-    return TierQuality.of(metrics, **more)
-
-
-def _cascade_quality(frame: pl.DataFrame, kind: str) -> TierQuality:
-    """The cascade's quality, and where its items went."""
-    decided = frame["decided_by"].drop_nulls()
-    rates = {} if not len(decided) else {
-        "escalation_rate": float(decided.is_in(["large", "review"]).mean()),
-        "review_rate": float((decided == "review").mean()), "linear_rate": float((decided == "linear").mean())}
-    return _quality(frame, kind, "cascade_pred", "cascade_correct", **rates)
-
-
-def _item_summary(frame: pl.DataFrame, kind: str, ev: Evaluation, chosen: pl.DataFrame | None,
-                  linear_threshold: float | None) -> ItemSummary:
-    both = "small" in ev.tiers and "large" in ev.tiers
-    tiers = {tier: _quality(frame, kind, f"{tier}_pred", f"{tier}_correct") for tier in ev.tiers}
-    linear = None
-    if kind == "label" and frame["linear_conf"].is_not_null().any():
-        linear = _quality(frame, kind, "linear_pred", "linear_correct", threshold=linear_threshold)
-    return ItemSummary(len(frame), tiers.get("small"), tiers.get("large"), linear,
-                       _cascade_quality(frame, kind) if both else None,
-                       _cascade_quality(chosen, kind) if both and chosen is not None else None)
-
-
-def _cost(ev: Evaluation, config: Config, chosen: bool) -> CostRow:
-    """Tokens, cost per 1,000 documents and docs/s of the cascade (items escalated pay the large tier)."""
-    o = ev.outcomes
-    if chosen:
-        parts = [cascade_at_thresholds(f, k, ev) for k, f in outcomes_by_task(o).items()] if ev.thresholds else []
-        o = pl.concat(parts) if parts else o
-    up = o.filter(pl.col("decided_by").is_in(["large", "review"]))
-    small = ev.runs["small"]
-    large_tokens = int(up["large_tokens"].sum() or 0)
-    large_seconds = float(up["large_seconds"].sum() or 0.0)
-    return _cost_row(small.tokens, large_tokens, small.seconds + large_seconds, ev.n_docs, config,
-                     docs_escalated=up["example_id"].n_unique() / ev.n_docs)
-
-
-def _cost_row(small_tokens: int, large_tokens: int, seconds: float, n: int, config: Config,
-              **more: float) -> CostRow:
-    per_k = 1000 / n / 1e6
-    small_cost = small_tokens * per_k * config.small.price_per_million_tokens
-    return CostRow(
-        tokens_per_doc=(small_tokens + large_tokens) / n,
-        cost_per_1000_docs=small_cost + large_tokens * per_k * config.large.price_per_million_tokens,
-        # The same work with the large tier as a hosted API at hosted_price_per_million_tokens.
-        cost_per_1000_docs_hosted_large=small_cost + large_tokens * per_k * config.hosted_price_per_million_tokens,
-        docs_per_second=n / seconds if seconds > 0 else float("nan"),
-        seconds=seconds, **more)
-
-
-def _calibration(frame: pl.DataFrame, key: str, tier: str, ev: Evaluation) -> CalibrationSummary:
-    ok = frame[f"{tier}_correct"].to_list()
-    fitted = ev.calibration.get(f"{tier}:{key}", TaskCalibration())
-    # Kept: its held-out ECE. Not kept: the default method's, to show it did not help.
-    method = fitted.method if fitted.method != "none" else None
-    tried = fitted if fitted.method != "none" else fit(frame, key, tier)
-    after, how = cross_fitted(frame, key, tier, method)
-    return CalibrationSummary(
-        n=len(frame), method=fitted.method if fitted.method != "none" or tried.method == "none"
-        else f"none ({tried.method} did not help)", temperature=tried.temperature,
-        ece_before=cal.ece(frame[f"{tier}_conf"].to_list(), ok),
-        ece_after=cal.ece(after, ok) if tried.method != "none" else float("nan"), after_on=how)
-
-
-def summarize(ev: Evaluation, config: Config) -> Summary:
-    """Metrics per task / field and tier, cost and speed per tier, calibration and thresholds."""
-    o = ev.outcomes
-    both = "small" in ev.tiers and "large" in ev.tiers
-    tasks: dict[str, ItemSummary] = {}
-    fields_: dict[str, ItemSummary] = {}
-    chosen_frames = ({k: cascade_at_thresholds(f, k, ev) for k, f in outcomes_by_task(o).items()}
-                     if ev.thresholds else {})
-    for (kind, item), frame in sorted(o.group_by(["kind", "item"], maintain_order=True), key=lambda kv: kv[0]):
-        key = group_key(kind, item)
-        chosen = chosen_frames[key].filter(pl.col("item") == item) if key in chosen_frames else None
-        threshold = config.linear[item].threshold if item in config.linear else None
-        (tasks if kind == "label" else fields_)[item] = _item_summary(frame, kind, ev, chosen, threshold)
-    every_field = o.filter(pl.col("kind") == "field")
-    if len(every_field):
-        fields_[ALL_FIELDS] = _item_summary(every_field, "field", ev, chosen_frames.get(FIELDS_KEY), None)
-
-    cost: dict[str, CostRow] = {}
-    if "small" in ev.tiers:
-        r = ev.runs["small"]
-        cost["small"] = _cost_row(r.tokens, 0, r.seconds, ev.n_docs, config, load_seconds=r.load_seconds)
-    if "large" in ev.tiers:
-        r = ev.runs["large"]
-        cost["large"] = _cost_row(0, r.tokens, r.seconds, ev.n_docs, config, load_seconds=r.load_seconds)
-    if both:
-        cost["cascade"] = _cost(ev, config, chosen=False)
-        if ev.thresholds:
-            cost["cascade_calibrated"] = _cost(ev, config, chosen=True)
-
-    calibration: dict[str, CalibrationSummary] = {}
-    for key, frame in outcomes_by_task(o).items():
-        for tier in ev.tiers:
-            f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
-            if len(f):
-                calibration[f"{tier}:{key}"] = _calibration(f, key, tier, ev)
-    return Summary(
-        n_docs=ev.n_docs, n_items=len(o), tiers=list(ev.tiers), tasks=tasks, fields=fields_, cost=cost,
-        calibration=calibration,
-        thresholds=ThresholdSummary(configured={k: config.thresholds_for(k) for k in outcomes_by_task(o)},
-                                    chosen=dict(ev.thresholds), operating_points=dict(ev.operating_points)),
-        model_versions={t: r.model_version for t, r in ev.runs.items()},
-        config_model_version=config.models.active,
-        hosted_price_per_million_tokens=config.hosted_price_per_million_tokens,
-        notes=ev.notes)
