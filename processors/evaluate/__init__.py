@@ -38,20 +38,12 @@ from processors.evaluate.outcomes import OUTCOME_SCHEMA, outcomes_by_task
 from processors.evaluate.report import format_figure, report_markdown, write_report
 from processors.evaluate.run import evaluate, evaluation_config
 from processors.evaluate.store import store_calibration
-from processors.evaluate.summary import (
-    ALL_FIELDS,
-    CalibrationSummary,
-    CostRow,
-    ItemSummary,
-    Summary,
-    ThresholdSummary,
-    TierQuality,
-)
+from processors.evaluate.summary import ALL_FIELDS, ItemSummary, Summary, TierQuality
 from processors.tasks.extract import field_match
 
 __all__ = [
-    "ALL_FIELDS", "OUTCOME_SCHEMA", "TIERS", "CalibrationSummary", "CostRow", "Evaluation", "ItemSummary", "Summary",
-    "ThresholdSummary", "TierQuality", "TierRun", "calibrated_conf", "cascade_at_thresholds", "choose_thresholds",
-    "evaluate", "evaluation_config", "field_match", "fit_calibration", "format_figure", "outcomes_by_task",
-    "report_markdown", "route_outcomes", "store_calibration", "write_report",
+    "ALL_FIELDS", "OUTCOME_SCHEMA", "TIERS", "Evaluation", "ItemSummary", "Summary", "TierQuality", "TierRun",
+    "calibrated_conf", "cascade_at_thresholds", "choose_thresholds", "evaluate", "evaluation_config", "field_match",
+    "fit_calibration", "format_figure", "outcomes_by_task", "report_markdown", "route_outcomes", "store_calibration",
+    "write_report",
 ]
