@@ -19,6 +19,7 @@ from pathlib import Path
 from processors.datasets import load_examples, sample
 from processors.evaluate import evaluate
 from processors.linear import LinearLabeler
+from processors.tasks.label import label_metrics
 from schemas.config import load_config
 from schemas.versions import apply_version, resolve
 
@@ -33,22 +34,20 @@ def _labels_only(examples):
 
 
 def _linear_rows(folder: Path, version, examples) -> dict[str, dict[str, float]]:
-    from sklearn.metrics import f1_score
-
+    """Tier 0 alone, as the run uses it (LinearLabeler.predict over the task's labels), scored by the task's scorer."""
     out = {}
+    tasks = {t.name: t for t in version.tasks} if version else {}
     for task, tier0 in version.linear.items() if version else []:
         labelled = [ex for ex in examples if task in ex.labels]
-        if not labelled:
+        if not labelled or task not in tasks:
             continue
         labeler = LinearLabeler.load(folder / tier0.path)
         started = time.perf_counter()
-        dists = labeler.predict_proba([ex.text for ex in labelled])
+        pred = [p.label for p in labeler.predict(tasks[task], [ex.text for ex in labelled])]
         seconds = time.perf_counter() - started
-        pred = [max(d, key=d.get) for d in dists]
-        gold = [ex.labels[task] for ex in labelled]
-        out[task] = {"accuracy": sum(p == g for p, g in zip(pred, gold, strict=True)) / len(gold),
-                     "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
-                     "docs_per_second": len(gold) / seconds, "n": len(gold)}
+        metrics = label_metrics([ex.labels[task] for ex in labelled], pred)
+        out[task] = {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1,
+                     "docs_per_second": len(labelled) / seconds, "n": len(labelled)}
     return out
 
 
