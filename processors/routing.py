@@ -29,11 +29,10 @@ def _threshold(thresholds: dict[str, Thresholds], key: str, tier: Tier) -> float
     return t.small if tier == "small" else t.large
 
 
-def below_threshold(confidence: float | np.ndarray, limit: float) -> bool | np.ndarray:
+def below_threshold(confidence: float | np.ndarray, limit: float) -> np.bool_ | np.ndarray:
     """The threshold rule, for one confidence or an array of them (threshold sweeps): a NaN confidence
     (from a runtime's NaN log-probabilities) counts as below."""
-    return ~(np.asarray(confidence, dtype=float) >= limit) if isinstance(confidence, np.ndarray) \
-        else not confidence >= limit
+    return ~(np.asarray(confidence, dtype=float) >= limit)
 
 
 def _failure(invalid_reason: str | None, confidence: float, limit: float) -> str | None:

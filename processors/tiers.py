@@ -47,10 +47,11 @@ def load_tier(config: Config, tier: Tier) -> LoadedTier:
     return loaded
 
 
-def all_items(doc: Document, config: Config) -> frozenset[str]:
-    """Every item the configuration asks of this document: its source's label tasks and 'field:<name>'s."""
-    return frozenset([t.name for t in config.tasks if doc.source in t.sources]
-                     + [f"field:{s.name}" for s in config.fields.get(doc.source, [])])
+def all_items(doc: Document, config: Config) -> tuple[str, ...]:
+    """Every item the configuration asks of this document, in its order: its source's label tasks, then
+    'field:<name>'s."""
+    return tuple([t.name for t in config.tasks if doc.source in t.sources]
+                 + [f"field:{s.name}" for s in config.fields.get(doc.source, [])])
 
 
 def escalated_items(doc: Document) -> frozenset[str]:
@@ -63,8 +64,9 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
     """Fills doc.labels / doc.fields for the items this tier is asked, one collection per document
     (None: every item the configuration has for it). An item this tier fails to answer keeps the
     previous tier's answer, marked (escalation_failed)."""
-    asked_of = {id(d): set(all_items(d, config) if asked is None else a)
-                for d, a in zip(docs, asked if asked is not None else [None] * len(docs), strict=True)}
+    if asked is None:
+        asked = [all_items(d, config) for d in docs]
+    asked_of = {id(d): set(items) for d, items in zip(docs, asked, strict=True)}
     keeps_previous = tier == "large"  # an answer this tier fails to give falls back to the small one
     style = tier_cfg.prompt_style
     started = time.perf_counter()

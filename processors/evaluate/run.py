@@ -13,7 +13,7 @@ from processors.evaluate.fitting import choose_thresholds, fit_calibration
 from processors.evaluate.outcomes import build_outcomes, doc_tokens, scored_items
 from processors.evaluate.summarize import summarize
 from processors.models import load_runtime
-from processors.tiers import LoadedTier, predict
+from processors.tiers import LoadedTier, all_items, predict, tier_config
 from schemas.config import Config, LabelTask
 from schemas.records import Document, LabelPrediction
 
@@ -137,7 +137,7 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
     runs: dict[str, TierRun] = {}
     item_usage: dict[tuple[str, str], tuple[int, float]] = {}  # (example id, item) -> large tokens, seconds
     for tier in tiers:
-        tier_cfg = eval_cfg.small if tier == "small" else eval_cfg.large
+        tier_cfg = tier_config(eval_cfg, tier)
         started = time.perf_counter()
         given = (loaded or {}).get(tier)
         runtime_tier = given or LoadedTier(load_runtime(tier_cfg))
@@ -198,11 +198,8 @@ def _predict_large_per_item(batch: list[Document], loaded: LoadedTier, cfg: Conf
                             item_usage: dict[tuple[str, str], tuple[int, float]]) -> float:
     """The large tier on every item of the batch, one item at a time, so each item's tokens and time are
     known: the cascade pays the large tier only for the items it escalates."""
-    source = batch[0].source
-    items = [t.name for t in cfg.tasks if source in t.sources] + [f"field:{s.name}"
-                                                                   for s in cfg.fields.get(source, [])]
     total = 0.0
-    for item in items:
+    for item in all_items(batch[0], cfg):  # a batch is one group: one source, the same items
         before = {d.doc_id: doc_tokens(d, "large") for d in batch}
         t0 = time.perf_counter()
         predict(batch, loaded, cfg.large, cfg, "large", asked=[[item]] * len(batch))
