@@ -27,22 +27,27 @@ ERROR_REASONS: dict[str, str] = {
     "outside_root": "the path (a symbolic link, '..') resolves outside the inbox root; it is not read",
     "not_a_file": "the input is a directory or another non-regular file",
     "read_failed": "the bytes could not be read (I/O error); retried by the next run",
+    "bad_file_name": "the file name is not valid UTF-8 (the uri shows its bytes escaped); rename the file",
     # ingest, any source
     "unknown_source": "the source is neither pdf nor tickets",
     "too_large": "the file is larger than the source's max_bytes",
     "empty_file": "the file has no content (or no ticket lines or rows)",
+    "ingest_failed": "the reader failed unexpectedly (a bug: please report it); retried by the next run",
     # ingest, PDFs
     "not_a_pdf": "no %PDF- header: another kind of file",
     "corrupt_pdf": "pypdf could not read the structure (truncated, broken cross-reference, no pages)",
     "too_many_pages": "more pages than pdf.max_pages",
-    "encrypted_no_password": "encrypted, and no password is configured for the file",
-    "wrong_password": "encrypted, and the configured password does not open it",
+    "encrypted_no_password": "encrypted, and no password is configured for the file; retried by the next run",
+    "wrong_password": "encrypted, and the configured password does not open it; retried by the next run",
+    "invalid_passwords": "SLUICEGATE_PDF_PASSWORDS is set but is not a JSON object of name -> password; "
+                         "retried by the next run",
     "encryption_unsupported": "an encryption method the reader cannot decrypt",
     "decompression_bomb": "a stream decodes past the parser's safety limit",
     "unsupported_filter": "a stream uses a compression filter the parser does not support",
-    "parse_timeout": "parsing (or OCR) took longer than pdf.max_seconds; the worker was killed",
+    "parse_timeout": "parsing (or OCR) took longer than pdf.max_seconds; the worker was killed; retried by the "
+                     "next run",
     "memory_limit": "parsing needed more memory than pdf.max_memory_mb",
-    "parser_crashed": "the parser's worker process died",
+    "parser_crashed": "the parser's worker process died; retried by the next run",
     "needs_ocr": "pages without a text layer (a scan) and OCR is off or unavailable",
     "ocr_no_text": "OCR ran but found too little text",
     # ingest, tickets

@@ -135,7 +135,7 @@ def _read_jsonl(uri: str, lines: list[tuple[str, str]], cols: TicketColumns,
         doc_id = hashlib.sha256(line.encode("utf-8", errors="surrogatepass")).hexdigest()
         try:
             record = json.loads(line, strict=False)  # control characters inside strings are data
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError: also an integer of over 4,300 digits
             out.append(_reject(line_uri, "malformed_json", f"line {lineno}: {type(e).__name__}: {e}"[:300], doc_id))
             continue
         if not isinstance(record, dict):

@@ -186,6 +186,8 @@ def hostile_tickets() -> dict[str, bytes]:
         "utf16.jsonl": (json.dumps({"id": "U-1", "body": "utf-16 encoded export"}) + "\n").encode("utf-16"),
         "mixed_encodings.jsonl": mixed,
         "empty.jsonl": b"",
+        # json.loads raises ValueError (not JSONDecodeError) past 4,300 digits: one bad line, not the file
+        "huge_int.jsonl": (json.dumps(good) + '\n{"id": ' + "9" * 5000 + ', "body": "x"}\n').encode(),
         "whitespace.csv": b"  \n\t\n",
         "binary.jsonl": bytes(range(256)) * 4,
         "tickets.xml": b"<tickets/>",

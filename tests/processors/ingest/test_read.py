@@ -50,3 +50,46 @@ def test_unreadable_inputs_are_errors_not_crashes(config, tmp_path):
     (tmp_path / "folder.pdf").mkdir()
     [folder] = read_and_ingest((str(tmp_path / "folder.pdf"), "pdf"), config)
     assert isinstance(folder, Rejected) and folder.reason == "not_a_file"
+
+
+def test_a_named_pipe_is_an_error_at_once_not_a_read_that_blocks_forever(config, tmp_path):
+    import os
+    import threading
+
+    pipe = tmp_path / "export.jsonl"
+    os.mkfifo(pipe)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(read_and_ingest((str(pipe), "tickets"), config,
+                                                                        str(tmp_path))), daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # the old read blocks until a writer opens the pipe: open and close one to free it
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+    assert not reader.is_alive() and [(r.reason, r.stage) for r in got] == [("not_a_file", "read")]
+
+
+def test_a_file_name_that_is_not_utf8_is_one_error_row_parquet_can_hold(config, tmp_path):
+    import os
+
+    from processors import sinks
+    from schemas.tables import ERRORS_SCHEMA
+
+    path = tmp_path / os.fsdecode(b"caf\xe9.jsonl")  # latin-1 bytes on disk: not UTF-8
+    path.write_text('{"body": "hello"}\n')
+    [record] = read_and_ingest((str(path), "tickets"), config, str(tmp_path))
+    assert isinstance(record, Rejected) and record.reason == "bad_file_name"
+    assert record.uri == f"{tmp_path}/caf\\xe9.jsonl"  # its byte shown escaped
+    sinks.write_partition(tmp_path / "errors.parquet", [sinks.error_row(record, "r1")], ERRORS_SCHEMA)
+
+
+def test_fake_reader_bug_costs_one_retriable_error_not_the_run(config, tmp_path, monkeypatch):
+    import processors.ingest.read as read
+
+    def broken(*args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(read, "ingest", broken)  # a fault no real input provokes today
+    path = tmp_path / "export.jsonl"
+    path.write_text('{"body": "hello"}\n')
+    [record] = read_and_ingest((str(path), "tickets"), config, str(tmp_path))
+    assert (record.reason, record.retriable) == ("ingest_failed", True)

@@ -159,3 +159,10 @@ def test_file_level_errors():
     data = hostile_tickets()["hostile.jsonl"]
     [too_large] = read_tickets("t.jsonl", data, TicketOptions(max_bytes=1000))
     assert too_large.reason == "too_large" and str(len(data)) in too_large.message
+
+
+def test_an_integer_past_python_s_4300_digit_limit_is_one_malformed_line():
+    export = b'{"id": "T-1", "body": "fine"}\n{"id": ' + b"9" * 5000 + b', "body": "x"}\n'
+    records = read_tickets("x.jsonl", export, TicketOptions())
+    assert [_reason(r) for r in records] == ["doc", "malformed_json"]
+    assert "4300" in records[1].message
