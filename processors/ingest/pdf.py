@@ -39,19 +39,40 @@ logging.getLogger("pypdf").setLevel(logging.ERROR)
 PASSWORDS_ENV = "SLUICEGATE_PDF_PASSWORDS"  # JSON object: file name glob -> password
 
 
+# Failures that a later run may not repeat: the machine was loaded, or a password was added or corrected.
+# Not done, so the next run of the date tries the PDF again.
+RETRIED_NEXT_RUN = frozenset({"parse_timeout", "parser_crashed", "encrypted_no_password", "wrong_password",
+                              "invalid_passwords"})
+
+
 def _reject(uri: str, doc_id: str, reason: str, message: str) -> Rejected:
-    return Rejected(uri=uri, source="pdf", stage="ingest", reason=reason, message=message, doc_id=doc_id)
+    return Rejected(uri=uri, source="pdf", stage="ingest", reason=reason, message=message, doc_id=doc_id,
+                    retriable=reason in RETRIED_NEXT_RUN)
+
+
+def passwords_from_env() -> dict[str, str]:
+    """The SLUICEGATE_PDF_PASSWORDS object (file name glob -> password); {} when unset.
+    Raises ValueError when it is set but not such an object. The message never shows the value."""
+    text = os.environ.get(PASSWORDS_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        where = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "its value"
+        raise ValueError(f"{PASSWORDS_ENV} is not valid JSON (at {where}); expected an object of "
+                         'file name glob -> password, e.g. {"invoice-*.pdf": "..."}') from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"{PASSWORDS_ENV} must be a JSON object of file name glob -> password (strings), "
+                         f"not a {type(value).__name__}")
+    return {str(k): v for k, v in value.items()}
 
 
 def candidate_passwords(uri: str, options: PdfOptions) -> list[str]:
-    """Passwords configured for this file name: the config file, then the environment (never logged)."""
+    """Passwords configured for this file name: the config file, then the environment (never logged).
+    Raises ValueError when the environment variable is malformed (see passwords_from_env)."""
     passwords = dict(options.passwords)
-    try:
-        from_env = json.loads(os.environ.get(PASSWORDS_ENV, "{}"))
-        if isinstance(from_env, dict):
-            passwords.update({str(k): str(v) for k, v in from_env.items()})
-    except json.JSONDecodeError:
-        pass
+    passwords.update(passwords_from_env())
     name = PurePosixPath(uri.split("://")[-1]).name
     return [pw for pattern, pw in passwords.items() if fnmatch(name, pattern)]
 
@@ -80,8 +101,11 @@ def read_pdf(uri: str, data: bytes, options: PdfOptions) -> Document | Rejected:
     rejected = _precheck(uri, doc_id, data, options)
     if rejected:
         return rejected
-    # Passwords are resolved here: the worker's environment is a snapshot from when it started.
-    passwords = candidate_passwords(uri, options)
+    # Passwords are resolved here and passed as arguments: the worker's environment holds no secrets.
+    try:
+        passwords = candidate_passwords(uri, options)
+    except ValueError as e:  # the nightly flow checks this first and fails the run; here: one error
+        return _reject(uri, doc_id, "invalid_passwords", str(e))
     try:
         return run_isolated(parse_pdf, uri, data, options, passwords,
                             seconds=options.max_seconds, memory_mb=options.max_memory_mb)
@@ -105,7 +129,10 @@ def parse_pdf(uri: str, data: bytes, options: PdfOptions, passwords: list[str] |
     if rejected:
         return rejected
     if passwords is None:
-        passwords = candidate_passwords(uri, options)
+        try:
+            passwords = candidate_passwords(uri, options)
+        except ValueError as e:
+            return _reject(uri, doc_id, "invalid_passwords", str(e))
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         encrypted = reader.is_encrypted

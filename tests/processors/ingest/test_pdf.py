@@ -149,7 +149,7 @@ def test_brotli_encoder_of_the_tests_is_valid_brotli():
 
 def test_a_page_that_makes_the_parser_spin_is_stopped_at_the_time_limit(hostile):
     result = read_pdf("spinning.pdf", hostile["spinning.pdf"], PdfOptions(max_seconds=2))
-    assert result.reason == "parse_timeout" and "2 s" in result.message
+    assert result.reason == "parse_timeout" and "2 s" in result.message and result.retriable  # under load: retry
     # The next document gets a fresh worker and is read normally.
     assert isinstance(read_pdf("good.pdf", hostile["good.pdf"], PdfOptions()), Document)
 
@@ -207,3 +207,25 @@ def test_memory_cap_stops_a_parse_that_needs_more(hostile):
     rejected = read_pdf("bomb.pdf", hostile["bomb.pdf"], PdfOptions(max_memory_mb=256))
     assert rejected.reason == "memory_limit" and "256 MB" in rejected.message
     assert isinstance(read_pdf("good.pdf", hostile["good.pdf"], PdfOptions(max_memory_mb=256)), Document)
+
+
+@pytest.mark.parametrize("value", ['{"encrypted_with_password.pdf": "asdfzxcv"', '["asdfzxcv"]',
+                                   '{"encrypted_with_password.pdf": 12345}'])
+def test_a_malformed_password_variable_is_a_clear_error_that_never_shows_it(monkeypatch, value):
+    from processors.ingest.pdf import passwords_from_env
+
+    monkeypatch.setenv(PASSWORDS_ENV, value)
+    with pytest.raises(ValueError, match=PASSWORDS_ENV) as raised:
+        passwords_from_env()
+    assert "asdfzxcv" not in str(raised.value) and "12345" not in str(raised.value)
+    rejected = _read("encrypted_with_password.pdf")  # outside the flow (which fails first): one error
+    assert isinstance(rejected, Rejected) and rejected.reason == "invalid_passwords" and rejected.retriable
+
+
+def test_failures_a_later_run_may_not_repeat_are_retriable():
+    no_password = _read("encrypted_no_password.pdf")
+    wrong = _read("encrypted_with_password.pdf", PdfOptions(passwords={"*.pdf": "not-it"}))
+    corrupt = _read("broken_truncated.pdf")
+    assert (no_password.reason, no_password.retriable) == ("encrypted_no_password", True)
+    assert (wrong.reason, wrong.retriable) == ("wrong_password", True)
+    assert (corrupt.reason, corrupt.retriable) == ("corrupt_pdf", False)  # the same bytes fail the same way
