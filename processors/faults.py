@@ -12,7 +12,8 @@ import signal
 import threading
 from dataclasses import dataclass
 
-STAGES = ("ingest", "inference", "write", "finish")  # ingest: per record; write: per partition written
+STAGES = ("ingest", "inference", "write", "commit", "finish")
+# ingest: per record; write: per partition staged (nothing visible yet); commit: per file renamed into place
 
 _reached: dict[str, int] = {}  # per process: the kill is of the process that counts
 _lock = threading.Lock()

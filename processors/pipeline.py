@@ -18,7 +18,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from processors import sinks
-from processors.faults import FaultPlan, pass_checkpoint
+from processors.faults import FaultPlan, checkpoint, pass_checkpoint
 from processors.ingest.read import AlreadyDone, read_and_ingest
 from processors.routing import overall_tier
 from processors.tiers import LoadedTier, answer_batch, load_tier, needs_large, route_after, tier_config
@@ -47,6 +47,9 @@ class RunSpec:
     extra: dict[str, str] = field(default_factory=dict)
     inbox: str = ""  # root the inputs must stay under (symlinks and '..' resolved); empty: not checked
     faults: FaultPlan | None = None  # crash tests only: where the run kills itself; None: the graph has no checkpoints
+    # (source, uri) of inputs with rows in the date's tables that this run did not see (deleted or moved
+    # inputs, an unmounted inbox): their rows are kept as they are (the flow leaves this empty to prune).
+    unseen: frozenset[tuple[str, str]] = frozenset()
 
 
 def _read_counted(item: tuple[str, str], config: Config, inbox: str | None,
@@ -142,12 +145,14 @@ def _keyed_rows(spec: RunSpec) -> beam.PTransform:
     return beam.FlatMap(rows)
 
 
-class _WritePartition(beam.DoFn):
+class _StagePartition(beam.DoFn):
+    """Writes a partition's new content to a hidden temporary file; _commit renames it into place."""
+
     def __init__(self, spec: RunSpec):
         self._spec = spec
 
-    def process(self, element: tuple[tuple[str, str], Iterable[dict | _Keep | None]],
-                after: list | None = None) -> Iterator[tuple[str, int]]:
+    def process(self, element: tuple[tuple[str, str], Iterable[dict | _Keep | None]]
+                ) -> Iterator[tuple[str, str]]:
         (table, source), items = element
         rows, keep = [], set()
         for item in items:
@@ -156,9 +161,16 @@ class _WritePartition(beam.DoFn):
             elif item is not None:
                 rows.append(item)
         s = self._spec
-        n = sinks.write_table_partition(s.out_root, table, s.run_date, source, rows, s.config, s.shard, keep)
+        tmp, final, n = sinks.stage_table_partition(s.out_root, table, s.run_date, source, rows, s.config, s.shard,
+                                                    keep)
         Metrics.counter(NAMESPACE, f"rows_{table}").inc(n)
-        yield f"{table}/{source}", n
+        yield str(tmp), str(final)
+
+
+def _commit(run_id: str, spec: RunSpec, staged: list[tuple[str, str]]) -> int:
+    """All the run's partitions, renamed into place together (see sinks.commit); manifest last."""
+    after_each = (lambda: checkpoint(spec.faults, "commit")) if spec.faults else None
+    return sinks.commit(spec.out_root, spec.run_date, run_id, staged, after_each)
 
 
 def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
@@ -196,23 +208,22 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
     )
     kept_rows = todo.skipped | "KeepSkipped" >> beam.FlatMap(
         lambda r: [((table, r.source), _Keep(r.uri)) for table in RESULT_TABLES])
+    unseen_rows = p | "KeepUnseen" >> beam.Create(
+        [((table, source), _Keep(uri)) for source, uri in sorted(spec.unseen) for table in RESULT_TABLES])
     # Every partition this run owns is written, even empty, so a rerun replaces what an earlier run wrote.
     owned = p | "OwnedPartitions" >> beam.Create(
         [((table, source), None) for table in RESULT_TABLES for source in spec.sources])
     partitions = (
-        (doc_rows, error_rows, kept_rows, owned)
+        (doc_rows, error_rows, kept_rows, unseen_rows, owned)
         | "AllRows" >> beam.Flatten()
         | "ByPartition" >> beam.GroupByKey()
     )
-    # The manifest says "done, skip next time": it is written only after every other partition is, so a
-    # run killed between writes never leaves a manifest that points at rows that were not written.
-    data, manifest = partitions | "ManifestLast" >> beam.Partition(lambda kv, _: int(kv[0][0] == "manifest"), 2)
-    written = data | "Write" >> beam.ParDo(_WritePartition(spec))
-    written = _fault_point(written, spec, "write", "FaultAfterWrite")
-    manifest_written = manifest | "WriteManifest" >> beam.ParDo(_WritePartition(spec),
-                                                                after=beam.pvalue.AsList(written))
-    manifest_written = _fault_point(manifest_written, spec, "write", "FaultAfterWriteManifest")
-    return (written, manifest_written) | "Written" >> beam.Flatten()
+    # Every partition is staged (a hidden temp file), then all are renamed in one commit step, manifest
+    # last: the manifest says "done, skip next time", and a run killed mid-commit is finished by the next.
+    staged = partitions | "Stage" >> beam.ParDo(_StagePartition(spec))
+    staged = _fault_point(staged, spec, "write", "FaultAfterStage")
+    return (p | "CommitRun" >> beam.Create([spec.run_id])
+            | "Commit" >> beam.Map(_commit, spec, beam.pvalue.AsList(staged)))
 
 
 def run_pipeline(spec: RunSpec, runner: str = "FnApiRunner", pipeline_args: list[str] | None = None) -> dict[str, int]:

@@ -7,9 +7,10 @@ the new one, never half of one, and a rerun of the date replaces it instead of a
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import polars as pl
@@ -20,7 +21,7 @@ from processors.routing import overall_tier
 from processors.tasks import extract, label
 from schemas.config import Config
 from schemas.records import Document, Rejected
-from schemas.tables import SCHEMA_VERSION, table_schema
+from schemas.tables import RESULT_TABLES, RUNS_TABLE, SCHEMA_VERSION, table_schema
 
 TASK_VERSIONS = {"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}
 
@@ -103,12 +104,13 @@ def partition_path(out_root: str, table: str, run_date: str, source: str | None,
     return path / f"part-{shard}.parquet"
 
 
-def write_partition(path: Path, rows: Iterable[dict], schema: pa.Schema) -> int:
-    """Writes rows to `path` atomically (temp file + rename). Returns the number of rows."""
+def stage_partition(path: Path, rows: Iterable[dict], schema: pa.Schema) -> tuple[Path, int]:
+    """Writes rows to a hidden temporary file beside `path` (fsynced; readers' globs skip it).
+    Returns (temporary file, number of rows); `commit` renames it into place."""
     table = pa.Table.from_pylist(list(rows), schema=schema)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A write killed before its rename leaves its temp file behind. Runs of a date hold the date's lock,
-    # so no live writer owns another temp file of this partition: sweep them here.
+    # A write killed before its rename leaves its temp file behind. Runs of a date hold the date's lock
+    # and roll forward or sweep what a killed run left first (recover), so no other temp file is live.
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # dot-prefixed: readers' globs skip it
@@ -116,10 +118,79 @@ def write_partition(path: Path, rows: Iterable[dict], schema: pa.Schema) -> int:
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, table.num_rows
+
+
+def write_partition(path: Path, rows: Iterable[dict], schema: pa.Schema) -> int:
+    """Writes one partition file atomically (temp file + rename). Returns the number of rows."""
+    tmp, n = stage_partition(path, rows, schema)
+    try:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return table.num_rows
+    return n
+
+
+COMMITS = "_commits"  # <out>/_commits/run_date=<date>/<run_id>.json: a run's renames, until all are done
+
+
+def _journal_dir(out_root: str, run_date: str) -> Path:
+    return Path(out_root) / COMMITS / f"run_date={run_date}"
+
+
+def commit(out_root: str, run_date: str, run_id: str, staged: Iterable[tuple[str, str]],
+           after_each: Callable[[], None] | None = None) -> int:
+    """Renames a run's staged files (temporary -> final) into place, all of them or, after a crash, on the
+    next run of the date (recover): an input whose outcome changed moves between tables, and readers must
+    not keep half of such a move (the input in both tables, or in neither).
+
+    The list is written to a journal first; manifest partitions are renamed last. Returns the renames.
+    after_each: called after each rename (the crash tests' kill point)."""
+    root = Path(out_root)
+    pairs = sorted(((str(Path(t).relative_to(root)), str(Path(f).relative_to(root))) for t, f in staged),
+                   key=lambda pair: (pair[1].startswith("manifest/"), pair[1]))
+    journal = _journal_dir(out_root, run_date) / f"{run_id}.json"
+    write_atomic(journal, json.dumps(pairs).encode())
+    for tmp, final in pairs:
+        os.replace(root / tmp, root / final)
+        if after_each:
+            after_each()
+    journal.unlink()
+    return len(pairs)
+
+
+def recover(out_root: str, run_date: str) -> int:
+    """Before a run of the date writes (it holds the date's lock): finishes the renames of a run killed
+    while committing (its files are complete), then removes the temporary files of runs killed before
+    their commit began. Returns the files renamed."""
+    root, renamed = Path(out_root), 0
+    for journal in sorted(_journal_dir(out_root, run_date).glob("*.json")):
+        for tmp, final in json.loads(journal.read_text()):
+            if (root / tmp).exists():  # not renamed before the crash
+                os.replace(root / tmp, root / final)
+                renamed += 1
+        journal.unlink()
+    for table in (*RESULT_TABLES, RUNS_TABLE):
+        for stale in (root / table / f"run_date={run_date}").rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    return renamed
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """A small file written whole or not at all (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_table(out_root: str, table: str, run_dates: Iterable[str], sources: Iterable[str] | None = None
@@ -144,11 +215,14 @@ def read_rows(path: Path, uris: set[str]) -> list[dict]:
     return [row for row in pq.read_table(path).to_pylist() if row["uri"] in uris]
 
 
-def write_table_partition(out_root: str, table: str, run_date: str, source: str | None, rows: list[dict],
-                          config: Config, shard: str = "00000", keep_uris: set[str] | None = None) -> int:
-    """Replaces a partition with `rows` plus the existing rows of the inputs this run skipped (keep_uris)."""
+def stage_table_partition(out_root: str, table: str, run_date: str, source: str | None, rows: list[dict],
+                          config: Config, shard: str = "00000", keep_uris: set[str] | None = None
+                          ) -> tuple[Path, Path, int]:
+    """Stages the partition's new content: `rows` plus the existing rows of the inputs this run keeps
+    (keep_uris: skipped as done, or not seen by this run). Returns (temporary file, final path, rows)."""
     schema = table_schema(table, [t.name for t in config.tasks])
     path = partition_path(out_root, table, run_date, source, shard)
     new_uris = {r["uri"] for r in rows}
     kept = [r for r in read_rows(path, keep_uris or set()) if r["uri"] not in new_uris]
-    return write_partition(path, kept + rows, schema)
+    tmp, n = stage_partition(path, kept + rows, schema)
+    return tmp, path, n

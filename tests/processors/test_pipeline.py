@@ -24,8 +24,8 @@ def _steps(config, faults: FaultPlan | None = None) -> list[str]:
 
 def test_the_graph_reads_small_tier_route_large_tier_route_rows(config):
     steps = _steps(config)
-    order = ["Ingest", "SmallTier", "RouteSmall", "KeptOrEscalated", "LargeTier", "RouteLarge", "Rows", "Write",
-             "WriteManifest"]
+    order = ["Ingest", "SmallTier", "RouteSmall", "KeptOrEscalated", "LargeTier", "RouteLarge", "Rows", "Stage",
+             "Commit"]
     assert [s for s in steps if s in order] == order
     assert not [s for s in steps if s.startswith("Fault")]  # production: no kill checkpoints at all
 
@@ -33,7 +33,7 @@ def test_the_graph_reads_small_tier_route_large_tier_route_rows(config):
 def test_a_fault_plan_adds_the_kill_checkpoints(config):
     steps = _steps(config, FaultPlan("write", 2))
     assert [s for s in steps if s.startswith("Fault")] == [
-        "FaultAfterIngest", "FaultAfterSmallTier", "FaultAfterWrite", "FaultAfterWriteManifest"]
+        "FaultAfterIngest", "FaultAfterSmallTier", "FaultAfterStage"]
     assert steps.index("FaultAfterSmallTier") == steps.index("SmallTier") + 1
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from processors import sinks
 from schemas.records import Document, FieldPrediction, LabelPrediction, Rejected, Usage
-from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, SCHEMA_VERSION, results_schema
+from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, MANIFEST_SCHEMA, SCHEMA_VERSION, results_schema
 
 
 def _doc() -> Document:
@@ -74,3 +74,28 @@ def test_read_table_joins_dates_and_sources_and_names_the_source(tmp_path):
     only = sinks.read_table(out, "errors", ["2026-11-21"], sources=["tickets"])
     assert only["run_id"].to_list() == ["c"]
     assert sinks.read_table(out, "errors", ["2026-11-19"]).is_empty()
+
+
+def test_a_commit_killed_midway_is_finished_by_recover_and_orphans_are_swept(tmp_path):
+    """An input whose outcome flips moves from one table to another: the renames of a run go together.
+    The kill is raised from commit's after-each hook, the only way to stop it between two renames."""
+    out, day = str(tmp_path), "2026-11-20"
+    bad = Rejected("a.jsonl#L1", "tickets", "ingest", "malformed_json", "x")
+    staged = []
+    for table, rows in (("errors", [sinks.error_row(bad, "r2")]), ("manifest", [])):
+        path = sinks.partition_path(out, table, day, "tickets")
+        tmp, _ = sinks.stage_partition(path, rows, ERRORS_SCHEMA if table == "errors" else MANIFEST_SCHEMA)
+        staged.append((str(tmp), str(path)))
+    orphan, _ = sinks.stage_partition(sinks.partition_path(out, "fields", day, "tickets"), [], FIELDS_SCHEMA)
+
+    def killed() -> None:
+        raise SystemExit("killed after the first rename")
+
+    with pytest.raises(SystemExit):
+        sinks.commit(out, day, "r2", staged, after_each=killed)
+    errors, manifest = (sinks.partition_path(out, t, day, "tickets") for t in ("errors", "manifest"))
+    assert errors.exists() and not manifest.exists()  # data first, the manifest last
+    assert sinks.recover(out, day) == 1
+    assert manifest.exists() and pl.read_parquet(errors)["uri"].to_list() == ["a.jsonl#L1"]
+    assert not orphan.exists() and not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("r2.json"))
+    assert sinks.recover(out, day) == 0  # nothing left to do

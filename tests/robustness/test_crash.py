@@ -11,23 +11,16 @@ an embedded one per run), to keep each run short.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from flows.deployments import wait_healthy
-from tests.conftest import SENTIMENT_RUN, free_port
+from tests.conftest import SENTIMENT_RUN
+from tests.robustness.conftest import DATE, run
 
-SLUICEGATE = str(Path(sys.executable).parent / "sluicegate")
-DATE = "2026-11-20"
 TABLES = ("results", "fields", "errors", "manifest")
 
 CONFIG = SENTIMENT_RUN + """
@@ -62,57 +55,6 @@ def make_inbox(root: Path) -> Path:
     return config
 
 
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory) -> Iterator[str]:
-    """One real Prefect server for all the runs of this module: each run would otherwise start its own
-    embedded one (about 18 s each on a busy machine). Its own PREFECT_HOME and process group."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("PREFECT_API_URL", None)
-    with open(home / "server.log", "wb") as log:
-        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-                                   "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                  env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        try:
-            wait_healthy(url, timeout=300, server=server)
-        except (RuntimeError, TimeoutError) as e:
-            pytest.fail(f"{e}\n{(home / 'server.log').read_text()[-2000:]}")
-        yield url
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(server.pid, sig)
-                server.wait(timeout=20)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-
-
-def run(config: Path, api: str, kill_at: str | None = None, *extra: str) -> subprocess.CompletedProcess:
-    """`sluicegate run` as an operator runs it; its own process group, so nothing it started outlives it."""
-    env = dict(os.environ, PREFECT_API_URL=api)
-    if kill_at:
-        extra = ("--test-kill-at", kill_at, *extra)
-    # Output to files, not pipes: a killed run's orphans would hold a pipe open.
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([SLUICEGATE, "run", "--date", DATE, "--config", str(config), "--json", *extra],
-                                stdout=out, stderr=err, text=True, env=env, start_new_session=True)
-        try:
-            proc.wait(timeout=900)
-        finally:
-            try:  # what the run started (parse workers) ends with it
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-
-
 def tables(out: Path) -> dict[str, pl.DataFrame]:
     """Each table as analysts read it (the readers' glob), without what differs between runs by design."""
     frames = {}
@@ -139,7 +81,10 @@ def assert_readable_and_clean(out: Path) -> None:
 def assert_same_tables(got: dict[str, pl.DataFrame], want: dict[str, pl.DataFrame]) -> None:
     for table in TABLES:
         assert got[table].columns == want[table].columns, table
-        assert got[table].equals(want[table]), (table, got[table], want[table])
+        if not got[table].equals(want[table]):  # name the rows that differ, not two truncated frames
+            extra, lost = (a.join(b, on=a.columns, how="anti", nulls_equal=True).to_dicts()
+                           for a, b in ((got[table], want[table]), (want[table], got[table])))
+            pytest.fail(f"{table}: rows not wanted {extra[:3]}; wanted rows missing {lost[:3]}")
     uris = got["results"]["uri"].to_list() + got["errors"]["uri"].to_list()
     assert len(uris) == len(set(uris)), "a document has more than one row"
     assert got["manifest"]["uri"].n_unique() == got["manifest"].height
@@ -157,22 +102,23 @@ def test_killed_runs_rerun_to_the_same_tables(tmp_path, prefect_api):
     shutil.rmtree(out)
 
     # Each killed run starts where the previous one died; then an uninterrupted rerun must repair it all.
-    # write:2 dies with two of the three data partitions replaced and the manifest not yet written.
-    for kill_at in ("ingest", "inference", "write:2"):
+    # write:2 dies with two partitions staged (hidden temp files), nothing renamed into place; commit:2 dies
+    # with two of the files renamed and the rest (the manifest last) not.
+    for kill_at in ("ingest", "inference", "write:2", "commit:2"):
         killed = run(config, prefect_api, kill_at)
         assert killed.returncode == -signal.SIGKILL, (kill_at, killed.returncode, killed.stderr[-2000:])
         assert_readable_and_clean(out)
     written = {t for t in TABLES if list((out / t).rglob("*.parquet"))}
-    assert len(written) == 2 and "manifest" not in written, written  # died mid-write, manifest last
+    assert len(written) == 2 and "manifest" not in written, written  # died mid-commit, manifest last
     done = run(config, prefect_api)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     assert summary["invariant_ok"] and summary["n_inputs"] == 10
     assert_same_tables(tables(out), want)
 
-    # On a finished date: --reprocess killed after the data and before the manifest (write:3), then a
-    # rerun killed after all its writes (finish, the runs row not written), then a plain rerun.
-    for kill_at, extra in (("write:3", ("--reprocess",)), ("finish", ())):
+    # On a finished date: --reprocess killed after staging everything (write:4), then a rerun killed after
+    # all its writes (finish, the runs row not written), then a plain rerun.
+    for kill_at, extra in (("write:4", ("--reprocess",)), ("finish", ())):
         killed = run(config, prefect_api, kill_at, *extra)
         assert killed.returncode == -signal.SIGKILL, (kill_at, killed.returncode, killed.stderr[-2000:])
         assert_readable_and_clean(out)
@@ -180,3 +126,19 @@ def test_killed_runs_rerun_to_the_same_tables(tmp_path, prefect_api):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["invariant_ok"]
     assert_same_tables(tables(out), want)
+
+    # Outcomes that flip: a --reprocess with another configuration (every export now too_large: the tickets
+    # move from results to errors) killed mid-commit, one input's move half done. The operator goes back
+    # to the first configuration: the plain rerun finishes the killed commit first, and then (nothing is
+    # done with this configuration any more) recomputes: each input in exactly one table again.
+    flipped = config.with_name("too_small.toml")
+    flipped.write_text(config.read_text() + "[tickets]\nmax_bytes = 10\n")
+    killed = run(flipped, prefect_api, "commit:1", "--reprocess")
+    assert killed.returncode == -signal.SIGKILL, (killed.returncode, killed.stderr[-2000:])
+    assert_readable_and_clean(out)
+    assert list((out / "_commits").rglob("*.json")), "the killed commit left its journal"
+    done = run(config, prefect_api)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["invariant_ok"]
+    assert_same_tables(tables(out), want)
+    assert not list((out / "_commits").rglob("*.json"))
