@@ -4,13 +4,18 @@
 the same value gets the same placeholder within one text) and returns the mapping back. Extracted
 field values are restored with `unmask` / `unmask_completion` before they are parsed against the real
 document text, so spans and the "occurs in the source" validator see the original values.
+`scrub_secret` removes a credential (an API key) from a message in every form it may take there:
+as is, stripped, escaped (Python, bytes or JSON repr, URL-quoted) or cut short.
 Pure functions; never raise.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
+from os.path import commonprefix
+from urllib.parse import quote
 
 from processors.models.base import Completion, TokenLogprob
 
@@ -166,3 +171,62 @@ def unmask_completion(completion: Completion, masks: Masks) -> Completion:
         tokens.append(replace(token, token="".join(pieces)))
         pos += len(token.token)
     return replace(completion, text="".join(t.token for t in tokens), tokens=tokens)
+
+
+# -- secrets in messages ------------------------------------------------------------------------------
+
+SECRET_PLACEHOLDER = "***"
+_SECRET_MIN_PREFIX = 8  # a cut-off key's first 8+ characters are redacted too; fewer say little
+_UNPRINTABLE = re.compile(r"[\x00-\x20\x7f-\x9f]+")
+
+
+def _secret_forms(secret: str, min_prefix: int) -> list[str]:
+    """How a secret can appear in a message: raw, stripped, escaped by repr / bytes repr / JSON,
+    URL-quoted, and its printable runs (a control character inside it splits it in some renderings)."""
+    forms: set[str] = set()
+    for s in {secret, secret.strip()}:
+        if not s:
+            continue
+        forms.add(s)
+        forms.add(repr(s)[1:-1])  # Python escaping: 'sk-abc\n' as in an exception's repr
+        forms.add(repr(s.encode("utf-8", "backslashreplace"))[2:-1])  # b'Bearer sk-abc\n' (h11, httpx)
+        forms.add(json.dumps(s)[1:-1])  # a JSON body that echoes it
+        forms.add(quote(s, safe="", errors="backslashreplace"))  # a URL that carries it
+    forms.update(part for part in _UNPRINTABLE.split(secret) if len(part) >= min_prefix)
+    return sorted(forms)
+
+
+def _redact(message: str, forms: list[str], min_prefix: int) -> str:
+    """Every occurrence of a form, or of a prefix of one at least min_prefix long (a message cut off
+    inside the secret), replaced by the placeholder. Matches are found at every position, overlapping
+    ones merged, so a secret that starts like itself (aaaa...) cannot slip past half-redacted."""
+    needed = [min(min_prefix, len(f)) for f in forms]
+    heads = sorted({f[:n] for f, n in zip(forms, needed, strict=True)}, key=len, reverse=True)
+    starts = re.compile("(?=(?:" + "|".join(map(re.escape, heads)) + "))")
+    spans: list[list[int]] = []
+    for m in starts.finditer(message):
+        start = m.start()
+        matched = (len(commonprefix([message[start:start + len(f)], f])) for f in forms)
+        end = start + max(k for k, n in zip(matched, needed, strict=True) if k >= n)
+        if spans and start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    out: list[str] = []
+    pos = 0
+    for start, end in spans:
+        out += [message[pos:start], SECRET_PLACEHOLDER]
+        pos = end
+    out.append(message[pos:])
+    return "".join(out)
+
+
+def scrub_secret(message: str, secret: str | None, min_prefix: int = _SECRET_MIN_PREFIX) -> str:
+    """`message` without `secret` in any form it takes in exception texts, logs and echoed bodies.
+
+    Scrub a message before cutting it to length: a cut can leave the start of a secret, which the
+    prefix rule catches only from `min_prefix` characters on.
+    """
+    if not secret or not message:
+        return message
+    return _redact(message, _secret_forms(secret, min_prefix), min_prefix)

@@ -6,9 +6,12 @@ is the shipped example. Paths in the file are resolved relative to the file's fo
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,9 +19,65 @@ FieldType = Literal["string", "id", "date", "amount", "currency", "email", "name
 
 
 class Strict(BaseModel):
-    """Base of every contract read from a file: a typo in the file is an error, not a silent default."""
+    """Base of every contract read from a file: a typo in the file is an error, not a silent default.
 
-    model_config = ConfigDict(extra="forbid")
+    Errors name the key, never its value: a stray `api_key = "..."` must not reach a terminal or a log.
+    """
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+def insecure_endpoint_host(endpoint: str | None) -> str | None:
+    """The host of a plain http:// endpoint that is not loopback (an API key sent there crosses the
+    network in clear text); None for https://, loopback (127.0.0.0/8, ::1, localhost) and anything else."""
+    try:
+        parts = urlsplit(endpoint or "")
+    except ValueError:
+        return None  # malformed (e.g. an unclosed '[' ): no request can be sent to it at all
+    if parts.scheme.lower() != "http":
+        return None
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost":
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host or None  # a name: it may resolve anywhere
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return None if ip.is_loopback or (mapped is not None and mapped.is_loopback) else host
+
+
+def insecure_key_message(host: str) -> str:
+    """Why an API key is not sent to `host`, and what to do; never the key."""
+    return (f"refusing to send the API key in clear text to {host}: the endpoint is plain http:// on a "
+            "host that is not loopback. Use https://, or set allow_insecure = true for this tier if the "
+            "network is trusted")
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def local_output_root(root: str) -> str:
+    """The local folder an output root names: a path, or a file:// URL. Raises ValueError for any other
+    URL (s3://, gs://, az://, http(s)://, memory:// ...): without this, `s3://bucket` became a local
+    folder named `s3:`."""
+    match = _SCHEME.match(root.strip())
+    if match and match.group(1).lower() != "file":
+        # Only the scheme is echoed: a URL may carry credentials (s3://KEY:SECRET@bucket).
+        raise ValueError(
+            f"output root {match.group(1)}://... is not supported: object stores (and other URLs) are not "
+            "supported as output roots, because the tables are published by atomic renames and guarded "
+            "by a per-date lock file, which need a local (POSIX) file system. Write to a local or NFS "
+            "folder and sync it to the bucket afterwards (e.g. `aws s3 sync`, `gcloud storage rsync`)")
+    if match:
+        root = unquote(root.strip()[len(match.group(0)):])
+        if root.startswith("localhost/"):  # file://localhost/srv/out
+            root = root[len("localhost"):]
+        elif root and not root.startswith("/"):
+            raise ValueError("output root file:// URL names a host; use file:///absolute/path or a plain path")
+    if not root:
+        raise ValueError("output root is empty")
+    return root
 
 
 class LabelTask(Strict):
@@ -85,6 +144,9 @@ class TierModel(Strict):
     # Mask emails, phone numbers, IBANs and card numbers before text reaches the model; restored in
     # field values. Default: on for runtime "http" (text leaves the machine), off for in-process models.
     mask_pii: bool = False
+    # An API key is refused over plain http:// to a host other than loopback (anyone on the path reads
+    # it). true: send it anyway (a trusted network, or a TLS-terminating sidecar on another host).
+    allow_insecure: bool = False
 
     @model_validator(mode="after")
     def _http_defaults(self) -> TierModel:
@@ -92,7 +154,11 @@ class TierModel(Strict):
             self.mask_pii = self.runtime == "http"
         if self.runtime == "http" and not self.endpoint:
             raise ValueError("runtime 'http' needs an endpoint")
+        host = insecure_endpoint_host(self.endpoint) if self.runtime == "http" else None
+        if host and (self.api_key_env or self.api_key_secret) and not self.allow_insecure:
+            raise ValueError(insecure_key_message(host))
         return self
+
 
 
 class Thresholds(Strict):
@@ -115,7 +181,7 @@ class TaskCalibration(Strict):
 class LinearTier(Strict):
     """Tier 0 for one label task: TF-IDF + a linear model; confident items skip the language models."""
 
-    path: str  # joblib file (inside the model version's folder)
+    path: str  # tier-0 JSON file, linear-<task>.json (inside the model version's folder)
     threshold: float  # predicted probability at or above which tier 0 decides
 
 
@@ -179,6 +245,11 @@ class Inputs(Strict):
 
 class Output(Strict):
     root: str = "out"  # a local folder (atomic renames and the per-date lock need a local file system)
+
+    @field_validator("root")
+    @classmethod
+    def _local(cls, root: str) -> str:
+        return local_output_root(root)
 
 
 class Schedule(Strict):

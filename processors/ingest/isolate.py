@@ -9,6 +9,9 @@ a pickle round trip per document (bench/ingest_pdf_worker.py measures it).
 The worker is `python -c '...isolate import serve; serve()'`: no multiprocessing, so nothing depends on how the
 caller was started (Beam worker, Prefect thread, pytest). It exits when its parent goes away, even if
 the parent was SIGKILLed mid-call.
+
+The worker parses untrusted files, so it gets only the environment it needs (`worker_environment`):
+no API keys, tokens or PDF passwords (those are resolved by the caller and passed per call).
 """
 
 from __future__ import annotations
@@ -25,13 +28,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _HEADER = struct.Struct("<Q")
 _READY = b"R"
 _START_SECONDS = 120.0  # interpreter start and imports: generous, a loaded machine is slow; not the parse budget
 _GRACE_SECONDS = 1.0  # on top of the caller's budget: the worker's own OCR timeouts fire first
+# What the worker (Python, pypdf, Pillow, the tesseract binary) reads from the environment: finding
+# programs, libraries and the project, locale, temp folder, OCR data. Nothing else is passed.
+_ENV_KEEP = frozenset({
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "LD_LIBRARY_PATH", "TESSDATA_PREFIX",
+    "PYTHONPATH", "PYTHONHOME", "PYTHONUTF8", "PYTHONIOENCODING", "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED",
+    "VIRTUAL_ENV",
+})
+_ENV_KEEP_PREFIXES = ("LC_",)  # LC_ALL, LC_CTYPE ...
 
 
 class IsolatedError(Exception):
@@ -42,9 +53,18 @@ class IsolatedError(Exception):
         self.kind = kind
 
 
+def worker_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The parse worker's environment: an allow-list of `environ` (default os.environ), so a key or
+    token in the caller's environment never reaches code that parses untrusted files."""
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in environ.items() if k in _ENV_KEEP or k.startswith(_ENV_KEEP_PREFIXES)}
+    env["OMP_THREAD_LIMIT"] = "1"  # tesseract: one thread per worker, the model needs the rest
+    return env
+
+
 class _Worker:
     def __init__(self) -> None:
-        env = dict(os.environ, OMP_THREAD_LIMIT="1")  # tesseract: one thread per worker, the model needs the rest
+        env = worker_environment()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", f"from {__name__} import serve; serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -8,8 +8,11 @@ asked again with standard fields only, and from then on only those. Connection e
 one probe is let through. A prompt that still fails gets a Completion with `error` set: complete()
 never raises, and the tiers keep the small tier's answer for it.
 
-The API key is read from the environment variable named in the configuration. It is sent only in the
-Authorization header and scrubbed from every message this module produces.
+The API key is read from the environment variable named in the configuration, without surrounding
+whitespace (a key file's trailing newline is a common slip). It is sent only in the Authorization
+header, never in clear text to a host other than loopback unless the tier says `allow_insecure`, and
+scrubbed from every message this module produces (processors.privacy.scrub_secret: as is, stripped,
+escaped or cut off) before that message is cut to length.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -28,12 +33,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from processors.models.base import Completion, TokenLogprob
-from schemas.config import TierModel
+from processors.privacy import scrub_secret
+from schemas.config import TierModel, insecure_endpoint_host, insecure_key_message
 
 log = logging.getLogger(__name__)
 
 PLAIN_MAX_LOGPROBS = 5  # what OpenAI-style endpoints accept at most; used once an endpoint rejected more
 _MAX_BACKOFF_SECONDS = 30.0
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]+")  # what an HTTP header value can carry as is (ASCII, no controls)
 
 
 def base_url(endpoint: str) -> str:
@@ -114,13 +121,24 @@ class HttpRuntime:
         self._tier = tier
         self._url = base_url(tier.endpoint) + "/v1/completions"
         self.version = http_version(tier)
-        key = os.environ.get(tier.api_key_env, "") if tier.api_key_env else ""
-        self._key = key
+        raw = os.environ.get(tier.api_key_env, "") if tier.api_key_env else ""
+        key = raw.strip()
+        self._secret = raw if key else ""  # scrubbed in every form (raw, stripped, escaped, cut off)
         self._config_error = None
         if tier.api_key_env and not key:
             self._config_error = f"API key missing: environment variable {tier.api_key_env} is not set"
+        elif key and not _HEADER_SAFE.fullmatch(key):
+            # httpx would fail every request with the key in its message; say what is wrong instead.
+            self._config_error = (f"API key in environment variable {tier.api_key_env} has characters an HTTP "
+                                  "header cannot carry (a line break, control or non-ASCII character inside it)")
+        elif key and (host := insecure_endpoint_host(tier.endpoint)) and not tier.allow_insecure:
+            self._config_error = insecure_key_message(host)  # also checked when the config is loaded
+        elif key != raw:
+            log.warning("%s: the API key in %s has surrounding whitespace (a trailing newline?); sending it "
+                        "without", self.version, tier.api_key_env)
+        if self._config_error:
             log.error("%s: %s", self.version, self._config_error)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = {"Authorization": f"Bearer {key}"} if key and not self._config_error else {}
         timeout = tier.request_timeout_seconds
         self._client = httpx.Client(
             headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
@@ -156,7 +174,8 @@ class HttpRuntime:
         try:
             return self._with_retries(prompt, max_tokens, top_logprobs, json_schema, grammar)
         except Exception as e:  # noqa: BLE001 - never raise per prompt; the message is scrubbed
-            log.exception("%s: unexpected failure", self.version)
+            # Not log.exception: the traceback's message could hold the key; it is scrubbed like the rest.
+            log.error("%s: unexpected failure\n%s", self.version, self._scrub("".join(traceback.format_exception(e))))
             return Completion("", [], 0, 0, error=self._scrub(f"http runtime error: {type(e).__name__}: {e}"))
 
     def _body(self, prompt: str, max_tokens: int, top_logprobs: int, json_schema: dict | None,
@@ -203,7 +222,7 @@ class HttpRuntime:
                 if not isinstance(e, _Failure):
                     raise
                 f = e
-                last = str(f)
+                last = self._scrub(str(f))  # already scrubbed where built; this line goes to logs and rows
                 if not f.retryable:
                     return Completion("", [], 0, 0, error=last)
                 if attempt + 1 < attempts:
@@ -238,33 +257,35 @@ class HttpRuntime:
         except httpx.TimeoutException as e:
             raise _Failure(f"timeout after {timeout:g}s ({type(e).__name__})", True) from None
         except httpx.TransportError as e:
-            raise _Failure(self._scrub(f"connection failed: {type(e).__name__}: {e}"[:300]), True) from None
+            raise _Failure(self._scrub(f"connection failed: {type(e).__name__}: {e}")[:300], True) from None
         except httpx.HTTPError as e:  # e.g. a malformed redirect; not worth retrying
-            raise _Failure(self._scrub(f"request failed: {type(e).__name__}: {e}"[:300]), False) from None
+            raise _Failure(self._scrub(f"request failed: {type(e).__name__}: {e}")[:300], False) from None
         status = response.status_code
         if status != 200:
-            detail = self._scrub(_error_detail(response))
+            detail = self._scrub(_error_detail(response))[:200]  # scrubbed whole: a cut could split the key
             retry_after = _retry_after(response.headers.get("retry-after"))
             raise _Failure(f"HTTP {status} from endpoint: {detail}", status == 429 or status >= 500, retry_after,
                            status)
         try:
             return parse_response(response.json())
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
-            snippet = self._scrub(response.text[:120])
+            snippet = self._scrub(response.text)[:120]
             raise _Failure(f"invalid response body ({type(e).__name__}): {snippet!r}", True) from None
 
     def _scrub(self, message: str) -> str:
-        return message.replace(self._key, "***") if self._key else message
+        """The message without the API key in any form. Call it before cutting the message to length."""
+        return scrub_secret(message, self._secret)
 
 
 def _error_detail(response: httpx.Response) -> str:
+    """The endpoint's error message, whole: the caller scrubs it, then cuts it."""
     try:
         data = response.json()
         error = data.get("error", data) if isinstance(data, dict) else data
         message = error.get("message", error) if isinstance(error, dict) else error
-        return str(message)[:200]
+        return str(message)
     except ValueError:
-        return response.text[:200] or response.reason_phrase
+        return response.text or response.reason_phrase
 
 
 def _retry_after(value: str | None) -> float | None:

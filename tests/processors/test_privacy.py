@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.models.base import Completion, TokenLogprob
-from processors.privacy import find_pii, iban_ok, luhn_ok, mask, unmask, unmask_completion
+from processors.privacy import find_pii, iban_ok, luhn_ok, mask, scrub_secret, unmask, unmask_completion
 from processors.tasks import extract
 from schemas.config import FieldSpec, TierModel
 from schemas.records import Document
@@ -100,3 +100,45 @@ def test_masking_never_raises_and_always_round_trips(text):
     assert unmask(masked, masks) == text
     spans = find_pii(text)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+SECRET = "sk-live-4f9a2b7c1d8e6f30"
+
+
+@pytest.mark.parametrize("secret", [SECRET, SECRET + "\n", " " + SECRET + "\r\n"])
+@pytest.mark.parametrize("render", [
+    lambda k: f"Illegal header value {('Bearer ' + k).encode()!r}",  # h11 / httpx, bytes repr
+    lambda k: f"bad key {k!r} given",  # Python repr
+    lambda k: json.dumps({"error": f"invalid key {k}"}),  # a JSON body echoing it
+    lambda k: f"GET /v1/models?key={k.strip()}%0A",  # URL-quoted
+    lambda k: f"key {k} and again {k.strip()}",  # raw and stripped
+    lambda k: ("invalid key " + k)[:20],  # cut off inside the key: its first 8 characters remain
+], ids=["bytes_repr", "repr", "json", "url", "raw", "cut"])
+def test_scrub_secret_removes_every_form(secret, render):
+    message = render(secret)
+    scrubbed = scrub_secret(message, secret)
+    assert "***" in scrubbed
+    assert not [SECRET[i:i + 8] for i in range(len(SECRET) - 7) if SECRET[i:i + 8] in scrubbed], scrubbed
+
+
+def test_scrub_secret_keeps_the_rest_of_the_message():
+    assert scrub_secret(f"HTTP 401: key {SECRET} rejected", SECRET) == "HTTP 401: key *** rejected"
+    assert scrub_secret("HTTP 401: key sk-live rejected", SECRET) == "HTTP 401: key sk-live rejected"  # < 8 chars
+    assert scrub_secret("no secret here", "") == "no secret here"
+    assert scrub_secret("", SECRET) == ""
+    inner = SECRET[:10] + "\n" + SECRET[10:]  # a line break inside: both halves, in any rendering
+    assert scrub_secret(f"value {inner.encode()!r}", inner) == "value b'***'"
+    assert SECRET[10:] not in scrub_secret(f"first {SECRET[:10]}, then {SECRET[10:]}", inner)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60), st.text(min_size=1, max_size=30), st.text(max_size=60))
+def test_scrub_secret_never_raises_and_removes_the_secret(before, secret, after):
+    scrubbed = scrub_secret(before + secret + after, secret)
+    if "*" not in secret:  # a secret made of the placeholder's stars could be rebuilt from it
+        assert secret not in scrubbed and (len(secret.strip()) < 8 or secret.strip() not in scrubbed)
+
+
+def test_scrub_secret_that_repeats_its_own_start_is_not_half_redacted():
+    secret = "aaaaaaaaXYZ-SECRET"
+    assert scrub_secret("key a" + secret + " end", secret) == "key *** end"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from processors.ingest.isolate import IsolatedError, run_isolated
+from processors.ingest.isolate import IsolatedError, run_isolated, shutdown
+from processors.ingest.pdf import PASSWORDS_ENV
 
 
 def _workers() -> set[int]:
@@ -57,3 +58,23 @@ def test_an_exception_in_the_call_is_reported_with_its_type():
     with pytest.raises(IsolatedError) as e:
         run_isolated(int, "not a number", seconds=30, memory_mb=512)
     assert e.value.kind == "error" and "ValueError" in str(e.value)
+
+
+def environment() -> dict[str, str]:
+    """Runs in the worker: what it sees (module-level, so the worker imports it by name)."""
+    return dict(os.environ)
+
+
+def test_the_worker_gets_no_secrets_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SLUICEGATE_LARGE_API_KEY", "sk-secret-large-0123456789")
+    monkeypatch.setenv("SOME_TOKEN", "tok-secret-0123456789")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-0123456789")
+    monkeypatch.setenv(PASSWORDS_ENV, '{"*.pdf": "pw-secret-0123456789"}')
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    shutdown()  # idle workers started before the secrets were set would not show them
+    seen = run_isolated(environment, seconds=60, memory_mb=512)
+    leaked = [k for k, v in seen.items() if "secret" in v]
+    assert not leaked, leaked
+    assert not {"SLUICEGATE_LARGE_API_KEY", "SOME_TOKEN", "AWS_SECRET_ACCESS_KEY", PASSWORDS_ENV} & seen.keys()
+    # What it needs is still there: programs (tesseract) on PATH, the locale, one OCR thread.
+    assert seen["PATH"] == os.environ["PATH"] and seen["LC_ALL"] == "C.UTF-8" and seen["OMP_THREAD_LIMIT"] == "1"

@@ -14,6 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from pydantic import ValidationError
 
 from processors import privacy
 from processors.ingest import ingest
@@ -79,7 +80,7 @@ class FakeEndpoint:
     (status, dict | bytes[, headers]) or "drop" (close the connection without an answer, as a dying server)
     or ("sleep", seconds, answer)."""
 
-    def __init__(self, behave):
+    def __init__(self, behave, host: str = "127.0.0.1"):
         self.bodies: list[dict] = []
         self.headers: list[dict] = []
         self.behave = behave
@@ -114,9 +115,9 @@ class FakeEndpoint:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def close(self):
@@ -129,8 +130,8 @@ def fake(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     started = []
 
-    def make(behave) -> FakeEndpoint:
-        started.append(FakeEndpoint(behave))
+    def make(behave, host: str = "127.0.0.1") -> FakeEndpoint:
+        started.append(FakeEndpoint(behave, host))
         return started[-1]
 
     yield make
@@ -417,3 +418,116 @@ def test_parse_response_reads_both_layouts_and_rejects_non_completions():
         with pytest.raises((ValueError, KeyError, TypeError)):
             parse_response(bad)
 
+
+
+# -- the key never leaks, in any form ---------------------------------------------------------------
+
+def leaked(text: str | None, key: str) -> list[str]:
+    """Every 8-character piece of the key (stripped) found in `text`: a whole, escaped or cut-off key shows
+    at least one."""
+    key = key.strip()
+    return sorted({key[i:i + 8] for i in range(len(key) - 7) if key[i:i + 8] in (text or "")})
+
+
+def test_fake_endpoint_key_with_a_trailing_newline_is_sent_stripped_and_never_shown(fake, monkeypatch, caplog):
+    """A key file's trailing newline made httpx fail with `Illegal header value b'Bearer sk-...\\n'`; the
+    escaped key got past the scrubber into the error (escalation_reasons) and the retry log lines."""
+    monkeypatch.setenv(KEY_ENV, KEY + "\n")
+    endpoint = fake(lambda n, body: OK)
+    with caplog.at_level(logging.DEBUG):
+        runtime = HttpRuntime(http_tier(endpoint.url))
+        [c] = runtime.complete(["x"], max_tokens=1, top_logprobs=3)
+        runtime.close()
+    assert not leaked(c.error, KEY) and not leaked(caplog.text, KEY), (c.error, leaked(caplog.text, KEY))
+    assert c.error is None and endpoint.headers[0]["Authorization"] == f"Bearer {KEY}"
+    assert f"API key in {KEY_ENV} has surrounding whitespace" in caplog.text
+
+
+def test_fake_endpoint_key_with_a_line_break_inside_is_a_config_error_without_the_key(fake, monkeypatch, caplog):
+    broken = KEY[:12] + "\n" + KEY[12:]
+    monkeypatch.setenv(KEY_ENV, broken)
+    endpoint = fake(lambda n, body: OK)
+    with caplog.at_level(logging.DEBUG):
+        runtime = HttpRuntime(http_tier(endpoint.url))
+        [c] = runtime.complete(["x"], max_tokens=1)
+        runtime.close()
+    for piece in (broken, KEY[12:]):
+        assert not leaked(c.error, piece) and not leaked(caplog.text, piece), c.error
+    assert c.error.startswith(f"API key in environment variable {KEY_ENV} has characters an HTTP header cannot")
+    assert endpoint.bodies == []  # never sent
+
+
+@pytest.mark.parametrize("answer", [
+    (500, {"error": {"message": "x" * 175 + f" invalid key {KEY} for this model"}}),  # cut at 200 mid-key
+    (200, b"<html>" + b"x" * 100 + KEY.encode() + b"</html>"),  # garbage body, cut at 120 mid-key
+], ids=["error_detail", "garbage_body"])
+def test_fake_endpoint_echoing_the_key_is_scrubbed_before_the_message_is_cut(fake, caplog, answer):
+    endpoint = fake(lambda n, body: answer)
+    with caplog.at_level(logging.DEBUG):
+        runtime = HttpRuntime(http_tier(endpoint.url, max_retries=1))
+        [c] = runtime.complete(["x"], max_tokens=1)
+        runtime.close()
+    assert not leaked(c.error, KEY) and not leaked(caplog.text, KEY), (c.error, leaked(caplog.text, KEY))
+    assert "***" in c.error and "retry 1/1" in caplog.text  # scrubbed, and the retry line was logged
+
+
+def test_unexpected_failure_logs_a_scrubbed_traceback(monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    runtime = HttpRuntime(http_tier(f"http://127.0.0.1:{free_port()}"))
+
+    def broken_post(*args, **kwargs):
+        raise RuntimeError(f"client state corrupted near Bearer {KEY}")
+
+    monkeypatch.setattr(runtime._client, "post", broken_post)
+    with caplog.at_level(logging.DEBUG):
+        [c] = runtime.complete(["x"], max_tokens=1)
+    runtime.close()
+    assert c.error.startswith("http runtime error: RuntimeError") and "Traceback" in caplog.text
+    assert not leaked(c.error, KEY) and not leaked(caplog.text, KEY)
+
+
+# -- no key in clear text over the network ----------------------------------------------------------
+
+def non_loopback_address() -> str:
+    """This machine's address on its default route (no packet is sent), or skip."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            address = s.getsockname()[0]
+        except OSError:
+            address = "127.0.0.1"
+    if address.startswith("127."):
+        pytest.skip("no non-loopback IPv4 address on this machine")
+    return address
+
+
+def test_fake_endpoint_plain_http_off_loopback_gets_no_key_unless_allow_insecure(fake, monkeypatch, caplog):
+    monkeypatch.setenv("NO_PROXY", "*")  # the request must go straight to the fake endpoint
+    address = non_loopback_address()
+    endpoint = fake(lambda n, body: OK, host=address)
+    # Refused when the configuration is loaded ...
+    with pytest.raises(ValidationError, match=f"refusing to send the API key in clear text to {address}"):
+        http_tier(endpoint.url)
+    with pytest.raises(ValidationError, match="allow_insecure"):
+        TierModel(runtime="http", model="m", endpoint=endpoint.url, api_key_secret="large-key")
+    # ... and by the runtime, for a tier that skipped validation (model_copy): nothing is sent.
+    with caplog.at_level(logging.DEBUG):
+        runtime = HttpRuntime(http_tier("http://127.0.0.1:9").model_copy(update={"endpoint": endpoint.url}))
+        [c] = runtime.complete(["x"], max_tokens=1)
+        runtime.close()
+    assert c.error.startswith(f"refusing to send the API key in clear text to {address}") and endpoint.bodies == []
+    assert not leaked(c.error, KEY) and not leaked(caplog.text, KEY)
+    # Without a key there is nothing to protect; with allow_insecure the operator accepted the risk.
+    for tier in (http_tier(endpoint.url, api_key_env=None), http_tier(endpoint.url, allow_insecure=True)):
+        runtime = HttpRuntime(tier)
+        [c] = runtime.complete(["x"], max_tokens=1)
+        runtime.close()
+        assert c.error is None
+    assert "Authorization" not in endpoint.headers[0] and endpoint.headers[1]["Authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("endpoint", ["https://api.example.com/v1", "http://127.0.0.1:8080", "http://127.8.9.10",
+                                      "http://localhost:8080/v1", "http://[::1]:8080"])
+def test_https_and_loopback_endpoints_take_a_key(endpoint):
+    assert http_tier(endpoint).api_key_env == KEY_ENV
+    assert TierModel(runtime="http", model="m", endpoint=endpoint, api_key_secret="large-key").api_key_secret
