@@ -14,7 +14,8 @@ from flows.settings import PROGRESS_LOGGER
 
 @flow(name="backfill", log_prints=True)
 def backfill(start: date, end: date, sources: list[Source] | None = None, reprocess: bool = False,
-             config_path: str | None = None, inbox: str | None = None, out: str | None = None) -> dict:
+             config_path: str | None = None, inbox: str | None = None, out: str | None = None,
+             prune_missing: bool = False) -> dict:
     """Runs `nightly` for every date from start to end (inclusive), in order.
 
     Each date runs under its own lock, so a date is never written by two runs at once, whichever
@@ -29,6 +30,7 @@ def backfill(start: date, end: date, sources: list[Source] | None = None, reproc
         config_path: TOML configuration file. None: ./sluicegate.toml, else the bundled one.
         inbox: Input root (local path or fsspec URL). None: the configuration's.
         out: Output root (a local folder). None: the configuration's.
+        prune_missing: Drop the rows of inputs no longer in the inbox (deleted or moved files). Off: kept.
     """
     logger = get_run_logger()
     progress = logging.getLogger(PROGRESS_LOGGER)
@@ -39,17 +41,18 @@ def backfill(start: date, end: date, sources: list[Source] | None = None, reproc
     for i, day in enumerate(days, 1):
         progress.info("backfill: %s (%d of %d)", day, i, len(days))
         state = nightly(run_date=day, sources=sources, reprocess=reprocess, inbox=inbox, out=out,
-                        config_path=config_path, return_state=True)
+                        config_path=config_path, prune_missing=prune_missing, return_state=True)
         if state.is_completed():
             s = state.result()
             outcomes.append({"date": day.isoformat(), "state": "completed", "inputs": s["n_inputs"],
                              "results": s["n_results"], "errors": s["n_errors"], "skipped": s["n_skipped"],
-                             "message": ""})
+                             "kept_unseen": s["n_unseen_kept"], "pruned": s["n_pruned"], "message": ""})
         else:
             logger.error("date %s failed: %s", day, state.message)
             progress.info("backfill: %s failed: %s", day, state.message)
             outcomes.append({"date": day.isoformat(), "state": state.type.value.lower(), "inputs": None,
-                             "results": None, "errors": None, "skipped": None, "message": state.message or ""})
+                             "results": None, "errors": None, "skipped": None, "kept_unseen": None,
+                             "pruned": None, "message": state.message or ""})
     create_table_artifact(key="backfill", table=outcomes, description=f"sluicegate backfill {start} .. {end}")
     failed = [o["date"] for o in outcomes if o["state"] != "completed"]
     progress.info("backfill: %d of %d dates completed", len(days) - len(failed), len(days))

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", help="TOML configuration (default: ./sluicegate.toml, else the bundled one)")
     run.add_argument("--sources", nargs="+", choices=["tickets", "pdf"], help="default: all configured")
     run.add_argument("--reprocess", action="store_true", help="recompute inputs already done with this version")
+    run.add_argument("--prune-missing", action="store_true",
+                     help="drop the rows of inputs no longer in the inbox (default: keep them, and count them)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     # Crash tests only (tests/robustness/test_crash.py): '<stage>[:<n>]', the run kills itself there. Hidden.
     run.add_argument("--test-kill-at", metavar="STAGE[:N]", help=argparse.SUPPRESS)
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--end", type=_parse_date, required=True)
     fill.add_argument("--sources", nargs="+", choices=["tickets", "pdf"])
     fill.add_argument("--reprocess", action="store_true")
+    fill.add_argument("--prune-missing", action="store_true", help="as for run")
     fill.add_argument("--inbox")
     fill.add_argument("--out")
     fill.add_argument("--config")
@@ -83,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     apply_defaults()
     # Prefect is imported only after the environment defaults are set.
     from flows.nightly import resolve_config
+    from schemas.config import local_output_root
 
     try:
         resolve_config(args.config)  # a bad configuration fails here, before any flow run starts
+        if args.command in ("run", "backfill") and args.out:
+            local_output_root(args.out)  # as is an object-store --out (the flow checks it too)
         if args.command in ("run", "backfill"):
             progress_to_stderr()  # per-stage lines; runs under `serve` log to Prefect only
         if args.command == "serve":
@@ -117,15 +123,18 @@ def main(argv: list[str] | None = None) -> int:
             from flows.backfill import backfill
 
             summary = backfill(start=args.start, end=args.end, sources=args.sources, reprocess=args.reprocess,
-                               inbox=args.inbox, out=args.out, config_path=args.config)
+                               inbox=args.inbox, out=args.out, config_path=args.config,
+                               prune_missing=args.prune_missing)
             for o in summary["outcomes"]:
                 print(f"{o['date']}: {o['state']}  inputs {o['inputs']} = results {o['results']} + errors "
-                      f"{o['errors']} (skipped {o['skipped']})")
+                      f"{o['errors']} (skipped {o['skipped']}, not in the inbox: kept {o['kept_unseen']}, "
+                      f"pruned {o['pruned']})")
             return 0
         from flows.nightly import nightly
 
         summary = nightly(run_date=args.date, sources=args.sources, reprocess=args.reprocess, inbox=args.inbox,
-                          out=args.out, config_path=args.config, test_kill_at=args.test_kill_at)
+                          out=args.out, config_path=args.config, prune_missing=args.prune_missing,
+                          test_kill_at=args.test_kill_at)
     except Exception as e:  # noqa: BLE001 - report, do not dump a traceback on the operator
         print(f"sluicegate: {args.command} failed: {e}", file=sys.stderr)
         return 1
@@ -138,9 +147,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_summary(s: dict) -> None:
     print(f"\nsluicegate run {s['run_id']}  ({s['seconds']} s)")
-    print(f"  inputs {s['n_inputs']} = results {s['n_results']} + errors {s['n_errors']}"
+    unseen = f" + {s['n_unseen_kept']} not in the inbox now" if s.get("n_unseen_kept") else ""
+    print(f"  inputs {s['n_inputs']}{unseen} = results {s['n_results']} + errors {s['n_errors']}"
           f"  [{'ok' if s['invariant_ok'] else 'INVARIANT FAILED'}]"
           + (f"  ({s['n_skipped']} already done, kept)" if s.get("n_skipped") else ""))
+    if s.get("n_unseen_kept"):
+        print(f"  {s['n_unseen_kept']} inputs with rows for this date are no longer in the inbox: their rows were"
+              " kept (--prune-missing drops them)")
+    if s.get("n_pruned"):
+        print(f"  {s['n_pruned']} inputs no longer in the inbox: their rows were dropped (--prune-missing)")
     print(f"  decided by: {', '.join(f'{k} {v}' for k, v in sorted(s['decided_by'].items()))}")
     print(f"  escalation rate: {', '.join(f'{k} {v:.0%}' for k, v in s['escalation_rate'].items())}")
     if s["errors_by_reason"]:

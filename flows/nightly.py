@@ -21,10 +21,12 @@ from prefect.artifacts import create_markdown_artifact
 from flows.locks import date_lock
 from flows.settings import PROGRESS_LOGGER, beam_logs_in_run
 from processors.faults import FaultPlan, checkpoint
+from processors.ingest.pdf import passwords_from_env
+from processors.ingest.read import printable_uri
 from processors.models import tier_version
 from processors.pipeline import RunSpec, run_pipeline
-from processors.sinks import TASK_VERSIONS, partition_path, read_table, write_partition
-from schemas.config import Config, load_config
+from processors.sinks import TASK_VERSIONS, partition_path, read_table, recover, write_partition
+from schemas.config import Config, load_config, local_output_root
 from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
 from schemas.versions import with_model_version
 
@@ -129,6 +131,23 @@ def done_inputs(out_root: str, run_date: str, sources: list[str], key: str) -> f
     return frozenset(zip(done["uri"].to_list(), done["doc_id"].to_list(), strict=True))
 
 
+def unseen_inputs(out_root: str, run_date: str, sources: list[str], inputs: list[tuple[str, str]]
+                  ) -> frozenset[tuple[str, str]]:
+    """(source, uri) of every input with rows in the date's tables (results, errors, manifest) that is not
+    among this run's inputs: a file deleted or moved since, or an inbox that is empty or not mounted.
+    A ticket's uri is its file's plus '#L<line>' or '#R<row>'."""
+    files = {printable_uri(uri) for uri, _ in inputs}
+    unseen: set[tuple[str, str]] = set()
+    for table in ("results", "errors", "manifest"):
+        frame = read_table(out_root, table, [run_date], sources)
+        if frame.is_empty():
+            continue
+        for uri, source in frame.select("uri", "source").unique().iter_rows():
+            if uri not in files and uri.rsplit("#", 1)[0] not in files:
+                unseen.add((source, uri))
+    return frozenset(unseen)
+
+
 def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> dict[str, dict[str, float]]:
     """Escalation and review rates per task (and for fields), from the tables as written."""
     escalation, review = {}, {}
@@ -149,7 +168,7 @@ def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> di
 @flow(name="nightly", log_prints=True)
 def nightly(run_date: date | None = None, sources: list[Source] | None = None, reprocess: bool = False,
             inbox: str | None = None, out: str | None = None, config_path: str | None = None,
-            runner: str = "FnApiRunner", test_kill_at: str | None = None) -> dict:
+            runner: str = "FnApiRunner", prune_missing: bool = False, test_kill_at: str | None = None) -> dict:
     """Processes one date's documents.
 
     Args:
@@ -161,6 +180,8 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
         out: Output root (a local folder). None: the configuration's.
         config_path: TOML configuration file. None: ./sluicegate.toml, else the bundled one.
         runner: Beam runner (FnApiRunner runs in-process).
+        prune_missing: Drop the rows of inputs that have rows for this date but are no longer in the inbox
+            (deleted or moved files). Off: their rows are kept, and the summary counts them.
         test_kill_at: Crash tests only (leave empty): '<stage>[:<n>]', the run SIGKILLs itself the n-th
             time it reaches that stage (ingest, inference, write, finish); see processors/faults.py.
     """
@@ -168,17 +189,25 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
     faults = FaultPlan.parse(test_kill_at) if test_kill_at else None
     config, config_file = resolve_config(config_path, load_secrets=True)
     day = (run_date or yesterday(config.schedule.timezone)).isoformat()
-    out_root = out or config.output.root
+    out_root = local_output_root(out) if out else config.output.root  # s3://... is refused, not a folder "s3:"
     unknown = set(sources or []) - set(config.inputs.sources)
     if unknown:
         raise ValueError(f"sources {sorted(unknown)} are not configured (configured: {config.inputs.sources})")
+    sources = list(sources or config.inputs.sources)
+    if "pdf" in sources:
+        passwords_from_env()  # a malformed SLUICEGATE_PDF_PASSWORDS fails the run here, not each PDF
+    inbox = inbox or config.inputs.inbox
+    fs, root = fsspec.core.url_to_fs(inbox)
+    if not fs.isdir(root):  # a mistyped --inbox or an unmounted share: never a "0 inputs" night
+        raise FileNotFoundError(f"inbox {inbox} does not exist or is not a folder")
     with date_lock(out_root, day):  # one writer per date, whatever started the run
-        return _run_date(day, list(sources or config.inputs.sources), reprocess, inbox or config.inputs.inbox,
-                         out_root, config, config_file, runner, logger, faults)
+        return _run_date(day, sources, reprocess, inbox, out_root, config, config_file, runner, logger, faults,
+                         prune_missing)
 
 
 def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_root: str, config: Config,
-              config_file: str, runner: str, logger: logging.Logger, faults: FaultPlan | None = None) -> dict:
+              config_file: str, runner: str, logger: logging.Logger, faults: FaultPlan | None = None,
+              prune_missing: bool = False) -> dict:
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     run_id = f"{day}-{started.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -186,8 +215,15 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     logger.info("run %s: config %s, inbox %s, out %s, sources %s, reprocess %s", run_id, config_file, inbox,
                 out_root, sources, reprocess)
 
+    recovered = recover(out_root, day)  # a run killed while renaming its files: finish what it started
+    if recovered:
+        logger.warning("finished the commit of a run of %s that was killed: %d files renamed", day, recovered)
     inputs = discover(inbox, sources, day)
     done = frozenset() if reprocess else done_inputs(out_root, day, sources, key)
+    unseen = unseen_inputs(out_root, day, sources, inputs)
+    if unseen:
+        logger.warning("%d inputs with rows for %s are not in the inbox now: their rows are %s", len(unseen), day,
+                       "dropped (prune_missing)" if prune_missing else "kept (prune_missing drops them)")
     t_discover = time.perf_counter()
     progress = logging.getLogger(PROGRESS_LOGGER)
     per_source = ", ".join(f"{s} {sum(1 for _, src in inputs if src == s)}" for s in sources)
@@ -197,6 +233,7 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     spec = RunSpec(run_id=run_id, run_date=day, inputs=inputs, sources=sources, config=config,
                    config_hash=config_hash(config), out_root=out_root, version_key=key, done=done,
                    inbox=inbox,  # inputs that resolve outside it are outside_root errors, never read
+                   unseen=frozenset() if prune_missing else unseen,
                    faults=faults)  # crash tests only: the graph's kill checkpoints
     counters = run_beam(spec, runner)
     checkpoint(spec.faults, "finish")  # crash tests only: tables written, runs row not yet
@@ -210,9 +247,14 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     n_inputs = int(counters.get("inputs", 0))
     accounted = set(results["uri"].to_list() if len(results) else []) | set(
         errors["uri"].to_list() if len(errors) else [])
-    missing_files = [uri for uri, _ in inputs
+    unseen_uris = {uri for _, uri in unseen}
+    n_unseen = len(accounted & unseen_uris)  # rows kept for inputs this run did not see (0 when pruned)
+    n_pruned = sum(1 for _, uri in unseen if uri not in accounted) if prune_missing else 0
+    seen_files = [printable_uri(uri) for uri, _ in inputs]
+    missing_files = [uri for uri in seen_files
                      if uri not in accounted and not any(a.startswith(uri + "#") for a in accounted)]
-    invariant_ok = n_inputs == len(results) + len(errors) and not missing_files and len(accounted) == n_inputs
+    invariant_ok = (n_inputs + n_unseen == len(results) + len(errors) and not missing_files
+                    and len(accounted) == n_inputs + n_unseen)
 
     rates = summarize(results, fields, config)
     tokens, cost = {}, {}
@@ -230,9 +272,11 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     run_row = dict(
         run_id=run_id, schema_version=SCHEMA_VERSION, started_at=started, finished_at=datetime.now(UTC),
         sources=sources, n_inputs=n_inputs, n_results=len(results), n_errors=len(errors),
-        n_skipped=int(counters.get("skipped", 0)), invariant_ok=invariant_ok,
+        n_skipped=int(counters.get("skipped", 0)), n_unseen_kept=n_unseen, n_pruned=n_pruned,
+        invariant_ok=invariant_ok,
         parameters={"run_date": day, "inbox": inbox, "out": out_root, "config": config_file, "runner": runner,
-                    "sources": ",".join(sources), "reprocess": str(reprocess).lower(), "version_key": key},
+                    "sources": ",".join(sources), "reprocess": str(reprocess).lower(),
+                    "prune_missing": str(prune_missing).lower(), "version_key": key},
         escalation_rate=rates["escalation"], review_rate=rates["review"], tokens=tokens, estimated_cost=cost,
         model_versions=versions, code_version=code_version(), config_hash=spec.config_hash, timings=timings,
         docs_per_second_small=(len(results) / small_seconds) if small_seconds else None,
@@ -242,7 +286,8 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
 
     summary = {
         "run_id": run_id, "run_date": day, "n_inputs": n_inputs, "n_results": len(results),
-        "n_errors": len(errors), "n_skipped": run_row["n_skipped"], "invariant_ok": invariant_ok,
+        "n_errors": len(errors), "n_skipped": run_row["n_skipped"], "n_unseen_kept": n_unseen,
+        "n_pruned": n_pruned, "invariant_ok": invariant_ok,
         "escalation_rate": rates["escalation"], "review_rate": rates["review"], "tokens": tokens,
         "estimated_cost": cost, "seconds": round(timings["total"], 1),
         "errors_by_reason": dict(errors.group_by("reason").len().iter_rows()) if len(errors) else {},
@@ -251,11 +296,11 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     }
     create_markdown_artifact(key=f"nightly-{day}", markdown=_markdown(summary),
                              description=f"sluicegate nightly {day}")
-    progress.info("check: %s (inputs %d = results %d + errors %d)", "ok" if invariant_ok else "FAILED", n_inputs,
-                  len(results), len(errors))
+    progress.info("check: %s (inputs %d + not seen, kept %d = results %d + errors %d; pruned %d)",
+                  "ok" if invariant_ok else "FAILED", n_inputs, n_unseen, len(results), len(errors), n_pruned)
     if not invariant_ok:
-        raise RuntimeError(f"invariant failed: {n_inputs} inputs != {len(results)} results + {len(errors)} errors;"
-                           f" files with no row: {missing_files[:5]}")
+        raise RuntimeError(f"invariant failed: {n_inputs} inputs + {n_unseen} not seen, kept != {len(results)} "
+                           f"results + {len(errors)} errors; files with no row: {missing_files[:5]}")
     return summary
 
 
@@ -272,7 +317,8 @@ def _stage_lines(progress: logging.Logger, counters: dict[str, int]) -> None:
 def _markdown(s: dict) -> str:
     lines = [f"# sluicegate nightly {s['run_date']}", "", f"run `{s['run_id']}`", "",
              "| metric | value |", "|---|---|"]
-    for name in ("n_inputs", "n_results", "n_errors", "n_skipped", "invariant_ok", "seconds", "docs_per_second_small"):
+    for name in ("n_inputs", "n_results", "n_errors", "n_skipped", "n_unseen_kept", "n_pruned", "invariant_ok",
+                 "seconds", "docs_per_second_small"):
         lines.append(f"| {name} | {s[name]} |")
     for name in ("escalation_rate", "review_rate", "tokens", "estimated_cost", "errors_by_reason", "decided_by"):
         for k, v in s[name].items():

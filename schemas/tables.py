@@ -114,6 +114,9 @@ RUNS_SCHEMA = pa.schema(
         pa.field("n_results", pa.int64(), nullable=False),
         pa.field("n_errors", pa.int64(), nullable=False),
         pa.field("n_skipped", pa.int64()),  # inputs already done with this version: rows kept as they were
+        # inputs with rows for the date that the run did not see (deleted or moved files): rows kept
+        pa.field("n_unseen_kept", pa.int64()),
+        pa.field("n_pruned", pa.int64()),  # such inputs whose rows the run dropped (prune_missing)
         pa.field("invariant_ok", pa.bool_(), nullable=False),
         pa.field("parameters", pa.map_(pa.string(), pa.string())),
         pa.field("escalation_rate", pa.map_(pa.string(), pa.float64())),  # task -> share escalated

@@ -66,3 +66,10 @@ def test_backfill_prints_per_stage_progress_lines(tmp_path):
         assert any(re.fullmatch(pattern, line) for line in remaining), (pattern, progress)
     assert "2026-11-05: completed  inputs 3 = results 2 + errors 1" in done.stdout
     assert "discover:" not in done.stdout
+
+
+def test_an_object_store_out_is_refused_not_written_to_a_local_folder(tmp_path):
+    done = subprocess.run([SLUICEGATE, "run", "--date", "2026-11-20", "--out", "s3://bucket/sluicegate"],
+                          capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode == 1 and "s3://" in done.stderr, done.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []  # no folder named "s3:"
