@@ -21,7 +21,7 @@ from processors.evaluate import evaluate
 from processors.linear import LinearLabeler
 from processors.tasks.label import label_metrics
 from schemas.config import load_config
-from schemas.versions import apply_version, resolve
+from schemas.versions import apply_version, resolve, version_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -41,7 +41,7 @@ def _linear_rows(folder: Path, version, examples) -> dict[str, dict[str, float]]
         labelled = [ex for ex in examples if task in ex.labels]
         if not labelled or task not in tasks:
             continue
-        labeler = LinearLabeler.load(folder / tier0.path)
+        labeler = LinearLabeler.load(version_file(folder, version, f"linear.{task}.path", tier0.path))
         started = time.perf_counter()
         pred = [p.label for p in labeler.predict(tasks[task], [ex.text for ex in labelled])]
         seconds = time.perf_counter() - started

@@ -1,7 +1,9 @@
 """Model versions and the registry that names the promoted one.
 
 A version is a folder `<registry>/versions/<id>/` holding `version.json` (this module's ModelVersion),
-the LoRA adapter (`adapter.gguf`), and tier-0 linear models (`linear-<task>.joblib`) when kept.
+the LoRA adapter (`adapter.gguf`), and tier-0 linear models (`linear-<task>.json`) when kept. The
+file names in `version.json` must stay inside the folder (version_file): a version cannot point a
+run at any other file.
 `<registry>/registry.json` names the promoted version and keeps the promotion history. The nightly
 run applies the promoted (or pinned) version to its configuration and writes the version id into
 every output row, so every answer can be traced to the adapter, label sets, calibration and
@@ -56,7 +58,23 @@ def read_registry(root: str | Path) -> Registry:
 
 
 def version_dir(root: str | Path, version_id: str) -> Path:
+    # the id comes from registry.json or the configuration: a plain folder name, never a path
+    if version_id in ("", ".", "..") or Path(version_id).name != version_id:
+        raise ValueError(f"model version id {version_id!r} is not a plain folder name")
     return Path(root) / "versions" / version_id
+
+
+def version_file(folder: Path, version: ModelVersion, field: str, name: str) -> Path:
+    """folder / name, refused unless it stays inside the version's folder: no absolute path, no `..`,
+    no symlink that resolves outside. `field` names where the name came from, for the error."""
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ValueError(f"model version {version.id!r}: {field} {name!r} must be a file name inside its folder")
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ValueError(f"model version {version.id!r}: {field} {name!r} resolves outside its folder "
+                         f"(to {path.resolve()})")
+    return path
 
 
 def read_version(root: str | Path, version_id: str) -> ModelVersion:
@@ -115,7 +133,7 @@ def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config
     """
     config = config.model_copy(deep=True)
     config.small.model = version.base_model
-    config.small.adapter = str(folder / version.adapter) if version.adapter else None
+    config.small.adapter = str(version_file(folder, version, "adapter", version.adapter)) if version.adapter else None
     config.small.prompt_style = version.prompt_style
     config.small.contextual_calibration = version.contextual_calibration
     configured = {t.name: t for t in config.tasks}
@@ -130,7 +148,8 @@ def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config
     config.fields.update({source: [f.model_copy() for f in specs] for source, specs in version.fields.items()})
     config.thresholds.update({k: v.model_copy() for k, v in version.thresholds.items()})
     config.calibration.update({k: v.model_copy() for k, v in version.calibration.items()})
-    config.linear = {task: LinearTier(path=str(folder / tier.path), threshold=tier.threshold)
+    config.linear = {task: LinearTier(path=str(version_file(folder, version, f"linear.{task}.path", tier.path)),
+                                      threshold=tier.threshold)
                      for task, tier in version.linear.items()}
     config.models.active = version.id
     return config

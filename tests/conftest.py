@@ -77,6 +77,6 @@ def linear_category(tmp_path_factory):
 
     train = sample(load_examples(SHARED_DATA / "tickets/bitext/train.csv"), 800, stratify="category")
     labeler = LinearLabeler.fit([e.text for e in train], [e.labels["category"] for e in train])
-    path = tmp_path_factory.mktemp("tier0") / "linear-category.joblib"
+    path = tmp_path_factory.mktemp("tier0") / "linear-category.json"
     labeler.save(path)
     return LinearLabeler.load(path), path

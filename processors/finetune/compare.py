@@ -17,7 +17,7 @@ from processors.datasets import LabelledExample
 from processors.evaluate import ALL_FIELDS, Evaluation, Summary, cascade_at_thresholds, evaluate, outcomes_by_task
 from processors.routing import FIELDS_KEY
 from schemas.config import Config
-from schemas.versions import ModelVersion, apply_version, resolve
+from schemas.versions import ModelVersion, apply_version, resolve, version_file
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _linear_decisions(ev: Evaluation, version: ModelVersion, folder: Path, held:
         frame = cascade_at_thresholds(groups[task], task, ev).filter(pl.col("cascade_correct").is_not_null())
         if frame.is_empty():
             continue
-        labeler = LinearLabeler.load(folder / tier0.path)
+        labeler = LinearLabeler.load(version_file(folder, version, f"linear.{task}.path", tier0.path))
         # as at run time: the labeler's answer over the task's label set
         preds = labeler.predict(label_tasks[task], [texts[i] for i in frame["example_id"].to_list()])
         conf = [p.confidence for p in preds]

@@ -188,7 +188,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     version.thresholds = result.get("thresholds", {})
     version.linear = {t: LinearTier(path=tier.path, threshold=result["linear_kept"][t])
                       for t, tier in version.linear.items() if t in result.get("linear_kept", {})}
-    for task in list((folder).glob("linear-*.joblib")):
+    for task in list((folder).glob("linear-*.json")):
         if task.stem.removeprefix("linear-") not in version.linear:
             task.unlink()
     version.training["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -209,7 +209,7 @@ def _fit_linear(version: ModelVersion, folder: Path, train: list[LabelledExample
         if len({label for _, label in rows}) < 2:
             continue
         labeler = LinearLabeler.fit([t for t, _ in rows], [lab for _, lab in rows])
-        path = folder / f"linear-{task.name}.joblib"
+        path = folder / f"linear-{task.name}.json"
         labeler.save(path)
         version.linear[task.name] = LinearTier(path=path.name, threshold=1.01)  # kept or not after evaluation
 

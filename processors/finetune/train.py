@@ -151,13 +151,13 @@ def train_lora(model, tokenizer, pairs: list[Pair], options: TrainOptions, workd
     finished = workdir / f"adapter-{fingerprint}.pt"
     start_step, losses = 0, []
     if finished.exists():  # the same data and options were trained to the end before: reuse
-        state = torch.load(finished, weights_only=False)
+        state = _load_state(finished)
         _load_lora_state(peft_model, state["lora"])
         peft_model.eval()
         log.info("reusing the finished adapter %s", finished.name)
         return peft_model, TrainReport(**state["report"])
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = _load_state(checkpoint)
         if state.get("fingerprint") == fingerprint:
             _load_lora_state(peft_model, state["lora"])
             optimizer.load_state_dict(state["optimizer"])
@@ -212,6 +212,12 @@ def _load_lora_state(peft_model, state: dict[str, torch.Tensor]) -> None:
     missing = peft_model.load_state_dict(state, strict=False)
     if any("lora_" in k for k in missing.missing_keys):
         raise ValueError("checkpoint does not match the adapter's layout")
+
+
+def _load_state(path: Path) -> dict:
+    # weights_only: tensors and plain containers only, so a planted or corrupted .pt file cannot run
+    # code; everything _save_checkpoint and the finished adapter hold is of those types.
+    return torch.load(path, weights_only=True)
 
 
 def _save_checkpoint(path: Path, peft_model, optimizer, scheduler, step: int, losses: list[float],

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
 from processors.datasets import load_examples
+from processors.linear import LinearLabeler
 from processors.tiers import LoadedTier, apply_route, predict
 from schemas.config import LinearTier
 from schemas.records import Document
@@ -35,3 +44,60 @@ def test_confident_items_skip_the_small_model(config, small_runtime, linear_cate
     assert docs[0].labels["category"].label == "ORDER"
     assert docs[1].labels["category"].tier == "small"  # went on to the language model
     assert docs[0].labels["sentiment"].tier == "small"  # no tier 0 for sentiment
+
+
+_TEXTS = ["cancel my order please", "where is my refund", "I want to cancel the order 123",
+          "refund not received yet", "change my delivery address", "update the shipping address",
+          "cancel order now", "money back for the refund", "new address for delivery"]
+_LABELS = ["ORDER", "REFUND", "ORDER", "REFUND", "ADDRESS", "ADDRESS", "ORDER", "REFUND", "ADDRESS"]
+
+
+@pytest.mark.parametrize("labels", [_LABELS, [lab if lab == "ORDER" else "OTHER" for lab in _LABELS]],
+                         ids=["three-labels", "two-labels"])
+def test_saves_as_plain_json_and_loads_to_the_same_probabilities(tmp_path, labels):
+    fitted = LinearLabeler.fit(_TEXTS, labels)
+    path = tmp_path / "linear-category.json"
+    fitted.save(path)
+    stored = json.loads(path.read_text(encoding="utf-8"))  # plain JSON: numbers and strings only
+    assert stored["format"] == "sluicegate.linear.v2" and stored["labels"] == sorted(set(labels))
+    loaded = LinearLabeler.load(path)
+    texts = _TEXTS + ["cancel the refund for my new address", "zzzz", ""]
+    assert loaded.labels == fitted.labels
+    for want, got in zip(fitted.predict_proba(texts), loaded.predict_proba(texts), strict=True):
+        assert got == pytest.approx(want, abs=1e-9)
+
+
+class _RunsCode:
+    """Unpickling this creates a folder: proof that loading ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_pickled_model_is_refused_and_never_unpickled(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "linear-category.joblib"
+    path.write_bytes(pickle.dumps(_RunsCode(marker)))  # the old format was joblib's pickle: any pickle loaded
+    with pytest.raises(ValueError, match="refused because loading them can run code"):
+        LinearLabeler.load(path)
+    assert not marker.exists()
+
+
+def test_a_json_model_carrying_a_pickle_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "linear-category.json"
+    LinearLabeler.fit(_TEXTS, _LABELS).save(path)
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored["pipeline"] = base64.b64encode(pickle.dumps(_RunsCode(marker))).decode()
+    path.write_text(json.dumps(stored), encoding="utf-8")
+    with pytest.raises(ValueError, match="not a valid tier-0 model"):
+        LinearLabeler.load(path)
+    stored.pop("pipeline")
+    stored["coef"] = stored["coef"][:1]  # a shape that does not fit its labels
+    path.write_text(json.dumps(stored), encoding="utf-8")
+    with pytest.raises(ValueError, match="coef/intercept do not fit"):
+        LinearLabeler.load(path)
+    assert not marker.exists()

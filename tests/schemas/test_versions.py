@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from schemas.config import LabelTask, LinearTier, TaskCalibration, Thresholds, load_config
@@ -26,7 +29,7 @@ def test_the_promoted_version_is_applied_at_load(tmp_path):
                LabelTask(name="intent", labels=["cancel_order", "get_refund"], question="Want?")],
         thresholds={"category": Thresholds(small=0.8, large=0.3)},
         calibration={"small:category": TaskCalibration(method="temperature", temperature=1.7)},
-        linear={"intent": LinearTier(path="linear-intent.joblib", threshold=0.9)},
+        linear={"intent": LinearTier(path="linear-intent.json", threshold=0.9)},
     )
     folder = write_version(registry, v1)
     (folder / "adapter.gguf").write_bytes(b"not used here")
@@ -42,7 +45,7 @@ def test_the_promoted_version_is_applied_at_load(tmp_path):
     assert [t.name for t in config.tasks] == ["category", "intent", "sentiment"]  # intent learned, sentiment kept
     assert config.thresholds_for("category").small == 0.8
     assert config.calibration["small:category"].temperature == 1.7
-    assert config.linear["intent"].path == str(folder / "linear-intent.joblib")
+    assert config.linear["intent"].path == str(folder / "linear-intent.json")
     base = load_config(path)  # the file alone
     assert base.models.active is None and base.small.adapter is None
 
@@ -59,3 +62,43 @@ def test_a_pinned_version_wins_and_a_missing_one_is_an_error(tmp_path):
         with_model_version(load_config(_config_file(tmp_path, 'registry = "models"\nversion = "ft-zzz"')))
     with pytest.raises(FileNotFoundError):
         promote(registry, "ft-zzz", "no such version")
+
+
+def _promoted(tmp_path, version: ModelVersion) -> tuple[str, Path]:
+    registry = tmp_path / "models"
+    folder = write_version(registry, version)
+    promote(registry, version.id, "test")
+    return _config_file(tmp_path, 'registry = "models"'), folder
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../../x", "sub/../../x", "."])
+@pytest.mark.parametrize("field", ["adapter", "linear.intent.path"])
+def test_a_file_name_outside_the_version_folder_is_refused(tmp_path, field, name):
+    version = ModelVersion(id="ft-bad", adapter=name if field == "adapter" else "adapter.gguf",
+                           linear={"intent": LinearTier(path=name if field != "adapter" else "linear-intent.json",
+                                                        threshold=0.9)})
+    path, _ = _promoted(tmp_path, version)
+    with pytest.raises(ValueError, match=rf"model version 'ft-bad': {re.escape(field)} .*inside its folder"):
+        with_model_version(load_config(path))
+
+
+def test_a_symlink_out_of_the_version_folder_is_refused(tmp_path):
+    version = ModelVersion(id="ft-link", linear={"intent": LinearTier(path="linear-intent.json", threshold=0.9)})
+    path, folder = _promoted(tmp_path, version)
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text("{}", encoding="utf-8")
+    (folder / "linear-intent.json").symlink_to(outside)
+    with pytest.raises(ValueError, match="'ft-link': linear.intent.path 'linear-intent.json' resolves outside"):
+        with_model_version(load_config(path))
+    (folder / "linear-intent.json").unlink()
+    (folder / "kept").mkdir()
+    (folder / "kept" / "model.json").write_text("{}", encoding="utf-8")
+    (folder / "linear-intent.json").symlink_to(folder / "kept" / "model.json")  # inside: fine
+    assert with_model_version(load_config(path)).linear["intent"].path == str(folder / "linear-intent.json")
+
+
+@pytest.mark.parametrize("version_id", ["../../x", "/etc", ".."])
+def test_a_version_id_that_is_a_path_is_refused(tmp_path, version_id):
+    path = _config_file(tmp_path, f'registry = "models"\nversion = "{version_id}"')
+    with pytest.raises(ValueError, match="is not a plain folder name"):
+        with_model_version(load_config(path))

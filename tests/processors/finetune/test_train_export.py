@@ -6,12 +6,17 @@ The first load converts the GGUF to PyTorch (about a minute on a fresh machine, 
 from __future__ import annotations
 
 import math
+import os
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from processors.datasets import LabelledExample
 from processors.finetune.export import export_gguf_lora, llama_top
-from processors.finetune.pairs import build_pairs, training_tasks
+from processors.finetune.pairs import Pair, build_pairs, training_tasks
 from processors.finetune.torch import agreement, load_torch_model, next_token_distribution
 from processors.finetune.train import TrainOptions, add_lora, mean_answer_loss, train_lora
 from processors.models import load_runtime
@@ -88,3 +93,59 @@ def test_training_resumes_from_its_checkpoint(config, tmp_path):
     assert second.resumed_from_step == 2 and second.steps > 2
     assert not (tmp_path / "checkpoint.pt").exists()  # finished: the adapter is kept instead
     assert len(second.losses) == second.steps
+
+
+# Checkpoints are loaded with weights_only=True. These use a tiny random Gemma 3 and a character
+# tokenizer, so they take seconds (no real model is loaded).
+
+class _CharTokenizer:
+    pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> SimpleNamespace:
+        return SimpleNamespace(input_ids=([1] if add_special_tokens else []) + [2 + ord(c) % 60 for c in text])
+
+
+def _tiny_model():
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(Gemma3TextConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8))
+
+
+_TINY_PAIRS = [Pair(f"Ticket {i}: which topic? ", answer, "category", str(i))
+               for i, answer in enumerate(["ORDER", "REFUND", "ORDER", "INVOICE"])]
+
+
+class _RunsCode:
+    """Unpickling this creates a folder: proof that loading ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_checkpoints_and_the_finished_adapter_load_as_weights_only(tmp_path):
+    options = TrainOptions(epochs=2, batch_size=2, rank=2, checkpoint_every=1, stop_after_steps=1)
+    _, first = train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, options, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # optimizer, scheduler, step, losses
+    assert state["step"] == 1 and state["optimizer"]["state"]
+    options.stop_after_steps = None
+    _, second = train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, options, tmp_path, progress=False)
+    assert second.resumed_from_step == 1 and second.steps == 4 and second.losses[:1] == first.losses
+    [finished] = tmp_path.glob("adapter-*.pt")
+    assert torch.load(finished, weights_only=True)["report"]["steps"] == 4
+    _, reused = train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, options, tmp_path, progress=False)
+    assert reused == second
+
+
+def test_a_checkpoint_holding_any_other_object_is_refused_not_unpickled(tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"fingerprint": "planted", "step": 1, "payload": _RunsCode(marker)}, tmp_path / "checkpoint.pt")
+    options = TrainOptions(epochs=1, batch_size=2, rank=2, checkpoint_every=0)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, options, tmp_path, progress=False)
+    assert not marker.exists()
