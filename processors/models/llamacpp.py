@@ -4,37 +4,67 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
 from processors.models.base import Completion, TokenLogprob
 from processors.models.weights import model_path, model_version
 from schemas.config import TierModel
 
+if TYPE_CHECKING:
+    import xllamacpp
+
 log = logging.getLogger(__name__)
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def server_params(tier: TierModel) -> xllamacpp.CommonParams:
+    """The llama.cpp server parameters for a tier: the model and its threads, and a locked-down listener.
+
+    xllamacpp always opens an HTTP listener (there is no switch to turn it off), although sluicegate only
+    calls the server in-process. Its options are set explicitly rather than left to defaults: loopback only,
+    a port the OS picks, a random key per runtime (never logged or stored), and no web UI, /slots,
+    /metrics, POST /props or CORS, so another local process or a browser page gets nothing from it
+    (/health stays public in llama.cpp; it says only {"status":"ok"}).
+    """
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(model_path(tier.model))
+    if tier.adapter:
+        lora = xllamacpp.CommonAdapterLoraInfo()
+        lora.path = tier.adapter
+        lora.scale = 1.0
+        params.lora_adapters = [lora]
+    params.cpuparams.n_threads = tier.threads
+    params.cpuparams_batch.n_threads = tier.threads
+    params.n_parallel = tier.parallel_sequences
+    params.n_ctx = tier.context_per_sequence * tier.parallel_sequences
+    # Gemma 3 uses sliding-window attention; a full-size cache lets a document's prefix be reused
+    # across its tasks (measured about 2x on label scoring).
+    params.swa_full = True
+    params.verbosity = 0
+    # The listener nobody needs (every call is in-process): nothing on it that need not be.
+    params.hostnames = [LOOPBACK]
+    params.port = 0  # the OS picks a free port at bind time (no race with a port chosen beforehand)
+    params.reuse_port = False  # no SO_REUSEPORT: no other process can bind beside it and take its connections
+    params.api_keys = [secrets.token_urlsafe(24)]
+    params.ui = False  # the web UI ("/" and its assets) is public in llama.cpp even with a key
+    params.endpoint_slots = False
+    params.endpoint_metrics = False
+    params.endpoint_props = False  # POST /props (changes server settings)
+    params.ui_mcp_proxy = False
+    params.cors_origins = ""  # no browser origin may read a response (the default "*" reflects any)
+    params.n_threads_http = 1  # default: max(n_parallel + 4, cores - 1) idle threads per runtime
+    return params
 
 
 class LlamaCppRuntime:
     def __init__(self, tier: TierModel):
         import xllamacpp  # imported here: the module is heavy and only workers need it
 
-        params = xllamacpp.CommonParams()
-        params.model.path = str(model_path(tier.model))
-        if tier.adapter:
-            lora = xllamacpp.CommonAdapterLoraInfo()
-            lora.path = tier.adapter
-            lora.scale = 1.0
-            params.lora_adapters = [lora]
-        params.cpuparams.n_threads = tier.threads
-        params.cpuparams_batch.n_threads = tier.threads
-        params.n_parallel = tier.parallel_sequences
-        params.n_ctx = tier.context_per_sequence * tier.parallel_sequences
-        # Gemma 3 uses sliding-window attention; a full-size cache lets a document's prefix be reused
-        # across its tasks (measured about 2x on label scoring).
-        params.swa_full = True
-        params.verbosity = 0
-        # xllamacpp always opens an HTTP listener on 127.0.0.1; a random key keeps other local
-        # processes from using this worker's model. The key is never logged or stored.
-        params.api_keys = [secrets.token_urlsafe(24)]
-        self._server = xllamacpp.Server(params)
+        self._server = xllamacpp.Server(server_params(tier))
         self.version = model_version(tier.model, tier.adapter)
         self._reuse_prompt_cache = tier.reuse_prompt_cache
 

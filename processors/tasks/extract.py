@@ -20,7 +20,7 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
-TASK_VERSION = "sluicegate.extract.v2"
+TASK_VERSION = "sluicegate.extract.v3"  # v3: chat-template markers in documents are inert text
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}

@@ -16,7 +16,7 @@ from processors.tasks.prompts import Style, answer_lead, frame
 from schemas.config import LabelTask
 from schemas.records import LabelPrediction, Tier, Usage
 
-TASK_VERSION = "sluicegate.label.v1"
+TASK_VERSION = "sluicegate.label.v2"  # v2: chat-template markers in documents are inert text
 CONTENT_FREE_INPUTS = ("N/A", "", "[document]")  # for contextual calibration (Zhao et al., 2021)
 _MAX_DEPTH = 6
 

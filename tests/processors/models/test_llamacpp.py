@@ -46,6 +46,25 @@ def test_builtin_http_listener_refuses_requests_without_the_key(small_runtime):
     assert refused.value.code == 401
 
 
+def test_server_params_lock_the_listener_down(config):
+    """xllamacpp's listener options are set, not left to defaults (issue #11, item 9; the listeners of a real
+    run are probed in test_listeners.py): loopback, an OS-chosen port, a fresh random key per runtime, no web
+    UI, /slots, /metrics, POST /props or CORS."""
+    from processors.models.llamacpp import server_params
+
+    params, other = server_params(config.large), server_params(config.large)
+    assert params.hostnames == ["127.0.0.1"] and params.port == 0 and not params.reuse_port
+    [key] = params.api_keys
+    assert len(key) >= 32 and other.api_keys != params.api_keys
+    assert not (params.ui or params.endpoint_slots or params.endpoint_metrics or params.endpoint_props
+                or params.ui_mcp_proxy)
+    assert params.cors_origins == "" and params.n_threads_http == 1
+    assert not (params.ssl_file_key or params.public_path or params.api_prefix or params.server_tools)
+    # the model side is the tier's
+    assert params.model.path.endswith(".gguf") and params.n_parallel == config.large.parallel_sequences
+    assert params.cpuparams.n_threads == params.cpuparams_batch.n_threads == config.large.threads
+
+
 def test_without_prompt_cache_reuse_an_answer_does_not_depend_on_history_or_batch(config):
     """reuse_prompt_cache = false: the same prompt gets the same label distribution alone, beside another
     document, and after the runtime served other prompts (with reuse, the base model's sentiment moved
