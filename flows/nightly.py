@@ -296,8 +296,10 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     }
     create_markdown_artifact(key=f"nightly-{day}", markdown=_markdown(summary),
                              description=f"sluicegate nightly {day}")
-    progress.info("check: %s (inputs %d + not seen, kept %d = results %d + errors %d; pruned %d)",
-                  "ok" if invariant_ok else "FAILED", n_inputs, n_unseen, len(results), len(errors), n_pruned)
+    unseen_note = f" + {n_unseen} not in the inbox, kept" if n_unseen else ""
+    pruned_note = f"; {n_pruned} not in the inbox, pruned" if n_pruned else ""
+    progress.info("check: %s (inputs %d%s = results %d + errors %d%s)", "ok" if invariant_ok else "FAILED",
+                  n_inputs, unseen_note, len(results), len(errors), pruned_note)
     if not invariant_ok:
         raise RuntimeError(f"invariant failed: {n_inputs} inputs + {n_unseen} not seen, kept != {len(results)} "
                            f"results + {len(errors)} errors; files with no row: {missing_files[:5]}")
