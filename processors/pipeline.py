@@ -9,6 +9,7 @@ the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -52,11 +53,11 @@ class RunSpec:
     unseen: frozenset[tuple[str, str]] = frozenset()
 
 
-def _read_counted(item: tuple[str, str], config: Config, inbox: str | None,
+def _read_counted(item: tuple[bytes, str], config: Config, inbox: str | None,
                   done: frozenset[tuple[str, str]]) -> Iterator[Document | Rejected | AlreadyDone]:
     """The Ingest step: read_and_ingest, each record counted (per source too)."""
-    _, source = item
-    for record in read_and_ingest(item, config, inbox, done):
+    path, source = item
+    for record in read_and_ingest((os.fsdecode(path), source), config, inbox, done):
         Metrics.counter(NAMESPACE, "inputs").inc()
         Metrics.counter(NAMESPACE, f"inputs_{source}").inc()
         yield record
@@ -177,7 +178,9 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
     config = spec.config
     records = (
         p
-        | "Inputs" >> beam.Create(spec.inputs)
+        # As bytes: a file name need not be UTF-8, and Beam's string coder would fail on it (the reader
+        # turns such a name into one bad_file_name error).
+        | "Inputs" >> beam.Create([(os.fsencode(uri), source) for uri, source in spec.inputs])
         | "Reshuffle" >> beam.Reshuffle()  # spread files over workers before the expensive parse
         | "Ingest" >> beam.FlatMap(_read_counted, config, spec.inbox or None, spec.done)
     )
