@@ -9,6 +9,7 @@ from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, RUNS_SCHEMA, results_sc
 from schemas.versions import with_model_version
 from tests import golden
 from tests.conftest import FIXTURE_DATE, FIXTURES
+from tests.listeners import Watcher, assert_nothing_listens_that_need_not
 
 EXPECTED_ERRORS = {
     "broken_truncated.pdf": "corrupt_pdf",
@@ -17,6 +18,7 @@ EXPECTED_ERRORS = {
     "support_export.jsonl#L9": "malformed_json",
     "web_form.csv#R4": "empty_body",
 }
+LISTENERS = Watcher()
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,11 @@ def nightly_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("out")
     with prefect_test_harness(server_startup_timeout=120):  # a loaded CI machine starts it slowly
-        summary = nightly(run_date=FIXTURE_DATE, out=str(out), config_path=str(FIXTURES / "sluicegate.toml"))
+        LISTENERS.start()  # every socket the run listens on, probed while the run lasts
+        try:
+            summary = nightly(run_date=FIXTURE_DATE, out=str(out), config_path=str(FIXTURES / "sluicegate.toml"))
+        finally:
+            LISTENERS.finish()
     return summary, out
 
 
@@ -149,3 +155,10 @@ def test_ticket_labels_agree_with_the_fixture_ground_truth(nightly_run):
     assert agreement("category", "category") >= 0.9
     assert agreement("intent", "intent") >= 0.75
     assert agreement("sentiment", "sentiment_hint") >= 0.65
+
+
+@pytest.mark.slow
+def test_every_listener_of_the_run_is_loopback_and_refuses_without_its_key(nightly_run):
+    summary, _ = nightly_run
+    assert summary["decided_by"].get("large"), "the large tier must have served too"
+    assert_nothing_listens_that_need_not(LISTENERS)

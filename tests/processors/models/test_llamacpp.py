@@ -48,7 +48,7 @@ def test_builtin_http_listener_refuses_requests_without_the_key(small_runtime):
 
 def test_server_params_lock_the_listener_down(config):
     """xllamacpp's listener options are set, not left to defaults (issue #11, item 9; the listeners of a real
-    run are probed in test_listeners.py): loopback, an OS-chosen port, a fresh random key per runtime, no web
+    run are probed in tests/flows/test_nightly.py): loopback, an OS-chosen port, a fresh random key per runtime, no web
     UI, /slots, /metrics, POST /props or CORS."""
     from processors.models.llamacpp import server_params
 

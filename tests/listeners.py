@@ -1,9 +1,9 @@
-"""Nothing listens that need not (issue #11, item 9).
+"""Nothing listens that need not: a watcher of the listening sockets of this process during a run.
 
 xllamacpp opens an HTTP listener for every model runtime, although sluicegate only calls it in-process.
-During a real nightly run (embedded Prefect, both tiers loaded), a watcher thread lists the process's
-listening sockets from /proc (psutil is only a transitive dependency here) and probes each one as it
-appears: every one must be on 127.0.0.1 and refuse requests without its key (401), with no web UI.
+During a real nightly run (tests/flows/test_nightly.py watches the quick start's), a watcher thread lists
+the process's listening sockets from /proc (psutil is only a transitive dependency here) and probes each
+one as it appears: every one must be on 127.0.0.1 and refuse requests without its key (401), with no web UI.
 
 What is not a model listener: Prefect's test harness serves its API from a child process (uvicorn on
 127.0.0.1), which must answer without a key; for it (and any other descendant) only loopback is checked.
@@ -18,12 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import date
 from pathlib import Path
-
-import pytest
-
-from tests.conftest import FIXTURE_DATE, SENTIMENT_RUN, write_ticket_days
 
 # Endpoints that must refuse a request without the key; the web UI ("/" and its files) must not exist.
 PROTECTED = [("GET", "/v1/models"), ("GET", "/models"), ("POST", "/completion"), ("POST", "/v1/completions"),
@@ -139,39 +134,8 @@ class Watcher(threading.Thread):
             thread.join(timeout=200)
 
 
-@pytest.mark.slow
-def test_every_listener_of_a_nightly_run_is_loopback_and_refuses_without_its_key(tmp_path):
-    from prefect.testing.utilities import prefect_test_harness
-
-    from flows.nightly import nightly
-
-    write_ticket_days(tmp_path, [date.fromisoformat(FIXTURE_DATE)], per_day=2)
-    config = tmp_path / "sluicegate.toml"
-    config.write_text(SENTIMENT_RUN + """
-[small]
-model = "gemma3-270m"
-threads = 1
-parallel_sequences = 2
-[large]
-model = "qwen2.5-coder-1.5b-instruct"
-prompt_style = "chatml"
-contextual_calibration = false
-threads = 1
-parallel_sequences = 1
-[thresholds.sentiment]
-small = 1.01  # every answer escalates: the large tier loads and serves too
-[tickets.columns."*"]
-id = "ticket_id"
-""")
-    watcher = Watcher()
-    with prefect_test_harness(server_startup_timeout=120):
-        watcher.start()
-        try:
-            summary = nightly(run_date=FIXTURE_DATE, config_path=str(config))
-        finally:
-            watcher.finish()
-
-    assert summary["n_results"] == 2 and summary["escalation_rate"]["sentiment"] == 1.0  # both tiers ran
+def assert_nothing_listens_that_need_not(watcher: Watcher) -> None:
+    """Every socket the process listened on was loopback, refused requests without its key and served no UI."""
     # One listener per model runtime (small and large); nothing else in the process listens.
     assert len(watcher.own) >= 2, f"too few listeners seen to prove anything: {watcher.own}"
     for inode, (address, port) in watcher.own.items():
