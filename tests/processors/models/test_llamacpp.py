@@ -58,7 +58,7 @@ def test_server_params_lock_the_listener_down(config):
     assert len(key) >= 32 and other.api_keys != params.api_keys
     assert not (params.ui or params.endpoint_slots or params.endpoint_metrics or params.endpoint_props
                 or params.ui_mcp_proxy)
-    assert params.cors_origins == "" and params.n_threads_http == 1
+    assert params.cors_origins == ""
     assert not (params.ssl_file_key or params.public_path or params.api_prefix or params.server_tools)
     # the model side is the tier's
     assert params.model.path.endswith(".gguf") and params.n_parallel == config.large.parallel_sequences
