@@ -122,24 +122,27 @@ def run_beam(spec: RunSpec, runner: str) -> dict[str, int]:
         return run_pipeline(spec, runner=runner)
 
 
-def done_inputs(out_root: str, run_date: str, sources: list[str], key: str) -> frozenset[tuple[str, str]]:
+def recorded_rows(out_root: str, run_date: str, sources: list[str]) -> dict[str, pl.DataFrame]:
+    """The date's results, errors and manifest as they stand before the run: read once, for the skip
+    (done_inputs) and for what the run cannot see (unseen_inputs)."""
+    return {table: read_table(out_root, table, [run_date], sources) for table in ("results", "errors", "manifest")}
+
+
+def done_inputs(manifest: pl.DataFrame, key: str) -> frozenset[tuple[str, str]]:
     """(uri, doc_id) of the inputs the manifest says are done with this version_key."""
-    manifest = read_table(out_root, "manifest", [run_date], sources)
     if manifest.is_empty():
         return frozenset()
     done = manifest.filter(pl.col("done") & (pl.col("version_key") == key))
     return frozenset(zip(done["uri"].to_list(), done["doc_id"].to_list(), strict=True))
 
 
-def unseen_inputs(out_root: str, run_date: str, sources: list[str], inputs: list[tuple[str, str]]
-                  ) -> frozenset[tuple[str, str]]:
+def unseen_inputs(recorded: dict[str, pl.DataFrame], inputs: list[tuple[str, str]]) -> frozenset[tuple[str, str]]:
     """(source, uri) of every input with rows in the date's tables (results, errors, manifest) that is not
     among this run's inputs: a file deleted or moved since, or an inbox that is empty or not mounted.
     A ticket's uri is its file's plus '#L<line>' or '#R<row>'."""
     files = {printable_uri(uri) for uri, _ in inputs}
     unseen: set[tuple[str, str]] = set()
-    for table in ("results", "errors", "manifest"):
-        frame = read_table(out_root, table, [run_date], sources)
+    for frame in recorded.values():
         if frame.is_empty():
             continue
         for uri, source in frame.select("uri", "source").unique().iter_rows():
@@ -219,8 +222,9 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     if recovered:
         logger.warning("finished the commit of a run of %s that was killed: %d files renamed", day, recovered)
     inputs = discover(inbox, sources, day)
-    done = frozenset() if reprocess else done_inputs(out_root, day, sources, key)
-    unseen = unseen_inputs(out_root, day, sources, inputs)
+    recorded = recorded_rows(out_root, day, sources)
+    done = frozenset() if reprocess else done_inputs(recorded["manifest"], key)
+    unseen = unseen_inputs(recorded, inputs)
     if unseen:
         logger.warning("%d inputs with rows for %s are not in the inbox now: their rows are %s", len(unseen), day,
                        "dropped (prune_missing)" if prune_missing else "kept (prune_missing drops them)")
