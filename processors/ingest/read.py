@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import fsspec
 
@@ -47,9 +47,9 @@ def read_and_ingest(item: tuple[str, str], config: Config, inbox: str | None = N
         if escaped:
             return [Rejected(uri, source, "read", "outside_root", escaped)]
         limit = config.pdf.max_bytes if source == "pdf" else config.tickets.max_bytes
-        data = _read_local(uri, limit) if _is_local(uri) else _read_url(uri, limit)
+        data = _read_local(uri, source, limit) if _is_local(uri) else _read_url(uri, source, limit)
         if isinstance(data, Rejected):
-            return [replace(data, source=source)]
+            return [data]
         doc_id = pdf_doc_id(data) if source == "pdf" and done else ""
         if (uri, doc_id) in done:
             return [AlreadyDone(uri, source, doc_id)]
@@ -72,11 +72,11 @@ def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-def _too_large(uri: str, size: int, limit: int) -> Rejected:
-    return Rejected(uri, "", "ingest", "too_large", f"{size} bytes > limit {limit}")
+def _too_large(uri: str, source: str, size: int, limit: int) -> Rejected:
+    return Rejected(uri, source, "ingest", "too_large", f"{size} bytes > limit {limit}")
 
 
-def _read_local(uri: str, limit: int) -> bytes | Rejected:
+def _read_local(uri: str, source: str, limit: int) -> bytes | Rejected:
     """A local file's first limit + 1 bytes. Opened without blocking and checked to be a regular file
     first: a named pipe would block the read (and the date's lock) forever, a device never end."""
     fd = os.open(uri.removeprefix("file://"), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
@@ -85,18 +85,18 @@ def _read_local(uri: str, limit: int) -> bytes | Rejected:
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(uri)
         if not stat.S_ISREG(st.st_mode):
-            return Rejected(uri, "", "read", "not_a_file", "not a regular file (a named pipe, socket or device)")
+            return Rejected(uri, source, "read", "not_a_file", "not a regular file (a named pipe, socket or device)")
         if st.st_size > limit:
-            return _too_large(uri, st.st_size, limit)
+            return _too_large(uri, source, st.st_size, limit)
         os.set_blocking(fd, True)
         return f.read(limit + 1)
 
 
-def _read_url(uri: str, limit: int) -> bytes | Rejected:
+def _read_url(uri: str, source: str, limit: int) -> bytes | Rejected:
     with fsspec.open(uri, "rb") as f:
         size = getattr(f, "size", None)
         if size is not None and size > limit:
-            return _too_large(uri, size, limit)
+            return _too_large(uri, source, size, limit)
         # read at most limit + 1 bytes: a size the file system did not report cannot exhaust memory
         return f.read(limit + 1)
 
