@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import pickle
-from pathlib import Path
 
 import pytest
 
@@ -16,6 +14,7 @@ from processors.tiers import LoadedTier, apply_route, predict
 from schemas.config import LinearTier
 from schemas.records import Document
 from tests.conftest import SHARED_DATA
+from tests.robustness.hostile import RunsCode
 
 
 def test_fits_saves_and_predicts_well_on_held_out_bitext(linear_category):
@@ -67,20 +66,10 @@ def test_saves_as_plain_json_and_loads_to_the_same_probabilities(tmp_path, label
         assert got == pytest.approx(want, abs=1e-9)
 
 
-class _RunsCode:
-    """Unpickling this creates a folder: proof that loading ran code."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
 def test_a_pickled_model_is_refused_and_never_unpickled(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "linear-category.joblib"
-    path.write_bytes(pickle.dumps(_RunsCode(marker)))  # the old format was joblib's pickle: any pickle loaded
+    path.write_bytes(pickle.dumps(RunsCode(marker)))  # the old format was joblib's pickle: any pickle loaded
     with pytest.raises(ValueError, match="refused because loading them can run code"):
         LinearLabeler.load(path)
     assert not marker.exists()
@@ -91,7 +80,7 @@ def test_a_json_model_carrying_a_pickle_is_refused(tmp_path):
     path = tmp_path / "linear-category.json"
     LinearLabeler.fit(_TEXTS, _LABELS).save(path)
     stored = json.loads(path.read_text(encoding="utf-8"))
-    stored["pipeline"] = base64.b64encode(pickle.dumps(_RunsCode(marker))).decode()
+    stored["pipeline"] = base64.b64encode(pickle.dumps(RunsCode(marker))).decode()
     path.write_text(json.dumps(stored), encoding="utf-8")
     with pytest.raises(ValueError, match="not a valid tier-0 model"):
         LinearLabeler.load(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zlib
 from pathlib import Path
 
@@ -192,3 +193,13 @@ def hostile_tickets() -> dict[str, bytes]:
         "binary.jsonl": bytes(range(256)) * 4,
         "tickets.xml": b"<tickets/>",
     }
+
+
+class RunsCode:
+    """A hostile pickle: unpickling it creates the folder `marker`, proof that loading ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)

@@ -6,9 +6,7 @@ The first load converts the GGUF to PyTorch (about a minute on a fresh machine, 
 from __future__ import annotations
 
 import math
-import os
 import pickle
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,6 +18,7 @@ from processors.finetune.pairs import Pair, build_pairs, training_tasks
 from processors.finetune.torch import agreement, load_torch_model, next_token_distribution
 from processors.finetune.train import TrainOptions, add_lora, mean_answer_loss, train_lora
 from processors.models import load_runtime
+from tests.robustness.hostile import RunsCode
 
 pytestmark = pytest.mark.slow
 
@@ -118,16 +117,6 @@ _TINY_PAIRS = [Pair(f"Ticket {i}: which topic? ", answer, "category", str(i))
                for i, answer in enumerate(["ORDER", "REFUND", "ORDER", "INVOICE"])]
 
 
-class _RunsCode:
-    """Unpickling this creates a folder: proof that loading ran code."""
-
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
-
 def test_checkpoints_and_the_finished_adapter_load_as_weights_only(tmp_path):
     options = TrainOptions(epochs=2, batch_size=2, rank=2, checkpoint_every=1, stop_after_steps=1)
     _, first = train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, options, tmp_path, progress=False)
@@ -144,7 +133,7 @@ def test_checkpoints_and_the_finished_adapter_load_as_weights_only(tmp_path):
 
 def test_a_checkpoint_holding_any_other_object_is_refused_not_unpickled(tmp_path):
     marker = tmp_path / "ran"
-    torch.save({"fingerprint": "planted", "step": 1, "payload": _RunsCode(marker)}, tmp_path / "checkpoint.pt")
+    torch.save({"fingerprint": "planted", "step": 1, "payload": RunsCode(marker)}, tmp_path / "checkpoint.pt")
     options = TrainOptions(epochs=1, batch_size=2, rank=2, checkpoint_every=0)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, options, tmp_path, progress=False)
