@@ -215,23 +215,35 @@ def label_sets(examples: Iterable[LabelledExample]) -> dict[str, list[str]]:
 
 def sample(examples: list[LabelledExample], n: int | None, seed: int = 0,
            stratify: str | None = None) -> list[LabelledExample]:
-    """A reproducible subset of n examples; stratified by one task's label when asked."""
+    """A reproducible subset of n examples (the same for the same seed), in the examples' own order.
+
+    With `stratify`, the subset keeps the data's class proportions for that task's label (examples
+    without it form one more group): each group gets its share of n by largest-remainder
+    apportionment (the floor of n * share, then the leftover seats to the largest remainders, ties
+    broken by the seed), so the total is exactly n. Priors win: a label too rare for a seat gets
+    none. Within a group the examples are picked with the seeded generator.
+    """
     if n is None or n >= len(examples):
         return list(examples)
     rng = random.Random(seed)
     if not stratify:
-        return rng.sample(examples, n)
-    groups: dict[str, list[LabelledExample]] = {}
-    for ex in examples:
-        groups.setdefault(ex.labels.get(stratify, ""), []).append(ex)
-    picked: list[LabelledExample] = []
-    for members in groups.values():
-        rng.shuffle(members)
-    while len(picked) < n:  # round-robin over labels keeps rare labels in small samples
-        for members in groups.values():
-            if members and len(picked) < n:
-                picked.append(members.pop())
-    return picked
+        chosen = set(rng.sample(range(len(examples)), max(n, 0)))
+        return [ex for i, ex in enumerate(examples) if i in chosen]
+    groups: dict[str, list[int]] = {}  # label -> positions, in first-seen order
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.labels.get(stratify, ""), []).append(i)
+    total, n = len(examples), max(n, 0)
+    # exact integer quotas: n * size / total = floor + remainder / total
+    quota = {label: n * len(members) // total for label, members in groups.items()}
+    remainder = {label: n * len(members) % total for label, members in groups.items()}
+    tiebreak = {label: rng.random() for label in groups}
+    leftover = n - sum(quota.values())
+    for label in sorted(groups, key=lambda g: (-remainder[g], tiebreak[g]))[:leftover]:
+        quota[label] += 1  # never above the group's size: n < total, so n * size / total < size
+    chosen = set()
+    for label, members in groups.items():
+        chosen.update(rng.sample(members, quota[label]))
+    return [ex for i, ex in enumerate(examples) if i in chosen]
 
 
 def split(examples: list[LabelledExample], holdout: float, seed: int = 0) -> tuple[list, list]:

@@ -66,10 +66,43 @@ def test_unusable_files_raise_a_clear_error(tmp_path):
         load_examples(bad, format="nope")
 
 
-def test_sample_is_stratified_and_split_is_stable():
-    examples = [LabelledExample(str(i), f"t{i}", labels={"k": "rare" if i < 3 else "common"}) for i in range(100)]
-    picked = sample(examples, 6, seed=1, stratify="k")
-    assert sum(ex.labels["k"] == "rare" for ex in picked) == 3  # round-robin keeps the rare label
+def _two_classes(common: int, rare: int) -> list[LabelledExample]:
+    labels = ["common"] * common + ["rare"] * rare
+    return [LabelledExample(str(i), f"t{i}", labels={"k": label}) for i, label in enumerate(labels)]
+
+
+def test_a_stratified_sample_keeps_the_class_priors():
+    examples = _two_classes(90, 10)
+    for seed in range(5):
+        picked = sample(examples, 20, seed=seed, stratify="k")
+        assert len(picked) == 20
+        assert sum(ex.labels["k"] == "rare" for ex in picked) == 2  # 90/10 stays 18/2, not 10/10
+        assert len({ex.example_id for ex in picked}) == 20
+        order = [examples.index(ex) for ex in picked]
+        assert order == sorted(order)  # in the data's own order
+    three = [LabelledExample(str(i), f"t{i}", labels={"k": "abc"[i % 3]}) for i in range(100)]  # 34/33/33
+    for n in (1, 2, 7, 10, 50, 99):
+        picked = sample(three, n, seed=3, stratify="k")
+        counts = [sum(ex.labels["k"] == k for ex in picked) for k in "abc"]
+        assert sum(counts) == n  # exactly n, by largest remainder
+        assert all(abs(c - n * share) < 1 for c, share in zip(counts, (0.34, 0.33, 0.33), strict=True))
+    rare = sample(_two_classes(97, 3), 6, seed=1, stratify="k")
+    assert sum(ex.labels["k"] == "rare" for ex in rare) == 0  # quota 0.18: priors win, no seat forced
+
+
+def test_a_sample_is_reproducible_per_seed():
+    examples = _two_classes(90, 10)
+    for stratify in ("k", None):
+        ids = [ex.example_id for ex in sample(examples, 20, seed=7, stratify=stratify)]
+        assert ids == [ex.example_id for ex in sample(examples, 20, seed=7, stratify=stratify)]
+        assert ids != [ex.example_id for ex in sample(examples, 20, seed=8, stratify=stratify)]
+    unlabelled = [LabelledExample(f"u{i}", f"u{i}") for i in range(10)]
+    assert len(sample(unlabelled + _two_classes(10, 10), 6, stratify="k")) == 6  # no label: one more group
+    assert sample(examples, None) == examples and sample(examples, 500, stratify="k") == examples
+
+
+def test_split_is_stable():
+    examples = _two_classes(97, 3)
     train, held = split(examples, 0.2)
     train2, held2 = split(examples[::-1], 0.2)
     assert {e.example_id for e in held} == {e.example_id for e in held2}  # by id, not by position
