@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from typing import get_args
 
 from processors.datasets import LabelledExample, label_sets
 from processors.tasks import extract, label
 from processors.tasks.normalize import find_span
 from processors.tasks.prompts import Style, cut
 from schemas.config import Config, LabelTask
+from schemas.records import Source
+
+_SOURCES = set(get_args(Source))
 
 # Questions for label tasks that come from the data rather than the configuration.
 _QUESTIONS = {
@@ -36,6 +40,8 @@ class Pair:
 def training_tasks(config: Config, examples: list[LabelledExample]) -> tuple[list[LabelTask], dict[str, int]]:
     """The configured tasks, plus a task for every label column the configuration does not name.
 
+    A learned task runs only on the sources it was learned from: the sources of the examples that
+    carry its label (a task learned from tickets alone does not label PDFs).
     Returns the tasks and, per task, how many examples carry a label outside the task's label set
     (they are left out of that task's pairs, and reported).
     """
@@ -43,8 +49,11 @@ def training_tasks(config: Config, examples: list[LabelledExample]) -> tuple[lis
     known = {t.name for t in tasks}
     for name, labels in label_sets(examples).items():
         if name not in known and len(labels) >= 2:
+            sources = sorted({ex.source for ex in examples if name in ex.labels} & _SOURCES)
+            if not sources:  # labelled only on rows of an unknown source: no pairs to learn from
+                continue
             question = _QUESTIONS.get(name, f"Which {name.replace('_', ' ')} fits this document?")
-            tasks.append(LabelTask(name=name, labels=labels, question=question))
+            tasks.append(LabelTask(name=name, labels=labels, question=question, sources=sources))
     outside = {t.name: sum(1 for ex in examples if t.name in ex.labels and ex.labels[t.name] not in t.labels)
                for t in tasks}
     return tasks, outside

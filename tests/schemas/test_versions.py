@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas.config import LabelTask, LinearTier, TaskCalibration, Thresholds, load_config
-from schemas.versions import ModelVersion, promote, read_registry, with_model_version, write_version
+from schemas.versions import ModelVersion, apply_version, promote, read_registry, with_model_version, write_version
 from tests.conftest import FIXTURES
 
 
@@ -49,6 +49,23 @@ def test_the_promoted_version_is_applied_at_load(tmp_path):
     base = load_config(path)  # the file alone
     assert base.models.active is None and base.small.adapter is None
 
+
+
+def test_a_version_only_task_keeps_the_version_sources(tmp_path):
+    registry = tmp_path / "models"
+    version = ModelVersion(
+        id="ft-src",
+        tasks=[LabelTask(name="category", labels=["ORDER", "REFUND"], question="Topic?", sources=["pdf", "tickets"]),
+               LabelTask(name="intent", labels=["cancel_order", "get_refund"], question="Want?",
+                         sources=["tickets"])],
+    )
+    folder = write_version(registry, version)
+    base = load_config(_config_file(tmp_path, 'registry = "models"'))
+    assert "intent" not in {t.name for t in base.tasks}
+    config = apply_version(base, version, folder)
+    tasks = {t.name: t for t in config.tasks}
+    assert tasks["intent"].sources == ["tickets"]  # learned from tickets: not run on PDFs
+    assert tasks["category"].sources == ["tickets"]  # configured: the configuration's sources win
 
 def test_a_pinned_version_wins_and_a_missing_one_is_an_error(tmp_path):
     registry = tmp_path / "models"

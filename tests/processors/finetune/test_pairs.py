@@ -39,3 +39,18 @@ def test_a_field_value_not_in_the_text_is_not_taught(config):
     ex = LabelledExample("c", "Invoice dated 3 March 2020", source="tickets", fields={"invoice_id": "INV-9"})
     tasks, _ = training_tasks(config, [ex])
     assert not [p for p in build_pairs(config, tasks, [ex]) if p.kind == "field:invoice_id"]
+
+
+def test_a_learned_task_keeps_the_sources_it_was_learned_from(config):
+    examples = [
+        LabelledExample("t1", "Cancel my order", source="tickets", labels={"urgency": "high"}),
+        LabelledExample("t2", "No rush, just asking", source="tickets", labels={"urgency": "low"}),
+        LabelledExample("p1", "Invoice 7 from ACME", source="pdf", labels={"doc_kind": "invoice"}),
+        LabelledExample("p2", "Contract for services", source="pdf", labels={"doc_kind": "contract"}),
+        LabelledExample("t3", "Where is my parcel?", source="tickets", labels={"doc_kind": "contract"}),
+    ]
+    tasks, _ = training_tasks(config, examples)
+    by_name = {t.name: t for t in tasks}
+    assert by_name["urgency"].sources == ["tickets"]  # labelled on tickets only: never run on PDFs
+    assert by_name["doc_kind"].sources == ["pdf", "tickets"]
+    assert not [p for p in build_pairs(config, tasks, examples) if p.kind == "urgency" and p.example_id.startswith("p")]
