@@ -29,10 +29,11 @@ class TierQuality:
 
     accuracy: float | None = None  # label tasks
     macro_f1: float | None = None
-    exact_match: float | None = None  # fields
-    precision: float | None = None
+    precision: float | None = None  # fields: over present values
     recall: float | None = None
-    quality: float = math.nan  # accuracy or exact match: the one figure tiers and versions are compared on
+    f1: float | None = None
+    absent_accuracy: float | None = None  # fields whose gold is absent, answered absent
+    quality: float = math.nan  # accuracy or field F1: the one figure tiers and versions are compared on
     escalation_rate: float | None = None  # cascades: items sent to the large tier (or on to review)
     review_rate: float | None = None
     linear_rate: float | None = None  # decided by tier 0

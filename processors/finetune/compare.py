@@ -32,7 +32,7 @@ LINEAR_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 
 
 def flat_metrics(summary: Summary, tier: str) -> dict[str, float]:
-    """'<task>.accuracy', '<task>.macro_f1', 'fields.exact_match', ... and 'score' for one row of the
+    """'<task>.accuracy', '<task>.macro_f1', 'fields.f1', ... and 'score' for one row of the
     summary (a tier, 'cascade' or 'cascade_calibrated')."""
     out: dict[str, float] = {}
     for task, entry in summary.tasks.items():
@@ -47,7 +47,7 @@ def flat_metrics(summary: Summary, tier: str) -> dict[str, float]:
             out[f"{task}.escalation_rate"] = float(row.escalation_rate)
     every = summary.fields.get(ALL_FIELDS)
     row = every.row(tier) if every is not None else None
-    for metric in ("exact_match", "precision", "recall"):
+    for metric in ("f1", "precision", "recall", "absent_accuracy"):
         value = getattr(row, metric) if row is not None else None
         if value is not None and not math.isnan(value):
             out[f"fields.{metric}"] = float(value)
@@ -56,8 +56,8 @@ def flat_metrics(summary: Summary, tier: str) -> dict[str, float]:
 
 
 def quality_score(metrics: dict[str, float]) -> float:
-    """One number to compare versions: the mean of every task's macro-F1 and the fields' exact match."""
-    parts = [v for k, v in metrics.items() if k.endswith(".macro_f1") or k == "fields.exact_match"]
+    """One number to compare versions: the mean of every task's macro-F1 and the fields' F1 over present values."""
+    parts = [v for k, v in metrics.items() if k.endswith(".macro_f1") or k == "fields.f1"]
     return sum(parts) / len(parts) if parts else float("nan")
 
 

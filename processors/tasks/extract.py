@@ -159,22 +159,33 @@ def field_match(field_type: str, gold: str | None, predicted: str | None) -> boo
 
 @dataclass(frozen=True)
 class FieldMetrics:
-    """Fields' quality on gold values."""
+    """Fields' quality on gold values, over present values (exact match over mostly-absent fields would
+    reward answering null)."""
 
-    exact_match: float  # share of items whose value matches (absent = absent counts)
-    precision: float  # of the values given, the share that match a gold value
-    recall: float  # of the gold values, the share found
+    precision: float  # of the values given, the share that match a present gold value
+    recall: float  # of the present gold values, the share found
+    f1: float  # harmonic mean of the two (NaN: no value given and none present)
+    absent_accuracy: float  # of the items whose gold is absent, the share answered absent
 
     @property
     def quality(self) -> float:
-        """The figure cascades and versions are compared on: exact match."""
-        return self.exact_match
+        """The figure cascades and versions are compared on: F1 over present values."""
+        return self.f1
 
 
 def field_metrics(gold: list[str | None], predicted: list[str | None], correct: list[bool]) -> FieldMetrics:
-    """Exact match, precision and recall of predicted values; `correct` is field_match per item."""
-    n_pred = sum(p is not None and p.strip() != "" for p in predicted)
-    n_gold = sum(g is not None for g in gold)
-    hit = sum(c and g is not None for g, c in zip(gold, correct, strict=True))
-    em = sum(correct) / len(correct) if correct else float("nan")
-    return FieldMetrics(em, hit / n_pred if n_pred else float("nan"), hit / n_gold if n_gold else float("nan"))
+    """Precision, recall and F1 over present values, and accuracy on absent ones; `correct` is field_match
+    per item. A wrong value where the gold is present counts against both precision and recall."""
+    given = [p is not None and p.strip() != "" for p in predicted]
+    present = [g is not None and g.strip() != "" for g in gold]
+    hit = sum(c and g and p for g, p, c in zip(present, given, correct, strict=True))
+    n_given, n_present = sum(given), sum(present)
+    precision = hit / n_given if n_given else float("nan")
+    recall = hit / n_present if n_present else float("nan")
+    if n_given == 0 and n_present == 0:
+        f1 = float("nan")
+    else:  # no value given (or none present): precision or recall is 0 for F1's purpose
+        f1 = 2 * hit / (n_given + n_present)
+    n_absent = len(present) - n_present
+    absent_ok = sum(not g and not p for g, p in zip(present, given, strict=True))
+    return FieldMetrics(precision, recall, f1, absent_ok / n_absent if n_absent else float("nan"))

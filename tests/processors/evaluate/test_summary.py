@@ -37,7 +37,8 @@ def test_summary_json_keeps_its_keys_and_reads_back(evaluation):
     assert list(category["small"]) == ["accuracy", "macro_f1", "quality"]
     assert list(category["cascade"]) == ["accuracy", "macro_f1", "quality", "escalation_rate", "review_rate",
                                          "linear_rate"]
-    assert list(d["fields"][ALL_FIELDS]["large"]) == ["exact_match", "precision", "recall", "quality"]
+    assert list(d["fields"][ALL_FIELDS]["large"]) == ["precision", "recall", "f1", "absent_accuracy",
+                                                         "quality"]
     assert list(d["cost"]) == ["small", "large", "cascade", "cascade_calibrated"]
     assert list(d["cost"]["small"]) == ["tokens_per_doc", "cost_per_1000_docs", "cost_per_1000_docs_hosted_large",
                                         "docs_per_second", "seconds", "load_seconds"]
@@ -55,10 +56,10 @@ def test_summary_json_keeps_its_keys_and_reads_back(evaluation):
 
 def test_absent_figures_are_left_out_of_the_json():
     entry = ItemSummary(4, small=TierQuality(accuracy=0.5, macro_f1=0.4, quality=0.5),
-                        cascade=TierQuality(exact_match=1.0, precision=1.0, recall=0.5, quality=1.0,
+                        cascade=TierQuality(precision=1.0, recall=0.5, f1=2 / 3, quality=2 / 3,
                                             escalation_rate=0.25, review_rate=0.0, linear_rate=0.0))
     assert entry.to_dict() == {"n": 4, "small": {"accuracy": 0.5, "macro_f1": 0.4, "quality": 0.5},
-                               "cascade": {"exact_match": 1.0, "precision": 1.0, "recall": 0.5, "quality": 1.0,
+                               "cascade": {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "quality": 2 / 3,
                                            "escalation_rate": 0.25, "review_rate": 0.0, "linear_rate": 0.0}}
     assert ItemSummary.from_dict(entry.to_dict()) == entry
     assert entry.row("large") is None

@@ -17,11 +17,11 @@ def test_promotion_needs_a_better_held_out_score():
     assert not decide_promotion(float("nan"), 0.5)[0]
 
 
-def test_quality_score_averages_macro_f1_and_field_exact_match():
+def test_quality_score_averages_macro_f1_and_field_f1():
     summary = Summary(n_docs=10, n_items=30, tiers=["small"], tasks={
         "category": ItemSummary(10, small=TierQuality(accuracy=0.9, macro_f1=0.8, quality=0.9)),
         "intent": ItemSummary(10, small=TierQuality(accuracy=0.7, macro_f1=0.6, quality=0.7))},
-        fields={ALL_FIELDS: ItemSummary(10, small=TierQuality(exact_match=0.4, precision=0.5, recall=float("nan"),
+        fields={ALL_FIELDS: ItemSummary(10, small=TierQuality(f1=0.4, precision=0.5, recall=float("nan"),
                                                               quality=0.4))})
     metrics = flat_metrics(summary, "small")
     assert metrics["category.macro_f1"] == 0.8 and "fields.recall" not in metrics
