@@ -45,18 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--config")
 
     ev = sub.add_parser("evaluate", help="score small, large and the cascade on a labelled set; report and plots")
-    ev.add_argument("--data", required=True, help="labelled CSV/JSONL, or an invoice2data folder")
+    given = ev.add_mutually_exclusive_group(required=True)
+    given.add_argument("--data", help="labelled CSV/JSONL, or an invoice2data folder")
+    given.add_argument("--outcomes", help="an earlier evaluation's outcomes.parquet: re-scored, no model is run")
     ev.add_argument("--format", help="adapter: sluicegate, bitext, airline, vader, invoice2data (default: by columns)")
     ev.add_argument("--out", default="eval", help="report folder (default ./eval)")
-    ev.add_argument("--limit", type=int, help="a stratified sample of this many examples")
+    ev.add_argument("--limit", type=int, help="a sample of this many examples, with the data's class proportions")
     ev.add_argument("--config", help="TOML configuration (default as for run)")
     ev.add_argument("--calibrate", action="store_true",
                     help="store the fitted calibration and thresholds with the model version (next runs use them)")
     target = ev.add_mutually_exclusive_group()
     target.add_argument("--target-escalation", type=float, metavar="R",
-                        help="thresholds for this escalation rate, 0-1")
+                        help="escalation budget per task, 0-1 (default 0.15): the best cascade within it")
     target.add_argument("--target-quality-gap", type=float, metavar="P",
-                        help="thresholds for cascade within P accuracy points of large-only (default 1)")
+                        help="thresholds for the lowest escalation within P points of the better single tier")
     ev.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     ft = sub.add_parser("finetune", help="train a LoRA adapter (and tier 0) on labelled examples; promote if better")
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "evaluate":
             from flows.evaluate import evaluate, print_summary
 
-            result = evaluate(data=args.data, format=args.format, out=args.out, limit=args.limit,
+            result = evaluate(data=args.data or "", outcomes=args.outcomes or "", format=args.format, out=args.out,
+                              limit=args.limit,
                               config_path=args.config, calibrate=args.calibrate,
                               target_escalation=args.target_escalation,
                               target_quality_gap_points=args.target_quality_gap)

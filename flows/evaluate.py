@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -22,29 +23,39 @@ def load(data: str, format: str | None) -> list[LabelledExample]:
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(data: str, format: str | None = None, out: str = "eval", limit: int | None = None,
+def evaluate(data: str = "", format: str | None = None, out: str = "eval", limit: int | None = None,
              config_path: str | None = None, calibrate: bool = False, target_escalation: float | None = None,
-             target_quality_gap_points: float | None = None) -> dict:
+             target_quality_gap_points: float | None = None, outcomes: str = "") -> dict:
     """Evaluates the configured tiers on a labelled file (or an invoice2data folder).
 
     data: CSV/JSONL (or folder); format: an adapter name (default: picked from the columns). limit: a
-    stratified sample of this many examples. calibrate: store calibration and thresholds with the model
-    version. target_escalation (a rate, 0-1) or target_quality_gap_points (cascade within this many
-    accuracy points of large-only, default 1): how thresholds are chosen.
+    sample of this many examples with the data's class proportions. calibrate: store calibration and
+    thresholds with the model version. target_escalation (the escalation budget, 0-1, default 0.15) or
+    target_quality_gap_points (the lowest escalation within this many points of the better single tier):
+    how thresholds are chosen. outcomes: instead of data, an earlier evaluation's outcomes.parquet,
+    re-scored without running a model.
     """
     logger = get_run_logger()
     config, config_file = resolve_config(config_path)
     if calibrate and not config.models.registry:
         raise ValueError(f"calibrate needs a model registry: set [models] registry in {config_file}")
-    examples = load(data, format)
-    logger.info("evaluating %d examples from %s (limit %s) with %s", len(examples), data, limit, config_file)
-
-    def progress(tier: str, done: int, total: int) -> None:
-        logger.info("%s tier: %d/%d documents", tier, done, total)
-
+    if bool(data) == bool(outcomes):
+        raise ValueError("give labelled data or stored outcomes (outcomes.parquet), one of them")
     gap = None if target_quality_gap_points is None else target_quality_gap_points / 100
-    ev = evaluation.evaluate(config, examples, limit=limit, target_escalation=target_escalation,
-                             target_quality_gap=gap, progress=progress)
+    if outcomes:
+        logger.info("re-scoring stored outcomes %s with %s", outcomes, config_file)
+        ev = evaluation.rescore(config, pl.read_parquet(outcomes), target_escalation=target_escalation,
+                                target_quality_gap=gap)
+        data = outcomes
+    else:
+        examples = load(data, format)
+        logger.info("evaluating %d examples from %s (limit %s) with %s", len(examples), data, limit, config_file)
+
+        def progress(tier: str, done: int, total: int) -> None:
+            logger.info("%s tier: %d/%d documents", tier, done, total)
+
+        ev = evaluation.evaluate(config, examples, limit=limit, target_escalation=target_escalation,
+                                 target_quality_gap=gap, progress=progress)
     notes = [f"data: `{data}`" + (f" (format {format})" if format else "") + f"; configuration: `{config_file}`"]
     stored = None
     if calibrate:

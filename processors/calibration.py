@@ -16,7 +16,7 @@ fitting imports scipy / scikit-learn lazily.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -164,25 +164,39 @@ def ece(conf: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float
 
 # --- choosing thresholds -------------------------------------------------------------------------
 
+# Most items a task may send up by default: the cascade exists to run the small model on most items.
+MAX_ESCALATION = 0.15
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """Where the cascade runs at one small threshold (on one labelled set)."""
 
     threshold: float
     escalation_rate: float
-    quality: float  # cascade quality (accuracy or exact match) at this threshold
+    quality: float  # cascade quality (accuracy, or F1 over present values for fields) at this threshold
     small_quality: float
     large_quality: float
     review_rate: float = 0.0  # escalated items the large tier holds below its threshold
     target: str = ""
+    # Where the small tier is least sure (the items the budget would escalate on confidence): how often
+    # each tier is right there. The evidence for (or against) escalating.
+    unsure_items: int = 0
+    unsure_small_right: int = 0
+    unsure_large_right: int = 0
+    evidence: str = ""
+
+
+Quality = Callable[[np.ndarray], float]  # escalated-items mask -> the cascade's quality
 
 
 def cascade_curve(small_conf: Sequence[float], small_invalid: Sequence[bool], small_correct: Sequence[bool],
-                  large_correct: Sequence[bool]) -> list[OperatingPoint]:
+                  large_correct: Sequence[bool], quality: Quality | None = None) -> list[OperatingPoint]:
     """Every distinct operating point of the small threshold, from escalating nothing to everything.
 
     An item escalates when the small tier's answer is invalid or its confidence is below the
-    threshold (processors.routing's rule); an escalated item takes the large tier's answer.
+    threshold (processors.routing's rule); an escalated item takes the large tier's answer. quality:
+    the cascade's quality for an escalation mask (default: the share of items right; fields pass F1).
     """
     conf = np.asarray(small_conf, dtype=float)
     invalid = np.asarray(small_invalid, dtype=bool)
@@ -191,7 +205,10 @@ def cascade_curve(small_conf: Sequence[float], small_invalid: Sequence[bool], sm
     n = len(conf)
     if n == 0:
         return []
-    s_q, l_q = float(s_ok.mean()), float(l_ok.mean())
+    if quality is None:
+        def quality(up: np.ndarray) -> float:
+            return float(np.where(up, l_ok, s_ok).mean())
+    s_q, l_q = quality(np.zeros(n, dtype=bool)), quality(np.ones(n, dtype=bool))
     decidable = ~invalid & ~np.isnan(conf)  # a NaN confidence escalates at every threshold
     values = np.unique(conf[decidable]) if decidable.any() else np.array([])
     # Thresholds between consecutive confidences (midpoints): the same split, and robust to rounding.
@@ -200,9 +217,23 @@ def cascade_curve(small_conf: Sequence[float], small_invalid: Sequence[bool], sm
     points = []
     for t in cuts:
         up = invalid | below_threshold(conf, t)
-        cascade = np.where(up, l_ok, s_ok)
-        points.append(OperatingPoint(round(t, 6), float(up.mean()), float(cascade.mean()), s_q, l_q))
+        points.append(OperatingPoint(round(t, 6), float(up.mean()), quality(up), s_q, l_q))
     return points
+
+
+def field_f1_quality(gold_present: Sequence[bool], small_given: Sequence[bool], small_correct: Sequence[bool],
+                     large_given: Sequence[bool], large_correct: Sequence[bool]) -> Quality:
+    """The cascade's F1 over present values for an escalation mask (what fields are judged on)."""
+    present = np.asarray(gold_present, dtype=bool)
+    s_given, l_given = np.asarray(small_given, dtype=bool), np.asarray(large_given, dtype=bool)
+    s_hit = np.asarray(small_correct, dtype=bool) & s_given & present
+    l_hit = np.asarray(large_correct, dtype=bool) & l_given & present
+
+    def f1(up: np.ndarray) -> float:
+        given = int(np.where(up, l_given, s_given).sum())
+        total = given + int(present.sum())
+        return float(2 * np.where(up, l_hit, s_hit).sum() / total) if total else float("nan")
+    return f1
 
 
 def review_threshold(large_conf: Sequence[float], review_below: float = 0.5, max_review_rate: float = 0.2) -> float:
@@ -217,37 +248,69 @@ def review_threshold(large_conf: Sequence[float], review_below: float = 0.5, max
     return float(conf[cap]) if cap > 0 else float(min(review_below, conf[0]))
 
 
+def _better(a: float, b: float) -> bool:
+    """a > b, where NaN is worse than any figure."""
+    return (not math.isnan(a)) and (math.isnan(b) or a > b + 1e-12)
+
+
 def choose_threshold(small_conf: Sequence[float], small_invalid: Sequence[bool], small_correct: Sequence[bool],
                      large_correct: Sequence[bool], large_conf: Sequence[float] | None = None, *,
                      target_escalation: float | None = None, target_quality_gap: float | None = None,
-                     review_below: float = 0.5, max_review_rate: float = 0.2) -> tuple[Thresholds, OperatingPoint]:
-    """Thresholds for one task from per-item outcomes.
+                     quality: Quality | None = None, review_below: float = 0.5,
+                     max_review_rate: float = 0.2) -> tuple[Thresholds, OperatingPoint]:
+    """Thresholds for one task from per-item outcomes (fit them on data the cascade is not judged on).
 
-    target_escalation: the most escalation-hungry point with an escalation rate at most this (the
-    best quality the budget buys). target_quality_gap (default 0.01 when neither is given): the lowest
-    escalation rate at which cascade quality is within the gap of large-only quality (it always exists:
-    escalating everything is large-only). The large threshold comes from review_threshold.
+    The budget is target_escalation (default MAX_ESCALATION). By default, the best cascade quality within
+    the budget, at the lowest escalation among equals. target_quality_gap P: the lowest escalation at
+    which the cascade is within P of the better of small-only and large-only.
+
+    The unsure slice is the items the budget would escalate on confidence (the least sure ones). A
+    threshold that escalates nothing on confidence (0) is kept only with evidence: the large tier is
+    right on fewer of the unsure items than the small tier. Without it the unsure slice escalates. The
+    large threshold comes from review_threshold.
     """
     if target_escalation is not None and target_quality_gap is not None:
         raise ValueError("give a target escalation rate or a target quality gap, not both")
-    points = cascade_curve(small_conf, small_invalid, small_correct, large_correct)
+    points = cascade_curve(small_conf, small_invalid, small_correct, large_correct, quality)
     if not points:
         return Thresholds(), OperatingPoint(Thresholds().small, 0.0, float("nan"), float("nan"), float("nan"))
-    if target_escalation is not None:
-        within = [p for p in points if p.escalation_rate <= target_escalation + 1e-9] or [points[0]]
-        best = max(within, key=lambda p: (p.escalation_rate, p.quality))
-        target = f"escalation <= {target_escalation:.0%}"
+    budget = MAX_ESCALATION if target_escalation is None else target_escalation
+    within = [p for p in points if p.escalation_rate <= budget + 1e-9] or [points[0]]
+    if target_quality_gap is None:
+        best = within[0]
+        for p in within[1:]:  # ascending escalation: a point must be strictly better to cost more
+            if _better(p.quality, best.quality):
+                best = p
+        target = f"best quality at escalation <= {budget:.0%}"
     else:
-        gap = 0.01 if target_quality_gap is None else target_quality_gap
-        good = [p for p in points if p.quality >= p.large_quality - gap - 1e-9]
-        best = min(good, key=lambda p: (p.escalation_rate, -p.quality))
-        target = f"quality >= large-only - {gap * 100:g} points"
-    # Items at the chosen point that escalate: the large tier's review threshold is chosen on those.
+        reference = max((q for q in (points[0].small_quality, points[0].large_quality) if not math.isnan(q)),
+                        default=float("nan"))
+        good = [p for p in points if p.quality >= reference - target_quality_gap - 1e-9] or [points[-1]]
+        best = good[0]
+        target = f"quality >= best single tier - {target_quality_gap * 100:g} points"
+    # The unsure slice: what the budget escalates on confidence, beyond the invalid answers.
     conf = np.asarray(small_conf, dtype=float)
-    escalated = np.asarray(small_invalid, dtype=bool) | below_threshold(conf, best.threshold)
+    invalid = np.asarray(small_invalid, dtype=bool)
+    unsure = below_threshold(conf, within[-1].threshold) & ~invalid
+    s_right = int(np.asarray(small_correct, dtype=bool)[unsure].sum())
+    l_right = int(np.asarray(large_correct, dtype=bool)[unsure].sum())
+    n_unsure = int(unsure.sum())
+    if best.threshold == points[0].threshold and n_unsure:
+        if l_right < s_right:
+            evidence = (f"threshold 0: on the {n_unsure} least-sure items the large tier is right on {l_right}, "
+                        f"the small tier on {s_right}")
+        else:  # no evidence that escalating hurts: the unsure slice goes up
+            best = within[-1]
+            evidence = (f"escalates the {n_unsure} least-sure items: the large tier is right on {l_right} of them, "
+                        f"the small tier on {s_right} (no evidence for threshold 0)")
+    else:
+        evidence = f"on the {n_unsure} least-sure items: large right on {l_right}, small on {s_right}"
+    # Items at the chosen point that escalate: the large tier's review threshold is chosen on those.
+    escalated = invalid | below_threshold(conf, best.threshold)
     large = (np.asarray(large_conf, dtype=float)[escalated] if large_conf is not None
              else np.array([], dtype=float))
     large_t = review_threshold(large, review_below, max_review_rate)
     review = float(below_threshold(large, large_t).sum() / len(conf)) if len(conf) else 0.0
-    point = replace(best, review_rate=review, target=target)
+    point = replace(best, review_rate=review, target=target, unsure_items=n_unsure, unsure_small_right=s_right,
+                    unsure_large_right=l_right, evidence=evidence)
     return Thresholds(small=round(best.threshold, 6), large=round(large_t, 6)), point

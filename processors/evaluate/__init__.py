@@ -36,7 +36,7 @@ from processors.evaluate.evaluation import TIERS, Evaluation, TierRun
 from processors.evaluate.fitting import calibrated_conf, choose_thresholds, fit_calibration
 from processors.evaluate.outcomes import OUTCOME_SCHEMA, outcomes_by_task
 from processors.evaluate.report import format_figure, report_markdown, write_report
-from processors.evaluate.run import evaluate, evaluation_config
+from processors.evaluate.run import evaluate, evaluation_config, rescore
 from processors.evaluate.store import store_calibration
 from processors.evaluate.summary import ALL_FIELDS, ItemSummary, Summary, TierQuality
 from processors.tasks.extract import field_match
@@ -44,6 +44,7 @@ from processors.tasks.extract import field_match
 __all__ = [
     "ALL_FIELDS", "OUTCOME_SCHEMA", "TIERS", "Evaluation", "ItemSummary", "Summary", "TierQuality", "TierRun",
     "calibrated_conf", "cascade_at_thresholds", "choose_thresholds", "evaluate", "evaluation_config", "field_match",
-    "fit_calibration", "format_figure", "outcomes_by_task", "report_markdown", "route_outcomes", "store_calibration",
+    "fit_calibration", "format_figure", "outcomes_by_task", "report_markdown", "rescore", "route_outcomes",
+    "store_calibration",
     "write_report",
 ]

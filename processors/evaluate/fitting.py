@@ -1,4 +1,9 @@
-"""Calibration and thresholds fitted on the outcome rows, and honest (cross-fitted) calibrated confidences."""
+"""Calibration and thresholds fitted on one half of the examples; the other half judges them.
+
+`assign_split` marks each outcome row `fit` or `judge` by its example (a deterministic half by id), so
+no figure in the report or in a version's metrics is measured on the items its thresholds were chosen
+on. Too few examples to halve: both on all of them (`both`), and the evaluation's notes say so.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,44 @@ from schemas.config import TaskCalibration, Thresholds
 
 if TYPE_CHECKING:
     from processors.evaluate.evaluation import Evaluation
+
+
+FIT, JUDGE, BOTH = "fit", "judge", "both"
+MIN_SPLIT_EXAMPLES = 40  # fewer examples than this are not halved
+SPLIT_SEED = 11
+
+
+def assign_split(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """The outcome rows with `split`: half of the examples (by id, stable when rows are added) fit, the
+    other half judge; every row `both` when there are fewer than MIN_SPLIT_EXAMPLES examples."""
+    ids = outcomes["example_id"].unique(maintain_order=True).to_list()
+    if len(ids) < MIN_SPLIT_EXAMPLES:
+        return outcomes.with_columns(pl.lit(BOTH).alias("split"))
+    first, _ = split([LabelledExample(i, "") for i in ids], 0.5, seed=SPLIT_SEED)
+    fitting = {ex.example_id for ex in first}
+    return outcomes.with_columns(
+        pl.when(pl.col("example_id").is_in(list(fitting))).then(pl.lit(FIT)).otherwise(pl.lit(JUDGE)).alias("split"))
+
+
+def fit_rows(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """The rows calibration and thresholds are fitted on."""
+    return outcomes.filter(pl.col("split") != JUDGE)
+
+
+def judged_rows(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """The rows every reported figure is measured on."""
+    return outcomes.filter(pl.col("split") != FIT)
+
+
+def split_note(outcomes: pl.DataFrame) -> str:
+    """What the report says about the split."""
+    n_fit = fit_rows(outcomes)["example_id"].n_unique()
+    n_judge = judged_rows(outcomes)["example_id"].n_unique()
+    if (outcomes["split"] == BOTH).all():
+        return (f"calibration and thresholds were fitted on the same {n_fit} examples the figures are measured on "
+                f"(fewer than {MIN_SPLIT_EXAMPLES}: too few to halve), so the cascade figures are optimistic")
+    return (f"calibration and thresholds were fitted on {n_fit} examples; every quality figure below is measured on "
+            f"the other {n_judge}")
 
 
 def fit(frame: pl.DataFrame, key: str, tier: str, method: str | None = None) -> TaskCalibration:
@@ -48,7 +91,7 @@ def fit_calibration(evaluation: Evaluation) -> dict[str, TaskCalibration]:
     so): a noisy fit on a small set never makes routing worse. Small sets get the default fit.
     """
     out = {}
-    for key, frame in outcomes_by_task(evaluation.outcomes).items():
+    for key, frame in outcomes_by_task(fit_rows(evaluation.outcomes)).items():
         for tier in evaluation.tiers:
             f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
             kept, why = _best_calibration(f, key, tier)
@@ -83,19 +126,32 @@ def _best_calibration(f: pl.DataFrame, key: str, tier: str) -> tuple[TaskCalibra
 def choose_thresholds(evaluation: Evaluation, calibration: dict[str, TaskCalibration] | None = None, *,
                       target_escalation: float | None = None, target_quality_gap: float | None = None,
                       ) -> tuple[dict[str, Thresholds], dict[str, cal.OperatingPoint]]:
-    """Thresholds per task (and 'fields') on the calibrated confidences; needs both tiers' outcomes."""
+    """Thresholds per task (and 'fields') on the calibrated confidences of the fit rows; needs both tiers'
+    outcomes. Fields are chosen on F1 over present values."""
     if "large" not in evaluation.tiers or "small" not in evaluation.tiers:
         raise ValueError("choosing thresholds needs the small and the large tier's outcomes")
     calibration = evaluation.calibration if calibration is None else calibration
     thresholds, points = {}, {}
-    for key, frame in outcomes_by_task(evaluation.outcomes).items():
+    for key, frame in outcomes_by_task(fit_rows(evaluation.outcomes)).items():
         s_conf = calibrated_conf(frame, key, "small", calibration.get(f"small:{key}"))
         l_conf = calibrated_conf(frame, key, "large", calibration.get(f"large:{key}"))
         thresholds[key], points[key] = cal.choose_threshold(
             s_conf, [not v for v in frame["small_valid"].to_list()], frame["small_correct"].to_list(),
             frame["large_correct"].to_list(), l_conf, target_escalation=target_escalation,
-            target_quality_gap=target_quality_gap)
+            target_quality_gap=target_quality_gap, quality=cascade_quality(frame, key))
     return thresholds, points
+
+
+def cascade_quality(frame: pl.DataFrame, key: str) -> cal.Quality | None:
+    """How a cascade over these rows is judged: accuracy for a label task (None: the default), F1 over
+    present values for fields."""
+    if key != FIELDS_KEY:
+        return None
+
+    def given(col: str) -> list[bool]:
+        return [v is not None and v.strip() != "" for v in frame[col].to_list()]
+    return cal.field_f1_quality(given("gold"), given("small_pred"), frame["small_correct"].to_list(),
+                                given("large_pred"), frame["large_correct"].to_list())
 
 
 def cross_fitted(frame: pl.DataFrame, key: str, tier: str, method: str | None = None) -> tuple[list[float], str]:

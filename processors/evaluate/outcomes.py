@@ -23,6 +23,7 @@ OUTCOME_SCHEMA = {
     "cascade_pred": pl.String, "decided_by": pl.String, "cascade_correct": pl.Boolean,
     "small_doc_tokens": pl.Int64, "small_doc_seconds": pl.Float64,
     "large_tokens": pl.Int64, "large_seconds": pl.Float64,
+    "split": pl.String,  # fit | judge | both (processors/evaluate/fitting.py: assign_split)
 }
 
 

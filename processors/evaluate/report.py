@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from processors import calibration as cal
-from processors.evaluate.fitting import calibrated_conf, cross_fitted
+from processors.evaluate.fitting import BOTH, calibrated_conf, cascade_quality, fit_rows, judged_rows
 from processors.evaluate.outcomes import outcomes_by_task
+from processors.evaluate.summarize import tier_quality
 from processors.evaluate.summary import ALL_FIELDS, ItemSummary
 from processors.routing import FIELDS_KEY
 
@@ -66,7 +67,8 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
     for name, entry in s.fields.items():
         lines += ["", f"## Field `{name}` ({entry.n} items)" if name != ALL_FIELDS
                   else f"## All fields together ({entry.n} items)", ""]
-        lines += tier_table(entry, [("exact_match", "exact match"), ("precision", "precision"), ("recall", "recall")])
+        lines += tier_table(entry, [("f1", "F1"), ("precision", "precision"), ("recall", "recall"),
+                                   ("absent_accuracy", "absent right")])
         if images and name == ALL_FIELDS:
             lines += ["", f"![reliability]({_png('reliability', FIELDS_KEY)}) "
                       f"![escalation]({_png('escalation', FIELDS_KEY)})"]
@@ -98,9 +100,14 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
     th = s.thresholds
     if th.chosen:
         lines += ["", "## Thresholds", "",
-                  "Chosen on this data (in-sample: confirm on held-out data before trusting the quality figure).", "",
+                  "Chosen on the fit half (the quality, escalation and review figures here are the fit half's; the "
+                  "tables above measure the chosen thresholds on the judge half). The unsure items are those the "
+                  "escalation budget would send up on confidence: how often each tier is right on them is the "
+                  "evidence for escalating, and a threshold of 0 is kept only where the large tier is right on "
+                  "fewer of them.", "",
                   "| task | configured small / large | chosen small / large | target | escalation | cascade quality"
-                  " | large-only quality | review |", "|---|---|---|---|---|---|---|---|"]
+                  " | small-only | large-only | review | unsure items | small right | large right | evidence |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for key, t in th.chosen.items():
             c = th.configured.get(key)
             p = th.operating_points[key]
@@ -108,7 +115,9 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
                          f"{format_figure(None if c is None else c.large, digits=2)} | "
                          f"{format_figure(t.small)} / {format_figure(t.large)} | {p.target} | "
                          f"{format_figure(p.escalation_rate, True)} | {format_figure(p.quality)} | "
-                         f"{format_figure(p.large_quality)} | {format_figure(p.review_rate, True)} |")
+                         f"{format_figure(p.small_quality)} | {format_figure(p.large_quality)} | "
+                         f"{format_figure(p.review_rate, True)} | {p.unsure_items} | {p.unsure_small_right} | "
+                         f"{p.unsure_large_right} | {p.evidence} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,10 +133,11 @@ def write_report(ev: Evaluation, out: str | Path, extra: Sequence[str] = ()) -> 
     ev.outcomes.write_parquet(paths["outcomes"])
     paths["summary"].write_text(json.dumps(ev.summary.to_dict(), indent=2, default=str, allow_nan=True) + "\n",
                                 encoding="utf-8")
-    for key, frame in outcomes_by_task(ev.outcomes).items():
+    fitted_on = outcomes_by_task(fit_rows(ev.outcomes))
+    for key, frame in outcomes_by_task(judged_rows(ev.outcomes)).items():  # calibration judged on held-out rows
         paths[f"reliability:{key}"] = _plot_reliability(ev, key, frame, out / _png("reliability", key))
-        if "large" in ev.tiers and "small" in ev.tiers:
-            paths[f"escalation:{key}"] = _plot_escalation(ev, key, frame, out / _png("escalation", key))
+        if "large" in ev.tiers and "small" in ev.tiers and key in fitted_on:  # where the thresholds were chosen
+            paths[f"escalation:{key}"] = _plot_escalation(ev, key, fitted_on[key], out / _png("escalation", key))
     paths["report"].write_text(report_markdown(ev, extra=extra), encoding="utf-8")
     return paths
 
@@ -143,7 +153,9 @@ def _plot_reliability(ev: Evaluation, key: str, frame: pl.DataFrame, path: Path)
         f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
         ok = f[f"{tier}_correct"].to_list()
         raw = f[f"{tier}_conf"].to_list()
-        after, how = cross_fitted(f, key, tier) if len(f) else ([], "")
+        # The stored calibration (fitted on the fit half) applied to these judged rows.
+        after = calibrated_conf(f, key, tier, ev.calibration.get(f"{tier}:{key}")) if len(f) else []
+        how = "in-sample" if len(f) and (f["split"] == BOTH).all() else "fitted on the other half"
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
         for conf, name, color in ((raw, "raw", "tab:red"), (after, f"calibrated ({how})", "tab:blue")):
             bins = cal.reliability(conf, ok)
@@ -175,7 +187,8 @@ def _plot_escalation(ev: Evaluation, key: str, frame: pl.DataFrame, path: Path) 
 
     s_conf = calibrated_conf(frame, key, "small", ev.calibration.get(f"small:{key}"))
     invalid = [not v for v in frame["small_valid"].to_list()]
-    points = cal.cascade_curve(s_conf, invalid, frame["small_correct"].to_list(), frame["large_correct"].to_list())
+    points = cal.cascade_curve(s_conf, invalid, frame["small_correct"].to_list(), frame["large_correct"].to_list(),
+                               cascade_quality(frame, key))
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     if points:
         ax.plot([p.escalation_rate for p in points], [p.quality for p in points], color="tab:blue",
@@ -185,7 +198,8 @@ def _plot_escalation(ev: Evaluation, key: str, frame: pl.DataFrame, path: Path) 
     configured = frame.filter(pl.col("decided_by").is_not_null())
     if len(configured):
         esc = float(configured["decided_by"].is_in(["large", "review"]).mean())
-        q = float(configured["cascade_correct"].mean())
+        kind = "label" if key != FIELDS_KEY else "field"
+        q = tier_quality(configured, kind, "cascade_pred", "cascade_correct").quality
         ax.scatter([esc], [q], marker="s", s=60, color="tab:orange", zorder=5,
                    label=f"configured thresholds ({esc:.0%}, {q:.3f})")
     if key in ev.operating_points:
@@ -194,8 +208,8 @@ def _plot_escalation(ev: Evaluation, key: str, frame: pl.DataFrame, path: Path) 
                    label=f"chosen: small < {ev.thresholds[key].small:.3f} ({p.escalation_rate:.0%}, {p.quality:.3f})")
     ax.set_xlim(-0.02, 1.02)
     ax.set_xlabel("escalation rate (share of items sent to the large tier)")
-    ax.set_ylabel("accuracy" if key != FIELDS_KEY else "exact match")
-    ax.set_title(f"Quality vs escalation: {key} ({len(frame)} items)")
+    ax.set_ylabel("accuracy" if key != FIELDS_KEY else "F1 over present values")
+    ax.set_title(f"Quality vs escalation: {key} ({len(frame)} items, fit half)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

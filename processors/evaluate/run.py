@@ -6,11 +6,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+import polars as pl
+
 from processors.datasets import LabelledExample, label_sets, sample
 from processors.evaluate.cascade import route_outcomes
 from processors.evaluate.evaluation import TIERS, Evaluation, TierRun
-from processors.evaluate.fitting import choose_thresholds, fit_calibration
-from processors.evaluate.outcomes import build_outcomes, doc_tokens, scored_items
+from processors.evaluate.fitting import assign_split, choose_thresholds, fit_calibration, split_note
+from processors.evaluate.outcomes import OUTCOME_SCHEMA, build_outcomes, doc_tokens, scored_items
 from processors.evaluate.summarize import summarize
 from processors.models import load_runtime
 from processors.tiers import LoadedTier, all_items, predict, tier_config
@@ -168,9 +170,40 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
 
     linear = _predict_linear(eval_cfg, examples) if "small" in tiers else {}
     outcomes = build_outcomes(plan, docs, linear, item_usage, tiers)
+    return score(config, eval_cfg, outcomes, tiers, runs, n_docs, notes, target_escalation=target_escalation,
+                 target_quality_gap=target_quality_gap)
+
+
+def rescore(config: Config, outcomes: pl.DataFrame, *, target_escalation: float | None = None,
+            target_quality_gap: float | None = None) -> Evaluation:
+    """An evaluation from stored outcome rows (an earlier evaluation's outcomes.parquet), scored with the
+    configuration's thresholds and calibration and today's rules, without running a model. Costs come
+    from the rows' token and second columns; the runtimes' versions are not known ('stored')."""
+    outcomes = outcomes.with_columns([pl.lit(None, dtype).alias(name) for name, dtype in OUTCOME_SCHEMA.items()
+                                      if name not in outcomes.columns]).select(list(OUTCOME_SCHEMA))
+    outcomes = outcomes.cast(OUTCOME_SCHEMA)  # type: ignore[arg-type]
+    tiers = tuple(t for t in TIERS if outcomes[f"{t}_conf"].is_not_null().any())
+    docs = outcomes.unique("example_id")
+    runs = {"small": TierRun("small", "stored", len(docs), float(docs["small_doc_seconds"].sum() or 0.0), 0.0,
+                             int(docs["small_doc_tokens"].sum() or 0)),
+            "large": TierRun("large", "stored", len(docs), float(outcomes["large_seconds"].sum() or 0.0), 0.0,
+                             int(outcomes["large_tokens"].sum() or 0))}
+    eval_cfg = config.model_copy(deep=True)
+    eval_cfg.calibration = {}  # raw confidences, as evaluate() leaves them
+    return score(config, eval_cfg, outcomes.with_columns(pl.lit(None, pl.String).alias("split")), tiers,
+                 {t: runs[t] for t in tiers}, len(docs), ["re-scored from stored outcome rows (no model was run)"],
+                 target_escalation=target_escalation, target_quality_gap=target_quality_gap)
+
+
+def score(config: Config, eval_cfg: Config, outcomes: pl.DataFrame, tiers: tuple[str, ...],
+          runs: dict[str, TierRun], n_docs: int, notes: list[str], *, target_escalation: float | None = None,
+          target_quality_gap: float | None = None) -> Evaluation:
+    """The evaluation of outcome rows: the cascade at the configuration's thresholds, calibration and
+    thresholds fitted on the fit half, and the summary measured on the judge half."""
+    outcomes = assign_split(outcomes)
     if "small" in tiers and "large" in tiers:  # the cascade at the configuration's thresholds and calibration
         outcomes = route_outcomes(outcomes, config.thresholds, config.calibration, config.linear)
-    ev = Evaluation(outcomes, eval_cfg, tiers, runs, n_docs, notes=notes)
+    ev = Evaluation(outcomes, eval_cfg, tiers, runs, n_docs, notes=[*notes, split_note(outcomes)])
     ev.calibration = fit_calibration(ev)
     if "large" in tiers and "small" in tiers:
         ev.thresholds, ev.operating_points = choose_thresholds(ev, ev.calibration, target_escalation=target_escalation,

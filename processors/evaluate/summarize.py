@@ -7,7 +7,7 @@ import polars as pl
 from processors import calibration as cal
 from processors.evaluate.cascade import cascade_at_thresholds
 from processors.evaluate.evaluation import Evaluation
-from processors.evaluate.fitting import cross_fitted, fit
+from processors.evaluate.fitting import BOTH, calibrated_conf, fit, fit_rows, judged_rows
 from processors.evaluate.outcomes import group_key, outcomes_by_task
 from processors.evaluate.summary import (
     ALL_FIELDS,
@@ -24,7 +24,7 @@ from processors.tasks.label import label_metrics
 from schemas.config import Config, TaskCalibration
 
 
-def _quality(frame: pl.DataFrame, kind: str, pred_col: str, correct_col: str, **more: float | None) -> TierQuality:
+def tier_quality(frame: pl.DataFrame, kind: str, pred_col: str, correct_col: str, **more: float | None) -> TierQuality:
     frame = frame.filter(pl.col(correct_col).is_not_null())
     if kind == "label":
         metrics = label_metrics(frame["gold"].to_list(), frame[pred_col].to_list())
@@ -39,33 +39,37 @@ def _cascade_quality(frame: pl.DataFrame, kind: str) -> TierQuality:
     rates = {} if not len(decided) else {
         "escalation_rate": float(decided.is_in(["large", "review"]).mean()),
         "review_rate": float((decided == "review").mean()), "linear_rate": float((decided == "linear").mean())}
-    return _quality(frame, kind, "cascade_pred", "cascade_correct", **rates)
+    return tier_quality(frame, kind, "cascade_pred", "cascade_correct", **rates)
 
 
 def _item_summary(frame: pl.DataFrame, kind: str, ev: Evaluation, chosen: pl.DataFrame | None,
                   linear_threshold: float | None) -> ItemSummary:
     both = "small" in ev.tiers and "large" in ev.tiers
-    tiers = {tier: _quality(frame, kind, f"{tier}_pred", f"{tier}_correct") for tier in ev.tiers}
+    tiers = {tier: tier_quality(frame, kind, f"{tier}_pred", f"{tier}_correct") for tier in ev.tiers}
     linear = None
     if kind == "label" and frame["linear_conf"].is_not_null().any():
-        linear = _quality(frame, kind, "linear_pred", "linear_correct", threshold=linear_threshold)
+        linear = tier_quality(frame, kind, "linear_pred", "linear_correct", threshold=linear_threshold)
     return ItemSummary(len(frame), tiers.get("small"), tiers.get("large"), linear,
                        _cascade_quality(frame, kind) if both else None,
                        _cascade_quality(chosen, kind) if both and chosen is not None else None)
 
 
-def _cost(ev: Evaluation, config: Config, chosen: bool) -> CostRow:
-    """Tokens, cost per 1,000 documents and docs/s of the cascade (items escalated pay the large tier)."""
-    o = ev.outcomes
+def _cost(ev: Evaluation, frame: pl.DataFrame, config: Config, chosen: bool) -> CostRow:
+    """Tokens, cost per 1,000 documents and docs/s of the cascade on these outcome rows' documents (the
+    small tier on every one, the large tier on the items escalated)."""
+    o = frame
     if chosen:
         parts = [cascade_at_thresholds(f, k, ev) for k, f in outcomes_by_task(o).items()] if ev.thresholds else []
         o = pl.concat(parts) if parts else o
+    docs = o.unique("example_id")
+    n = len(docs)
     up = o.filter(pl.col("decided_by").is_in(["large", "review"]))
-    small = ev.runs["small"]
+    small_tokens = int(docs["small_doc_tokens"].sum() or 0)
+    small_seconds = float(docs["small_doc_seconds"].sum() or 0.0)
     large_tokens = int(up["large_tokens"].sum() or 0)
     large_seconds = float(up["large_seconds"].sum() or 0.0)
-    return _cost_row(small.tokens, large_tokens, small.seconds + large_seconds, ev.n_docs, config,
-                     docs_escalated=up["example_id"].n_unique() / ev.n_docs)
+    return _cost_row(small_tokens, large_tokens, small_seconds + large_seconds, n, config,
+                     docs_escalated=up["example_id"].n_unique() / n if n else float("nan"))
 
 
 def _cost_row(small_tokens: int, large_tokens: int, seconds: float, n: int, config: Config,
@@ -81,23 +85,26 @@ def _cost_row(small_tokens: int, large_tokens: int, seconds: float, n: int, conf
         seconds=seconds, **more)
 
 
-def _calibration(frame: pl.DataFrame, key: str, tier: str, ev: Evaluation) -> CalibrationSummary:
+def _calibration(frame: pl.DataFrame, fitted_on: pl.DataFrame, key: str, tier: str,
+                 ev: Evaluation) -> CalibrationSummary:
+    """ECE on the judged rows before and after the calibration fitted on the fit rows."""
     ok = frame[f"{tier}_correct"].to_list()
     fitted = ev.calibration.get(f"{tier}:{key}", TaskCalibration())
-    # Kept: its held-out ECE. Not kept: the default method's, to show it did not help.
-    method = fitted.method if fitted.method != "none" else None
-    tried = fitted if fitted.method != "none" else fit(frame, key, tier)
-    after, how = cross_fitted(frame, key, tier, method)
+    # Kept: its ECE after. Not kept: the default method's, to show it did not help.
+    tried = fitted if fitted.method != "none" else fit(fitted_on, key, tier)
+    in_sample = (frame["split"] == BOTH).all()
     return CalibrationSummary(
         n=len(frame), method=fitted.method if fitted.method != "none" or tried.method == "none"
         else f"none ({tried.method} did not help)", temperature=tried.temperature,
         ece_before=cal.ece(frame[f"{tier}_conf"].to_list(), ok),
-        ece_after=cal.ece(after, ok) if tried.method != "none" else float("nan"), after_on=how)
+        ece_after=cal.ece(calibrated_conf(frame, key, tier, tried), ok) if tried.method != "none" else float("nan"),
+        after_on="in-sample" if in_sample else "judge half (fitted on the other)")
 
 
 def summarize(ev: Evaluation, config: Config) -> Summary:
-    """Metrics per task / field and tier, cost and speed per tier, calibration and thresholds."""
-    o = ev.outcomes
+    """Metrics per task / field and tier, cost and speed per tier, calibration and thresholds; every
+    figure on the judged rows (fitting.judged_rows)."""
+    o = judged_rows(ev.outcomes)
     both = "small" in ev.tiers and "large" in ev.tiers
     tasks: dict[str, ItemSummary] = {}
     fields_: dict[str, ItemSummary] = {}
@@ -120,16 +127,18 @@ def summarize(ev: Evaluation, config: Config) -> Summary:
         r = ev.runs["large"]
         cost["large"] = _cost_row(0, r.tokens, r.seconds, ev.n_docs, config, load_seconds=r.load_seconds)
     if both:
-        cost["cascade"] = _cost(ev, config, chosen=False)
+        cost["cascade"] = _cost(ev, o, config, chosen=False)
         if ev.thresholds:
-            cost["cascade_calibrated"] = _cost(ev, config, chosen=True)
+            cost["cascade_calibrated"] = _cost(ev, o, config, chosen=True)
 
     calibration: dict[str, CalibrationSummary] = {}
+    fitted_on = outcomes_by_task(fit_rows(ev.outcomes))
     for key, frame in outcomes_by_task(o).items():
         for tier in ev.tiers:
             f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
+            g = fitted_on.get(key, f).filter(pl.col(f"{tier}_conf").is_not_null())
             if len(f):
-                calibration[f"{tier}:{key}"] = _calibration(f, key, tier, ev)
+                calibration[f"{tier}:{key}"] = _calibration(f, g, key, tier, ev)
     return Summary(
         n_docs=ev.n_docs, n_items=len(o), tiers=list(ev.tiers), tasks=tasks, fields=fields_, cost=cost,
         calibration=calibration,

@@ -160,3 +160,48 @@ def test_the_threshold_sweep_applies_the_routing_rule_to_a_nan_confidence():
     assert points[0].escalation_rate == pytest.approx(2 / 20)  # the invalid one and the NaN one
     assert route({"t": LabelPrediction("t", "a", float("nan"), {"a": 1.0}, "small")}, {},
                  {"t": Thresholds(small=0.0)}, "small").failed == ("t",)
+
+
+def _twenty(small_right_on_unsure: int, large_right_on_unsure: int):
+    """20 valid items; the 3 least sure (0.05, 0.10, 0.15) are the unsure slice of a 15 % budget."""
+    small_conf = [0.05, 0.10, 0.15] + [0.5 + 0.02 * i for i in range(17)]
+    small_correct = [i < small_right_on_unsure for i in range(3)] + [True] * 17
+    large_correct = [i < large_right_on_unsure for i in range(3)] + [True] * 17
+    return small_conf, [False] * 20, small_correct, large_correct, [0.9] * 20
+
+
+def test_default_threshold_is_the_best_quality_within_the_escalation_budget():
+    small_conf, invalid, small_correct, large_correct, large_conf = _twenty(0, 3)
+    thresholds, point = cal.choose_threshold(small_conf, invalid, small_correct, large_correct, large_conf)
+    assert point.escalation_rate == pytest.approx(3 / 20) and point.escalation_rate <= cal.MAX_ESCALATION
+    assert point.quality == 1.0 and 0.15 < thresholds.small < 0.5
+    assert (point.unsure_items, point.unsure_small_right, point.unsure_large_right) == (3, 0, 3)
+
+
+def test_threshold_zero_only_where_the_large_tier_is_worse_on_the_unsure_items():
+    # The large tier is right on 1 of the 3 least-sure items, the small tier on 2: escalating loses.
+    small_conf, invalid, small_correct, large_correct, large_conf = _twenty(2, 1)
+    thresholds, point = cal.choose_threshold(small_conf, invalid, small_correct, large_correct, large_conf)
+    assert thresholds.small == 0.0 and point.escalation_rate == 0.0
+    assert "threshold 0" in point.evidence and "right on 1" in point.evidence
+    # Equally good there: no evidence for 0, so the unsure items go up (the cascade loses nothing).
+    small_conf, invalid, small_correct, large_correct, large_conf = _twenty(2, 2)
+    thresholds, point = cal.choose_threshold(small_conf, invalid, small_correct, large_correct, large_conf)
+    assert thresholds.small > 0.0 and point.escalation_rate == pytest.approx(3 / 20)
+    assert point.quality == point.small_quality and "no evidence for threshold 0" in point.evidence
+
+
+def test_field_thresholds_are_chosen_on_f1_not_on_matching_absent_values():
+    # 10 fields, 2 present. The small tier answers null everywhere (8 of 10 "match"); the large tier
+    # finds both values. Exact match would call escalation a wash; F1 goes from 0 to 1.
+    present = [True, True] + [False] * 8
+    small_given = [False] * 10
+    small_correct = [not p for p in present]
+    large_given = present
+    large_correct = [True] * 10
+    quality = cal.field_f1_quality(present, small_given, small_correct, large_given, large_correct)
+    small_conf = [0.1, 0.2] + [0.9] * 8
+    thresholds, point = cal.choose_threshold(small_conf, [False] * 10, small_correct, large_correct, [0.9] * 10,
+                                             target_escalation=0.2, quality=quality)
+    assert point.small_quality == 0.0 and point.quality == 1.0 and point.escalation_rate == pytest.approx(0.2)
+    assert 0.2 < thresholds.small < 0.9

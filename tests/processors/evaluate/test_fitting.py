@@ -5,6 +5,7 @@ import pytest
 
 from processors import calibration as cal
 from processors.evaluate import choose_thresholds
+from processors.evaluate.fitting import fit_rows, judged_rows
 from processors.routing import FIELDS_KEY
 
 
@@ -17,10 +18,16 @@ def test_calibration_and_thresholds_from_the_evaluation(evaluation):
         tier, task = key.split(":")
         assert tier in ("small", "large") and c.method == ("isotonic" if task == FIELDS_KEY else "temperature")
     assert set(evaluation.thresholds) >= {"category", "intent", FIELDS_KEY}
+    o = fit_rows(evaluation.outcomes)  # chosen on the fit half only
+    assert set(evaluation.outcomes["split"].unique()) <= {"fit", "judge", "both"}
     for key, point in evaluation.operating_points.items():
-        assert point.quality >= point.large_quality - 0.01 - 1e-9, key  # the default target
+        rows = o.filter(pl.col("kind") == "field") if key == FIELDS_KEY else o.filter(pl.col("item") == key)
+        invalid = float((~rows["small_valid"]).mean())
+        assert point.escalation_rate <= max(cal.MAX_ESCALATION, invalid) + 1e-9, key  # the default budget
+        assert point.evidence, key
+        if evaluation.thresholds[key].small == 0 and point.unsure_items:  # 0 only with evidence
+            assert point.unsure_large_right < point.unsure_small_right, key
     thresholds, points = choose_thresholds(evaluation, target_escalation=0.5)
-    o = evaluation.outcomes
     for key, p in points.items():
         rows = o.filter(pl.col("kind") == "field") if key == FIELDS_KEY else o.filter(pl.col("item") == key)
         invalid = float((~rows["small_valid"]).mean())  # invalid answers escalate at any threshold
@@ -28,5 +35,5 @@ def test_calibration_and_thresholds_from_the_evaluation(evaluation):
     assert set(thresholds) == set(evaluation.thresholds)
     ece = evaluation.summary.calibration["small:fields"]
     assert 0.0 <= ece.ece_before <= 1.0
-    raw = evaluation.outcomes.filter(pl.col("kind") == "field")
+    raw = judged_rows(evaluation.outcomes).filter(pl.col("kind") == "field")
     assert ece.ece_before == pytest.approx(cal.ece(raw["small_conf"].to_list(), raw["small_correct"].to_list()))

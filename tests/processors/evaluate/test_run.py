@@ -56,7 +56,7 @@ def test_tier0_decides_its_confident_items_in_the_cascade(config, small_runtime,
     (The small model also stands in as the large tier here: this is about the cascade's bookkeeping.)"""
     _, path = linear_category
     cfg = config.model_copy(deep=True)
-    cfg.linear = {"category": LinearTier(path=str(path), threshold=0.6)}
+    cfg.linear = {"category": LinearTier(path=str(path), threshold=0.95)}
     tickets = [ex for ex in mix if "category" in ex.labels]  # the bitext part
     loaded = LoadedTier(small_runtime)
     ev = evaluate(cfg, tickets, loaded={"small": loaded, "large": loaded})
@@ -64,7 +64,7 @@ def test_tier0_decides_its_confident_items_in_the_cascade(config, small_runtime,
     category = labels.filter(pl.col("item") == "category")
     assert category["linear_conf"].is_not_null().all() and len(category) == len(tickets)
     assert labels.filter(pl.col("item") == "intent")["linear_conf"].is_null().all()  # no tier 0 for intent
-    confident = category["linear_conf"] >= 0.6
+    confident = category["linear_conf"] >= 0.95
     assert 0 < confident.sum() < len(category)  # some items each way, so both paths are exercised
     assert ((category["decided_by"] == "linear") == confident).all()
     taken = category.filter(confident)
@@ -72,7 +72,7 @@ def test_tier0_decides_its_confident_items_in_the_cascade(config, small_runtime,
     assert (category.filter(~confident)["decided_by"].is_in(["small", "large", "review"])).all()
     entry = ev.summary.tasks["category"]
     assert entry.linear.accuracy == pytest.approx(category["linear_correct"].mean())
-    assert entry.linear.threshold == 0.6
+    assert entry.linear.threshold == 0.95
     assert entry.cascade.linear_rate == pytest.approx(confident.mean())
     assert entry.cascade_calibrated.linear_rate == pytest.approx(confident.mean())
     report = write_report(ev, tmp_path)["report"].read_text()
