@@ -58,6 +58,18 @@ def result_row(doc: Document, config: Config, run_id: str, config_hash: str) -> 
     return row
 
 
+def _item_reasons(doc: Document, item: str) -> list[str]:
+    """The routing reasons of one item ('<tier>:<why>'): why it left the small tier, and the large one."""
+    out = []
+    for reason in doc.escalation_reasons:  # '<tier>:<item>:<why>' (routing) or 'large:failed(<items>: ...)'
+        tier, _, rest = reason.partition(":")
+        if rest.startswith(f"{item}:"):
+            out.append(f"{tier}:{rest[len(item) + 1:]}")
+        elif rest.startswith("failed(") and item in rest[len("failed("):].split(": ", 1)[0].split("+"):
+            out.append(reason)
+    return out
+
+
 def field_rows(doc: Document, config: Config, run_id: str) -> list[dict]:
     types = {f.name: f.type for f in config.fields.get(doc.source, [])}
     rows = []
@@ -67,7 +79,8 @@ def field_rows(doc: Document, config: Config, run_id: str) -> list[dict]:
             "normalized": pred.normalized, "confidence": pred.confidence, "page": pred.page,
             "span_start": pred.span_start, "span_end": pred.span_end,
             "decided_by": doc.decided_by.get(f"field:{name}", pred.tier), "valid": pred.valid,
-            "problems": list(pred.problems), "model_version": doc.model_versions.get(pred.tier),
+            "problems": list(pred.problems), "routing_reasons": _item_reasons(doc, f"field:{name}"),
+            "model_version": doc.model_versions.get(pred.tier),
             "model_version_id": config.models.active,
             "task_version": extract.TASK_VERSION, "schema_version": SCHEMA_VERSION, "run_id": run_id,
         })

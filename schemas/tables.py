@@ -70,7 +70,9 @@ FIELDS_SCHEMA = pa.schema(
         pa.field("span_end", pa.int64()),
         pa.field("decided_by", pa.string(), nullable=False),
         pa.field("valid", pa.bool_(), nullable=False),
-        pa.field("problems", pa.list_(pa.string())),
+        pa.field("problems", pa.list_(pa.string())),  # the validators' findings: valid is false when any
+        # Why routing sent the value up: '<tier>:low_confidence(<conf><<threshold>)', '<tier>:<problem>', ...
+        pa.field("routing_reasons", pa.list_(pa.string())),
         pa.field("model_version", pa.string()),
         pa.field("model_version_id", pa.string()),  # the registry's model version
         pa.field("task_version", pa.string()),

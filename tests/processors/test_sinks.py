@@ -32,6 +32,26 @@ def test_rows_match_their_schemas_and_carry_versions(config, tmp_path):
     assert pl.read_parquet(tmp_path / "fields.parquet")["decided_by"].to_list() == ["small"]
 
 
+def test_a_field_row_carries_why_routing_sent_it_up_apart_from_its_validators(config, tmp_path):
+    doc = _doc()
+    doc.fields["invoice_id"] = FieldPrediction("invoice_id", "123", "123", 0.01, 1, 0, 3, True, "large")
+    doc.decided_by["field:invoice_id"] = "review"
+    doc.escalation_reasons = ["small:category:low_confidence(0.40<0.60)",
+                              "small:field:invoice_id:low_confidence(0.01<0.60)",
+                              "large:field:invoice_id:low_confidence(0.30<0.50)"]
+    rows = {r["field"]: r for r in sinks.field_rows(doc, config, "run-1")}
+    low = rows["invoice_id"]
+    assert low["valid"] and low["problems"] == []  # the value passed its validators ...
+    assert low["routing_reasons"] == ["small:low_confidence(0.01<0.60)", "large:low_confidence(0.30<0.50)"]
+    assert low["decided_by"] == "review"  # ... but was never decided by the small tier
+    assert rows["order_id"]["routing_reasons"] == []
+    doc.escalation_reasons = ["large:failed(field:invoice_id+field:order_id: timeout)"]
+    rows = {r["field"]: r for r in sinks.field_rows(doc, config, "run-1")}
+    assert rows["order_id"]["routing_reasons"] == ["large:failed(field:invoice_id+field:order_id: timeout)"]
+    sinks.write_partition(tmp_path / "fields.parquet", list(rows.values()), FIELDS_SCHEMA)
+    assert pl.read_parquet(tmp_path / "fields.parquet")["routing_reasons"].to_list()[0]
+
+
 def test_rewrite_replaces_the_partition_and_leaves_no_temp_files(tmp_path):
     path = sinks.partition_path(str(tmp_path), "errors", "2026-11-20", "pdf")
     bad = Rejected("a.pdf", "pdf", "ingest", "corrupt_pdf", "x")
