@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from processors import privacy
 from processors.calibration import calibrate_field, calibrate_label
 from processors.linear import LinearLabeler
 from processors.models import Runtime, load_runtime
+from processors.models.base import Completion
 from processors.routing import route
 from processors.tasks import extract, label
 from processors.tasks.prompts import cut
@@ -77,6 +79,10 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
     def model_text(d: Document) -> str:
         return cut(masked[d.doc_id + d.uri][0], tier_cfg.max_doc_chars)
 
+    # Values of the fields this tier is not asked (decided before it): no candidate may repeat them.
+    held = {id(d): [p.value for name, p in d.fields.items()
+                    if f"field:{name}" not in asked_of[id(d)] and p.valid and p.value] for d in docs}
+
     for task in config.tasks:
         batch = [d for d in docs if d.source in task.sources and task.name in asked_of[id(d)]]
         if task.name in loaded.linear and tier == "small":
@@ -98,15 +104,22 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                                                     config.calibration.get(f"{tier}:{task.name}"))
     for source, specs in config.fields.items():
         for spec in specs:
-            # One call per field over the batch: each document keeps its llama.cpp slot, so its
-            # prefix (the document text and the field list) is evaluated once and reused.
+            # One field at a time over the batch: a document's prefix (its text and the field list) is the
+            # same for all its fields, so the runtime's prompt cache can reuse it.
             batch = [d for d in docs if d.source == source and f"field:{spec.name}" in asked_of[id(d)]]
             if not batch:
                 continue
+            allowed = {id(d): _candidate_values(d, spec, tier_cfg, held[id(d)]) for d in batch}
+            for doc in batch:  # a grounded field with nothing of its type in the text: null, no model call
+                if allowed[id(doc)] == []:
+                    doc.fields[spec.name] = calibrate_field(extract.absent(spec, tier),
+                                                            config.calibration.get(f"{tier}:fields"))
+            batch = [d for d in batch if allowed[id(d)] != []]
+            if not batch:
+                continue
             prompts = [extract.build_prompt(specs, spec, style, source, model_text(d)) for d in batch]
-            completions = loaded.runtime.complete(prompts,
-                                                  max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
-                                                  top_logprobs=10, grammar=extract.grammar(spec))
+            completions = _complete_fields(loaded.runtime, prompts, [allowed[id(d)] for d in batch], spec,
+                                           tier_cfg, masked, batch)
             for doc, completion in zip(batch, completions, strict=False):
                 usage[doc.doc_id + doc.uri].add(Usage(completion.prompt_tokens, completion.completion_tokens))
                 if keeps_previous and completion.error:
@@ -114,14 +127,54 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                     continue
                 # Placeholders back to the real values before the value is checked against the text.
                 completion = privacy.unmask_completion(completion, masked[doc.doc_id + doc.uri][1])
-                doc.fields[spec.name] = calibrate_field(extract.parse(completion, spec, doc, tier),
-                                                        config.calibration.get(f"{tier}:fields"))
+                doc.fields[spec.name] = calibrate_field(
+                    extract.parse(completion, spec, doc, tier, allowed[id(doc)]),
+                    config.calibration.get(f"{tier}:fields"))
+    for doc in docs:  # one span fills one field (among this tier's answers)
+        types = {s.name: s.type for s in config.fields.get(doc.source, [])}
+        mine = {k: v for k, v in doc.fields.items() if v.tier == tier}
+        doc.fields.update(extract.resolve_shared_spans(mine, types))
     elapsed = time.perf_counter() - started
     for doc in docs:
         u = usage[doc.doc_id + doc.uri]
         u.seconds = elapsed / max(len(docs), 1)
         doc.usage.setdefault(tier, Usage()).add(u)
         doc.model_versions[tier] = loaded.runtime.version
+
+
+def _candidate_values(doc: Document, spec, tier_cfg: TierModel, held: list[str]) -> list[str] | None:
+    """A grounded field's candidate values in the text this tier reads (None: not grounded, generated),
+    without the values other fields already hold (one span fills one field)."""
+    if not extract.is_grounded(spec):
+        return None
+    return [c.text for c in extract.candidates(spec, cut(doc.text, tier_cfg.max_doc_chars), held)]
+
+
+def _complete_fields(runtime: Runtime, prompts: list[str], allowed: list[list[str] | None], spec,
+                     tier_cfg: TierModel, masked: dict, batch: list[Document]) -> list:
+    """The completions for one field over a batch. A 'string' field: one batched call, any bounded JSON
+    string. A grounded field: each document's grammar allows null and its own candidates (PII placeholders
+    standing in for masked values). llama.cpp takes one grammar per request, so each document is its own
+    request, sent concurrently: the runtime decodes them together in its parallel slots (measured as
+    fast as one batched request)."""
+    if not extract.is_grounded(spec):
+        return runtime.complete(prompts, max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
+                                top_logprobs=10, grammar=extract.grammar(spec))
+
+    def one(i: int) -> Completion:
+        shown = [_mask_value(v, masked[batch[i].doc_id + batch[i].uri][1]) for v in allowed[i] or []]
+        return runtime.complete([prompts[i]], max_tokens=extract.candidate_max_tokens(shown, tier_cfg.max_field_tokens),
+                                top_logprobs=10, grammar=extract.candidate_grammar(shown))[0]
+    if len(prompts) == 1:
+        return [one(0)]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(prompts), tier_cfg.parallel_sequences))) as pool:
+        return list(pool.map(one, range(len(prompts))))
+
+
+def _mask_value(value: str, masks: dict[str, str]) -> str:
+    for placeholder, real in masks.items():
+        value = value.replace(real, placeholder)
+    return value
 
 
 def escalation_failed(doc: Document, items: Collection[str], why: str) -> None:

@@ -1,26 +1,37 @@
-"""Field extraction: one JSON-schema-constrained value per field, assembled into one schema-valid record.
+"""Field extraction: one grounded value per field, assembled into one schema-valid record.
 
 The prompt ends inside the JSON object (`... JSON: {"invoice_number": `), so the model writes only the
-value: a JSON string or null, bounded by the field type's length. Keys and punctuation are never
-generated, which is most of the saving on a CPU (about 75 generated tokens/s batched on 2 cores), and
-a document's text cannot add keys. Each value is checked against the source text (it must occur
-there: the evidence span) and its type's validator. Its confidence is the minimum probability of the
-tokens that spell it, which does not shrink with the value's length the way a product would.
+value. Keys and punctuation are never generated, which is most of the saving on a CPU, and a
+document's text cannot add keys.
+
+Grounded types (id, amount, date, email, currency, name): the value is one of the document's
+candidate spans of that type (processors/tasks/candidates.py) or null, enforced by the grammar, so
+a value cannot be invented. A field with no candidate in the text is null without a model call. The
+confidence is the probability of the chosen answer among the allowed ones (null and the candidates):
+at each generated token, its probability renormalized over the top-k tokens that stay on an allowed
+answer. After every field of a document is answered, one span fills at most one field
+(`resolve_shared_spans`): the less confident field is marked `span_of:<field>` and escalates.
+
+Type 'string' has no candidates: a JSON string bounded in length is generated, and it must occur in
+the source text (the evidence span). Its confidence is the minimum probability of the tokens that
+spell it, which does not shrink with the value's length the way a product would.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 from processors.models.base import Completion
+from processors.tasks.candidates import GROUNDED_TYPES, Candidate, find_candidates
 from processors.tasks.normalize import currency_evidence, find_span, normalize
 from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
-TASK_VERSION = "sluicegate.extract.v3"  # v3: chat-template markers in documents are inert text
+TASK_VERSION = "sluicegate.extract.v4"  # v4: grounded values (a candidate span of the field's type, or null)
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}
@@ -39,6 +50,34 @@ def grammar(spec: FieldSpec) -> str:
     the string, so an optional leading space and one trailing ',' or '}' are allowed; parse strips them.
     """
     return '%llguidance {}\nstart: " "? value end?\nend: "," | "}"\nvalue: %json ' + json.dumps(value_schema(spec))
+
+
+def is_grounded(spec: FieldSpec) -> bool:
+    return spec.type in GROUNDED_TYPES
+
+
+def candidates(spec: FieldSpec, text: str, held: Iterable[str] = ()) -> list[Candidate]:
+    """The spans a grounded field may take in the text the model reads; `held` are the values other
+    fields of the document hold (a span that contains one, or is contained in one, is left out)."""
+    held = [h.casefold() for h in held if h]
+    return [c for c in find_candidates(spec.type, text)
+            if "\n" not in c.text and not any(c.text.casefold() in h or h in c.text.casefold() for h in held)]
+
+
+def _literals(values: Iterable[str]) -> list[str]:
+    """The JSON answers allowed: null and each value as a JSON string, as the model writes them."""
+    return ["null", *(json.dumps(v, ensure_ascii=False) for v in values)]
+
+
+def candidate_grammar(values: Iterable[str]) -> str:
+    """llama.cpp (llguidance) grammar: null or one of these values, with the tokenizer-glued space and end
+    that `grammar` allows."""
+    options = " | ".join(json.dumps(lit, ensure_ascii=False) for lit in _literals(values))
+    return '%llguidance {}\nstart: " "? value end?\nend: "," | "}"\nvalue: ' + options
+
+
+def candidate_max_tokens(values: Iterable[str], limit: int) -> int:
+    return min(limit, max(len(lit) for lit in _literals(values)) + 2)
 
 
 def max_tokens(spec: FieldSpec, limit: int) -> int:
@@ -91,6 +130,28 @@ def _value_confidence(completion: Completion, literal: str) -> float:
     return min(probs)
 
 
+def _choice_confidence(completion: Completion, allowed: list[str]) -> float:
+    """The probability of the answer chosen among the allowed ones (JSON literals).
+
+    At each generated token until the answer is complete, the token's probability is renormalized over
+    the top-k tokens that keep the output on an allowed answer (with the optional leading space), so
+    the product is the model's preference for this answer over the other candidates and null.
+    """
+    starts = [lead + lit for lit in allowed for lead in ("", " ")]
+    complete = set(allowed)
+    prefix, confidence = "", 1.0
+    for token in completion.tokens:
+        ok = {t: math.exp(lp) for t, lp in token.top.items() if any(s.startswith(prefix + t) or
+                                                                    (prefix + t).startswith(s) for s in starts)}
+        chosen = math.exp(token.logprob)
+        total = sum(ok.values()) + (0.0 if token.token in ok else chosen)
+        confidence *= chosen / total if total > 0 else 0.0
+        prefix += token.token
+        if prefix.strip().rstrip(",}").rstrip() in complete:
+            break
+    return confidence
+
+
 def _page_of(doc: Document, offset: int) -> int:
     """1-based page of a character offset in doc.text (pages are joined with a blank line)."""
     pos = 0
@@ -101,8 +162,16 @@ def _page_of(doc: Document, offset: int) -> int:
     return max(len(doc.pages), 1)
 
 
-def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier) -> FieldPrediction:
-    """The parse step: never raises. Unusable output is an invalid prediction naming its problem."""
+def absent(spec: FieldSpec, tier: Tier) -> FieldPrediction:
+    """A grounded field with no candidate of its type in the text: null, certainly (no model call)."""
+    return FieldPrediction(spec.name, None, None, 1.0, None, None, None, True, tier)
+
+
+def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier,
+          allowed: list[str] | None = None) -> FieldPrediction:
+    """The parse step: never raises. Unusable output is an invalid prediction naming its problem.
+
+    allowed: a grounded field's candidate values (the answer must be one of them, or null)."""
     def invalid(problem: str) -> FieldPrediction:
         return FieldPrediction(spec.name, None, None, 0.0, None, None, None, False, tier, [problem])
 
@@ -117,7 +186,10 @@ def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier) ->
         return invalid("invalid_json")  # e.g. cut off at the token limit
     if raw is not None and not isinstance(raw, str):
         return invalid("not_a_string")
-    confidence = _value_confidence(completion, literal)
+    if allowed is not None and raw is not None and raw not in allowed:
+        return invalid("not_a_candidate")  # the grammar holds it; an endpoint without grammars may not
+    confidence = (_value_confidence(completion, literal) if allowed is None
+                  else _choice_confidence(completion, _literals(allowed)))
     value = raw.strip() if raw else None
     if value is not None and value.lower() in ("null", "none", "n/a"):
         value = None  # a model writing null as a string means absent
@@ -135,6 +207,27 @@ def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier) ->
         span[0] if span else None, span[1] if span else None,
         not problems, tier, problems,
     )
+
+
+def resolve_shared_spans(fields: dict[str, FieldPrediction], types: dict[str, str]) -> dict[str, FieldPrediction]:
+    """One span fills at most one field: where two fields' values overlap in the text (an order number
+    taken as the invoice number too), the more confident keeps it and the other is marked invalid
+    (`span_of:<field>`), so it escalates. Currencies are exempt: "$" is part of the amount "$4.11"."""
+    out = dict(fields)
+    held = sorted(((p.confidence, name) for name, p in fields.items()
+                   if p.value is not None and p.span_start is not None and types.get(name) != "currency"),
+                  reverse=True)
+    kept: list[str] = []
+    for _, name in held:
+        p = fields[name]
+        winner = next((k for k in kept if fields[k].span_start < p.span_end and p.span_start < fields[k].span_end),
+                      None)
+        if winner is None:
+            kept.append(name)
+        else:
+            out[name] = replace(p, value=None, normalized=None, confidence=0.0, page=None, span_start=None,
+                                span_end=None, valid=False, problems=[f"span_of:{winner}"])
+    return out
 
 
 # --- scoring against gold values (evaluation) ----------------------------------------------------

@@ -20,8 +20,27 @@ _EMAIL = re.compile(r"^[\w.+-]+@[\w-]+(\.[\w-]+)+$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_/.#]{1,63}$")
 
 
+# Month names of the invoices' other languages (German, French, Dutch, Spanish, Italian) -> English.
+MONTH_NAMES = {
+    "januar": "January", "janvier": "January", "januari": "January", "enero": "January", "gennaio": "January",
+    "februar": "February", "février": "February", "fevrier": "February", "februari": "February",
+    "febrero": "February", "febbraio": "February", "märz": "March", "maerz": "March", "mars": "March",
+    "maart": "March", "marzo": "March", "avril": "April", "abril": "April", "aprile": "April", "mai": "May",
+    "mei": "May", "mayo": "May", "maggio": "May", "juni": "June", "juin": "June", "junio": "June",
+    "giugno": "June", "juli": "July", "juillet": "July", "julio": "July", "luglio": "July", "août": "August",
+    "aout": "August", "augustus": "August", "agosto": "August", "septembre": "September",
+    "septiembre": "September", "settembre": "September", "oktober": "October", "octobre": "October",
+    "octubre": "October", "ottobre": "October", "novembre": "November", "noviembre": "November",
+    "dezember": "December", "décembre": "December", "decembre": "December", "diciembre": "December",
+    "dicembre": "December",
+}
+_MONTH_WORD = re.compile(r"[^\W\d_]+")
+
+
 def normalize_date(value: str) -> str | None:
-    text = re.sub(r"(\d)(st|nd|rd|th)\b", r"\1", " ".join(value.split()))
+    text = _MONTH_WORD.sub(lambda m: MONTH_NAMES.get(m.group(0).lower(), m.group(0)), value)
+    text = re.sub(r"(\d)\.(\s+[A-Za-z])", r"\1\2", text)  # German "7. Mai 2014"
+    text = re.sub(r"(\d)(st|nd|rd|th)\b", r"\1", " ".join(text.split()))
     text = re.sub(r"\s+([,.])", r"\1", text)  # PDF text often has "August 3 , 2014"
     for fmt in _DATE_FORMATS:
         try:

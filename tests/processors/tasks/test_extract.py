@@ -7,7 +7,7 @@ from processors.models.base import Completion, TokenLogprob
 from processors.tasks import extract
 from processors.tasks.normalize import find_span, normalize
 from schemas.config import FieldSpec
-from schemas.records import Document
+from schemas.records import Document, FieldPrediction
 
 FIELDS = [FieldSpec(name="invoice_number", type="id"), FieldSpec(name="date", type="date"),
           FieldSpec(name="total_amount", type="amount"), FieldSpec(name="currency", type="currency")]
@@ -123,3 +123,64 @@ def test_find_span_variants():
     assert find_span("Total: 4.11 USD", "4.11") == (7, 11)
     assert find_span("NAME: John SMITH", "john smith") == (6, 16)
     assert find_span("a b", "zzz") is None and find_span("abc", "  ") is None
+
+
+# --- grounded fields: a candidate span or null ----------------------------------------------------
+
+def _choice(text: str, steps: list[tuple[str, dict[str, float]]]) -> Completion:
+    """A completion of the given tokens, each with its top-k probabilities (first entry: the chosen token)."""
+    tokens = [TokenLogprob(tok, math.log(top[tok]), {t: math.log(p) for t, p in top.items()}) for tok, top in steps]
+    return Completion(text, tokens, 10, len(tokens))
+
+
+def test_a_grounded_value_is_one_of_its_candidates_with_the_choice_probability():
+    allowed = ["42183017", "4218"]
+    # ' "' then '42' then '183017"' : the raw model also likes tokens no candidate allows (they do not count).
+    completion = _choice(' "42183017"', [(' "', {' "': 0.6, " null": 0.2, "\n": 0.2}),
+                                         ("42", {"42": 0.5, "99": 0.5}),
+                                         ('183017"', {'183017"': 0.3, '18"': 0.1, "'s": 0.6})])
+    out = extract.parse(completion, FIELDS[0], DOC, "small", allowed)
+    assert out.value == "42183017" and out.valid
+    # 0.6/(0.6+0.2) for present over null, 1 at '42' (the only allowed), 0.3/(0.3+0.1) for '183017"' over '18"'
+    assert out.confidence == pytest.approx(0.75 * 1.0 * 0.75)
+    absent = extract.parse(_choice(" null", [(" null", {" null": 0.3, ' "': 0.1, "\n": 0.6})]), FIELDS[0], DOC,
+                           "small", allowed)
+    assert absent.value is None and absent.valid and absent.confidence == pytest.approx(0.75)
+
+
+def test_a_value_outside_the_candidates_is_never_accepted():
+    out = extract.parse(Completion('"99999"', [TokenLogprob('"99999"', 0.0)], 1, 1), FIELDS[0], DOC, "small",
+                        ["42183017"])
+    assert not out.valid and out.value is None and out.problems == ["not_a_candidate"]
+
+
+def test_candidate_grammar_allows_only_null_and_the_candidates():
+    g = extract.candidate_grammar(["#37777", 'say "hi"', "€ 5"])
+    assert g.startswith("%llguidance") and 'value: "null" | "\\"#37777\\"" | ' in g
+    assert '"\\"say \\\\\\"hi\\\\\\"\\""' in g and "€ 5" in g  # JSON inside a grammar literal, unicode as is
+    assert extract.candidate_max_tokens(["#37777"], 40) == len('"#37777"') + 2
+
+
+def test_a_field_without_candidates_is_absent_without_a_model_call():
+    assert extract.candidates(FIELDS[0], "no digits at all here") == []
+    out = extract.absent(FIELDS[0], "small")
+    assert out.value is None and out.valid and out.confidence == 1.0
+
+
+def test_one_span_fills_one_field_the_less_confident_escalates():
+    text = "I can't afford purchase 113542617735902, can you cancel it?"
+    start = text.index("1135")
+    span = (start, start + 15)
+
+    def held(name: str, conf: float) -> FieldPrediction:
+        return FieldPrediction(name, "113542617735902", "113542617735902", conf, 1, *span, True, "small")
+    fields = {"order_id": held("order_id", 0.58), "invoice_id": held("invoice_id", 0.31),
+              "refund_amount": FieldPrediction("refund_amount", None, None, 1.0, None, None, None, True, "small")}
+    out = extract.resolve_shared_spans(fields, {"order_id": "id", "invoice_id": "id", "refund_amount": "amount"})
+    assert out["order_id"] == fields["order_id"] and out["refund_amount"] == fields["refund_amount"]
+    loser = out["invoice_id"]
+    assert loser.value is None and not loser.valid and loser.problems == ["span_of:order_id"]
+    # a currency symbol inside an amount is not a shared span
+    money = {"total_amount": FieldPrediction("total_amount", "$4.11", "4.11", 0.9, 1, 0, 5, True, "small"),
+             "currency": FieldPrediction("currency", "$", "USD", 0.8, 1, 0, 1, True, "small")}
+    assert extract.resolve_shared_spans(money, {"total_amount": "amount", "currency": "currency"}) == money

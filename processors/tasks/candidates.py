@@ -1,0 +1,94 @@
+"""Candidate spans by field type: the only values a grounded field can take (plus null).
+
+A field's value must be a span of the document that fits its type. The spans are found here by
+pattern (ids, amounts, dates, emails, currencies, names) and kept only when the type's validator
+accepts them; the model then chooses among them or null (processors/tasks/extract.py). So a value
+cannot be invented, a field whose type does not occur in the text needs no model call, and the
+model's choice is a distribution over real spans that can be calibrated.
+
+Pure functions; never raise.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from processors.tasks.normalize import MONTH_NAMES, normalize
+
+# Most candidates offered per field, in order of appearance (an invoice's total can come after 50 numbers).
+MAX_CANDIDATES = 64
+
+_MONTHS = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
+           r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?|"
+           + "|".join(sorted(MONTH_NAMES, key=len, reverse=True)) + r")\.?")
+_PATTERNS: dict[str, list[re.Pattern[str]]] = {
+    # A token with a digit: order and invoice numbers, references ("#37777", "INV/2023/03/0008", "IBZY2087").
+    "id": [re.compile(r"(?<![\w#/\-])#?[A-Za-z0-9][A-Za-z0-9\-_/.]*[A-Za-z0-9](?![\w/\-])"),
+           # PDF text glues words: "Kundennr.30064443", "VF1005193039SCONL0303".
+           re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{0,4}\d{5,}")],
+    # A number with a currency next to it, or with decimals, or a plain number of at most 7 digits
+    # (a 15-digit number is an id, not an amount).
+    "amount": [
+        re.compile(r"(?:[$€£¥₹]|\b(?:USD|EUR|GBP|INR|CHF|Rs\.?))\s?\d[\d,.]*\d|(?:[$€£¥₹])\s?\d"),
+        re.compile(r"(?<![\w.,])\d{1,3}(?:[,.]\d{3})*[.,]\d{2}(?![\d])"),
+        re.compile(r"(?<![\w.,#/\-])\d{1,7}(?![\w/\-]|[.,]\d)"),
+    ],
+    "date": [
+        # Digits on either side, not word boundaries: PDF text glues "15-10-2015Order Date".
+        re.compile(r"(?<!\d)\d{4}[-/]\d{1,2}[-/]\d{1,2}(?!\d)"),
+        re.compile(r"(?<![\d.])\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}(?![\d.])"),
+        re.compile(rf"\b{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?\s*,?\s*\d{{4}}(?!\d)", re.IGNORECASE),
+        re.compile(rf"(?<!\d)\d{{1,2}}(?:st|nd|rd|th)?\.?[\s\-]+{_MONTHS}[\s\-,]+\d{{2,4}}(?!\d)", re.IGNORECASE),
+    ],
+    "email": [re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")],
+    "currency": [re.compile(r"\b(?:USD|EUR|GBP|INR|JPY|CHF|CAD|AUD|CNY|SEK|NOK|DKK|PLN|CZK|BRL|MXN|ZAR|SGD|HKD|"
+                            r"NZD|AED|SAR|TRY|KRW)\b|[$€£¥₹]|\bRs\b"),  # codes in capitals: "try" is a word
+                 re.compile(r"\b(?:dollars?|euros?|pounds?|rupees?)\b", re.IGNORECASE)],
+    # A title and a capitalised word, or two to three capitalised words ("Anna Freeman", "Mr. Smith").
+    "name": [re.compile(r"\b(?:Mr|Ms|Mrs|Dr|Miss)\.?\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?"),
+             re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){1,2}\b")],
+}
+GROUNDED_TYPES = frozenset(_PATTERNS)  # a 'string' field has no pattern: it is generated and checked instead
+
+
+@dataclass(frozen=True)
+class Candidate:
+    text: str  # exactly as in the document
+    start: int  # character offsets in the document text
+    end: int
+
+
+def _is_valid(field_type: str, text: str) -> bool:
+    if field_type == "id":
+        # An id has a digit and is not a date or a decimal amount.
+        if not any(c.isdigit() for c in text) or len(text.lstrip("#")) < 3:
+            return False
+        if any(p.fullmatch(text) for p in _PATTERNS["date"]) or re.fullmatch(r"\d{1,3}(?:,\d{3})*\.\d{2}", text):
+            return False
+        text = text.lstrip("#")  # "#37777" names invoice 37777
+    return not normalize(field_type, text)[1]
+
+
+def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, int]] = frozenset(),
+                    limit: int = MAX_CANDIDATES) -> list[Candidate]:
+    """The spans of `text` that fit the type, in order of appearance, each distinct text once.
+
+    exclude: spans another field of the document already holds; an overlapping candidate is left out
+    (one span does not fill two fields).
+    """
+    found: dict[str, Candidate] = {}
+    if field_type in ("id", "amount"):  # the numbers inside a date are neither
+        exclude = exclude | {(c.start, c.end) for c in find_candidates("date", text)}
+    for pattern in _PATTERNS.get(field_type, []):
+        for m in pattern.finditer(text):
+            value = m.group(0).strip()
+            start = m.start() + m.group(0).index(value) if value else m.start()
+            end = start + len(value)
+            # An amount's span is claimed once ("$1499", not also "1499"); ids may nest ("Kundennr.30064443").
+            taken = [*exclude, *((c.start, c.end) for c in found.values() if field_type == "amount")]
+            if not value or value in found or any(s < end and start < e for s, e in taken):
+                continue
+            if _is_valid(field_type, value):
+                found[value] = Candidate(value, start, end)
+    return sorted(found.values(), key=lambda c: c.start)[:limit]

@@ -1,0 +1,60 @@
+"""Candidate spans by field type: what a grounded field may take, found in the text, never invented."""
+
+import pytest
+
+from processors.datasets import load_examples
+from processors.tasks.candidates import find_candidates
+from processors.tasks.extract import field_match
+from tests.conftest import SHARED_DATA
+
+
+def _texts(field_type: str, text: str) -> list[str]:
+    return [c.text for c in find_candidates(field_type, text)]
+
+
+def test_each_type_finds_its_spans_and_not_the_others():
+    text = ("Order 113542617735902: I paid $1499 on 2014-08-03, not 1200 dollars. Bill #37777, "
+            "ask Ms. Hawkings or anna@example.com. Invoice Date: August 3 , 2014")
+    assert _texts("id", text) == ["113542617735902", "1499", "1200", "#37777", "37777"]
+    assert _texts("amount", text) == ["$1499", "1200"]  # a 15-digit number is not an amount
+    assert _texts("date", text) == ["2014-08-03", "August 3 , 2014"]
+    assert _texts("currency", text) == ["$", "dollars"]
+    assert _texts("email", text) == ["anna@example.com"]
+    assert "Ms. Hawkings" in _texts("name", text)
+
+
+def test_spans_are_where_the_text_is_and_numbers_inside_dates_are_not_ids_or_amounts():
+    text = "Date: 15-10-2015Order Date: 20-10-2015 Total Rs 319.00"
+    for c in find_candidates("date", text):
+        assert text[c.start:c.end] == c.text
+    assert _texts("date", text) == ["15-10-2015", "20-10-2015"]  # glued PDF text
+    assert "2015" not in _texts("id", text) and "10" not in _texts("amount", text)
+    assert _texts("amount", text) == ["Rs 319.00"]
+
+
+def test_month_names_of_other_languages_are_dates():
+    assert _texts("date", "Kundennr.30064443 7. Mai 2014 Rechnung") == ["7. Mai 2014"]
+    assert _texts("date", "29 maart 2014Factuurdatum") == ["29 maart 2014"]
+    assert "30064443" in _texts("id", "Kundennr.30064443 7. Mai 2014")
+
+
+def test_an_excluded_span_is_not_offered_again():
+    text = "refund order 55501 for 55501"
+    first = find_candidates("id", text)
+    assert [c.text for c in first] == ["55501"]
+    again = find_candidates("id", text, exclude=frozenset({(first[0].start, first[0].end)}))
+    assert [(c.text, c.start) for c in again] == [("55501", text.rindex("55501"))]  # its other occurrence
+
+
+@pytest.mark.parametrize("path", ["tickets/bitext/validation.csv", "invoices/invoice2data"])
+def test_every_gold_value_of_the_shared_data_is_a_candidate(config, path):
+    """The ceiling of grounded extraction on our labelled data: every present gold value is offered."""
+    types = {s.name: s.type for specs in config.fields.values() for s in specs}
+    missed, n = [], 0
+    for ex in load_examples(SHARED_DATA / path):
+        for name, gold in ex.fields.items():
+            if name in types and gold:
+                n += 1
+                if not any(field_match(types[name], gold, c.text) for c in find_candidates(types[name], ex.text)):
+                    missed.append((ex.example_id, name, gold))
+    assert n > 10 and missed == []
