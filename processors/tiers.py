@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from processors import privacy
 from processors.calibration import calibrate_field, calibrate_label
+from processors.demonstrations import DemonstrationIndex
 from processors.linear import LinearLabeler
 from processors.models import Runtime, load_runtime
 from processors.models.base import Completion
@@ -33,6 +34,7 @@ class LoadedTier:
     runtime: Runtime
     content_free: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (task, source)
     linear: dict[str, LinearLabeler] = field(default_factory=dict)  # task -> tier 0 (small tier only)
+    demos: DemonstrationIndex | None = None  # few-shot examples, when the tier shows some
 
 
 def tier_config(config: Config, tier: Tier) -> TierModel:
@@ -45,8 +47,16 @@ def load_tier(config: Config, tier: Tier) -> LoadedTier:
     loaded = LoadedTier(load_runtime(tier_config(config, tier)))
     if tier == "small":
         loaded.linear = {task: LinearLabeler.load(tier0.path) for task, tier0 in config.linear.items()}
+    loaded.demos = load_demonstrations(config, tier)
     log.info("%s tier loaded %s in %.1fs", tier, loaded.runtime.version, time.perf_counter() - started)
     return loaded
+
+
+def load_demonstrations(config: Config, tier: Tier) -> DemonstrationIndex | None:
+    """The model version's few-shot examples, when this tier shows some ([<tier>] demonstrations > 0)."""
+    if tier_config(config, tier).demonstrations and config.demonstrations:
+        return DemonstrationIndex.load(config.demonstrations)
+    return None
 
 
 def all_items(doc: Document, config: Config) -> tuple[str, ...]:
@@ -79,6 +89,14 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
     def model_text(d: Document) -> str:
         return cut(masked[d.doc_id + d.uri][0], tier_cfg.max_doc_chars)
 
+    def shots(d: Document, item: str) -> list:
+        """Few-shot demonstrations for this item: the version's nearest training examples (none by default)."""
+        if loaded.demos is None or not tier_cfg.demonstrations:
+            return []
+        found = loaded.demos.nearest(d.text, item, d.source, tier_cfg.demonstrations)
+        # Shown to the same model as the document: masked the same way when text leaves the machine.
+        return [replace(s, text=privacy.mask(s.text)[0]) for s in found] if tier_cfg.mask_pii else found
+
     # Values of the fields this tier is not asked (decided before it): no candidate may repeat them.
     held = {id(d): [p.value for name, p in d.fields.items()
                     if f"field:{name}" not in asked_of[id(d)] and p.valid and p.value] for d in docs}
@@ -89,7 +107,8 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
             batch = _decide_linear(batch, task, loaded.linear[task.name], config.linear[task.name].threshold)
         if not batch:
             continue
-        prompts = [label.build_prompt(task, style, d.source, model_text(d)) for d in batch]
+        prompts = [label.build_prompt(task, style, d.source, model_text(d),
+                                      [(s.text, s.labels[task.name]) for s in shots(d, task.name)]) for d in batch]
         targets = label.targets_for(task, style)
         scores = label.score_labels(loaded.runtime, prompts, targets, tier_cfg.top_logprobs)
         for doc, score in zip(batch, scores, strict=False):
@@ -99,6 +118,8 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                 continue
             content_free = (_content_free(loaded, tier_cfg, task, doc.source)
                             if tier_cfg.contextual_calibration else None)
+            if task.name in doc.labels and doc.labels[task.name].tier != tier:
+                doc.superseded[task.name] = doc.labels[task.name]
             # Calibrated (from the model version) before routing: thresholds live in that space.
             doc.labels[task.name] = calibrate_label(label.to_prediction(task, score, content_free, tier),
                                                     config.calibration.get(f"{tier}:{task.name}"))
@@ -112,12 +133,16 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
             allowed = {id(d): _candidate_values(d, spec, tier_cfg, held[id(d)]) for d in batch}
             for doc in batch:  # a grounded field with nothing of its type in the text: null, no model call
                 if allowed[id(doc)] == []:
+                    if spec.name in doc.fields and doc.fields[spec.name].tier != tier:
+                        doc.superseded[f"field:{spec.name}"] = doc.fields[spec.name]
                     doc.fields[spec.name] = calibrate_field(extract.absent(spec, tier),
                                                             config.calibration.get(f"{tier}:fields"))
             batch = [d for d in batch if allowed[id(d)] != []]
             if not batch:
                 continue
-            prompts = [extract.build_prompt(specs, spec, style, source, model_text(d)) for d in batch]
+            prompts = [extract.build_prompt(specs, spec, style, source, model_text(d),
+                                            [(s.text, s.fields[spec.name]) for s in shots(d, f"field:{spec.name}")])
+                       for d in batch]
             completions = _complete_fields(loaded.runtime, prompts, [allowed[id(d)] for d in batch], spec,
                                            tier_cfg, masked, batch)
             for doc, completion in zip(batch, completions, strict=False):
@@ -125,6 +150,8 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                 if keeps_previous and completion.error:
                     escalation_failed(doc, [f"field:{spec.name}"], completion.error)
                     continue
+                if spec.name in doc.fields and doc.fields[spec.name].tier != tier:
+                    doc.superseded[f"field:{spec.name}"] = doc.fields[spec.name]
                 # Placeholders back to the real values before the value is checked against the text.
                 completion = privacy.unmask_completion(completion, masked[doc.doc_id + doc.uri][1])
                 doc.fields[spec.name] = calibrate_field(
@@ -233,17 +260,17 @@ def answer_batch(docs: Sequence[Document], loaded: LoadedTier, config: Config, t
     an errors row); the large tier restores the small answers, marked escalation_failed (the next run
     retries them), so no half-written large answer lands.
     """
-    before = [(dict(d.labels), dict(d.fields)) for d in docs]
+    before = [(dict(d.labels), dict(d.fields), dict(d.superseded)) for d in docs]
     asked = None if tier == "small" else [escalated_items(d) for d in docs]
     try:
         predict(docs, loaded, tier_config(config, tier), config, tier, asked)
     except Exception as e:
         log.exception("%s tier failed on a batch of %d", tier, len(docs))
-        for doc, (labels, fields) in zip(docs, before, strict=True):
+        for doc, (labels, fields, superseded) in zip(docs, before, strict=True):
             if tier == "small":
                 doc.error = f"small tier failed: {type(e).__name__}: {e}"[:500]
             else:
-                doc.labels, doc.fields = labels, fields
+                doc.labels, doc.fields, doc.superseded = labels, fields, superseded
                 escalation_failed(doc, sorted(escalated_items(doc)), f"{type(e).__name__}: {e}")
     return docs
 

@@ -125,6 +125,9 @@ class TierModel(Strict):
     max_doc_chars: int = 2000  # document text given to the model is cut to this many characters
     max_field_tokens: int = 40  # generation budget per field value (also bounded by the field's type)
     top_logprobs: int = 40  # candidate tokens read per label position
+    # Few-shot: show the k training examples of the model version nearest to the document (TF-IDF)
+    # before it, answered (0: zero-shot). Used when the version stores demonstrations; meant for [large].
+    demonstrations: int = 0
     # In-process llama.cpp: reuse the cached prefix of earlier prompts (a document's text across its
     # tasks): about 2x faster, but probabilities then depend a little on what the runtime served
     # before (near-tie labels can flip between runs). false: every prompt is evaluated afresh, and the
@@ -293,6 +296,7 @@ class Config(Strict):
     # '<tier>:<task>' (or '<tier>:fields') -> calibration; normally filled from the model version.
     calibration: dict[str, TaskCalibration] = Field(default_factory=dict)
     linear: dict[str, LinearTier] = Field(default_factory=dict)  # task -> tier 0; from the model version
+    demonstrations: str | None = None  # the model version's demonstrations.jsonl (few-shot examples)
     pdf: PdfOptions = PdfOptions()
     tickets: TicketOptions = TicketOptions()
 

@@ -120,6 +120,8 @@ class Document:
     fields: dict[str, FieldPrediction] = field(default_factory=dict)  # field -> final answer
     decided_by: dict[str, Tier] = field(default_factory=dict)  # task or 'field:<name>' -> tier
     escalation_reasons: list[str] = field(default_factory=list)
+    # The small tier's answers the large tier replaced (item -> answer): a reviewer sees both tiers.
+    superseded: dict[str, LabelPrediction | FieldPrediction] = field(default_factory=dict)
     escalation_failed: bool = False  # the large tier was needed but failed: small answer stands
     usage: dict[str, Usage] = field(default_factory=dict)  # tier -> usage
     model_versions: dict[str, str] = field(default_factory=dict)  # tier -> model version id

@@ -43,6 +43,7 @@ class ModelVersion(Strict):
     calibration: dict[str, TaskCalibration] = Field(default_factory=dict)  # '<tier>:<task>' -> calibration
     thresholds: dict[str, Thresholds] = Field(default_factory=dict)
     linear: dict[str, LinearTier] = Field(default_factory=dict)  # task -> tier 0, path inside the folder
+    demonstrations: str | None = None  # file name inside the folder: training examples for few-shot
 
 
 class Registry(Strict):
@@ -151,5 +152,7 @@ def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config
     config.linear = {task: LinearTier(path=str(version_file(folder, version, f"linear.{task}.path", tier.path)),
                                       threshold=tier.threshold)
                      for task, tier in version.linear.items()}
+    config.demonstrations = (str(version_file(folder, version, "demonstrations", version.demonstrations))
+                             if version.demonstrations else None)
     config.models.active = version.id
     return config

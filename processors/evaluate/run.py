@@ -15,7 +15,7 @@ from processors.evaluate.fitting import assign_split, choose_thresholds, fit_cal
 from processors.evaluate.outcomes import OUTCOME_SCHEMA, build_outcomes, doc_tokens, scored_items
 from processors.evaluate.summarize import summarize
 from processors.models import load_runtime
-from processors.tiers import LoadedTier, all_items, predict, tier_config
+from processors.tiers import LoadedTier, all_items, load_demonstrations, predict, tier_config
 from schemas.config import Config, LabelTask
 from schemas.records import Document, LabelPrediction
 
@@ -142,7 +142,7 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
         tier_cfg = tier_config(eval_cfg, tier)
         started = time.perf_counter()
         given = (loaded or {}).get(tier)
-        runtime_tier = given or LoadedTier(load_runtime(tier_cfg))
+        runtime_tier = given or LoadedTier(load_runtime(tier_cfg), demos=load_demonstrations(eval_cfg, tier))
         load_seconds = 0.0 if given else time.perf_counter() - started
         try:
             seconds = 0.0

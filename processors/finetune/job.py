@@ -98,6 +98,14 @@ def gather_examples(req: FinetuneRequest, config: Config) -> tuple[list[Labelled
         train += distilled
         if req.corrections:
             files.append(req.corrections)
+    elif req.corrections:  # a filled review CSV on its own
+        from processors.finetune.distill import corrected_examples
+
+        corrected, cstats = corrected_examples(config, req.corrections)
+        stats.update({f"corrections:{k}": v for k, v in cstats.items()})
+        stats["examples:corrected"] = len(corrected)
+        train += corrected
+        files.append(req.corrections)
     if req.eval:
         held = load_examples(req.eval, req.format)
         files.append(req.eval)
@@ -110,6 +118,9 @@ def gather_examples(req: FinetuneRequest, config: Config) -> tuple[list[Labelled
 
 def new_version_id(data: str) -> str:
     return f"ft-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{data[:6]}"
+
+
+DEMONSTRATIONS_FILE = "demonstrations.jsonl"
 
 
 def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
@@ -173,9 +184,15 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     }
     write_version(req.registry, version)
 
-    # 4-5. Tier 0, evaluation against the promoted version, calibration and thresholds.
+    # 4-5. Tier 0, few-shot demonstrations for the large tier, evaluation against the promoted
+    # version, calibration and thresholds.
     if req.linear:
         _fit_linear(version, folder, train, tasks)
+    from processors.demonstrations import write_demonstrations
+
+    write_demonstrations(train, folder / DEMONSTRATIONS_FILE,
+                         {source: [s.name for s in specs] for source, specs in config.fields.items()}, seed=req.seed)
+    version.demonstrations = DEMONSTRATIONS_FILE
     evaluate_fn = evaluate_fn or _default_evaluate
     result = evaluate_fn(config, version, folder, held, req)
     version.metrics = {name: {k: v for k, v in values.items() if not math.isnan(v)}

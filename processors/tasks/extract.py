@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from processors.models.base import Completion
@@ -84,15 +84,21 @@ def max_tokens(spec: FieldSpec, limit: int) -> int:
     return min(limit, MAX_VALUE_CHARS.get(spec.type, 80) + 2)  # a token is at least one character, plus quotes
 
 
-def build_prompt(fields: list[FieldSpec], field: FieldSpec, style: Style, source: str, text: str) -> str:
-    """All fields are described (same prefix for every field of a document); the answer starts at one key."""
+def build_prompt(fields: list[FieldSpec], field: FieldSpec, style: Style, source: str, text: str,
+                 shots: Sequence[tuple[str, str | None]] = ()) -> str:
+    """All fields are described (same prefix for every field of a document); the answer starts at one key.
+    shots: (text, value or None) demonstrations shown first, answered."""
     lines = "\n".join(f"- {f.name} ({f.type}): {f.description}".rstrip(": ") for f in fields)
     request = ("Copy these fields exactly as written in the text above; use null when a field is absent:\n"
                f"{lines}")
     answer = f'JSON: {{"{field.name}":'  # no trailing space: models write ' "' as one token
+
+    def written(value: str | None) -> str:
+        return " " + (json.dumps(value, ensure_ascii=False) if value is not None else "null") + "}"
     if style == "base":
-        return frame(style, source, text, f"{request}\n{answer}")
-    return frame(style, source, text, request) + answer  # chatml: the assistant's answer is prefilled
+        return frame(style, source, text, f"{request}\n{answer}", [(t, written(v)) for t, v in shots])
+    # chatml: the assistant's answer is prefilled
+    return frame(style, source, text, request, [(t, answer + written(v)) for t, v in shots]) + answer
 
 
 def _is_value_start(token: str) -> bool:

@@ -9,6 +9,7 @@ exactly the configured labels, so no output can fall outside the label set.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from processors.models.base import Runtime
@@ -21,10 +22,14 @@ CONTENT_FREE_INPUTS = ("N/A", "", "[document]")  # for contextual calibration (Z
 _MAX_DEPTH = 6
 
 
-def build_prompt(task: LabelTask, style: Style, source: str, text: str) -> str:
+def build_prompt(task: LabelTask, style: Style, source: str, text: str,
+                 shots: Sequence[tuple[str, str]] = ()) -> str:
+    """The document, the question and the options, ending where the label starts. shots: (text, label)
+    demonstrations shown first, answered."""
     options = ", ".join(task.verbalizer(label) for label in task.labels)
+    answered = [(t, answer_lead(style) + task.verbalizer(label)) for t, label in shots]
     return frame(style, source, text, f"{task.question}\nOptions: {options}\nAnswer:" if style == "base"
-                 else f"{task.question}\nAnswer with one of: {options}")
+                 else f"{task.question}\nAnswer with one of: {options}", answered)
 
 
 @dataclass

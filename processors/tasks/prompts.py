@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 Style = Literal["base", "chatml"]
@@ -32,14 +33,22 @@ def inert(text: str) -> str:
     return _MARKER.sub(lambda m: m.group(0)[0] + _BREAK + m.group(0)[1:], text)
 
 
-def frame(style: Style, source: str, text: str, request: str) -> str:
-    """Wraps a task's request around the document text, ending where the answer starts."""
+Shot = tuple[str, str]  # a demonstration: (its text, the answer after the request, as the model would write it)
+
+
+def frame(style: Style, source: str, text: str, request: str, shots: Sequence[Shot] = ()) -> str:
+    """Wraps a task's request around the document text, ending where the answer starts. Shots (few-shot
+    demonstrations) come first, each the same request about another text, answered."""
     kind = _KIND.get(source, "Document")
-    text = inert(text)  # the document is data: it cannot close the user turn or open the answer
+
+    def asked(t: str) -> str:  # the document is data: it cannot close the user turn or open the answer
+        return f"{kind}:\n\"\"\"\n{inert(t)}\n\"\"\"\n\n{request}"
     if style == "chatml":
-        return (f"<|im_start|>system\n{_SYSTEM}<|im_end|>\n<|im_start|>user\n{kind}:\n\"\"\"\n{text}\n\"\"\"\n\n"
-                f"{request}<|im_end|>\n<|im_start|>assistant\n")
-    return f"{kind}:\n\"\"\"\n{text}\n\"\"\"\n\n{request}"
+        turns = "".join(f"<|im_start|>user\n{asked(t)}<|im_end|>\n<|im_start|>assistant\n{inert(a)}<|im_end|>\n"
+                        for t, a in shots)
+        return (f"<|im_start|>system\n{_SYSTEM}<|im_end|>\n{turns}<|im_start|>user\n{asked(text)}<|im_end|>\n"
+                "<|im_start|>assistant\n")
+    return "".join(f"{asked(t)}{inert(a)}\n\n" for t, a in shots) + asked(text)
 
 
 def cut(text: str, limit: int) -> str:
