@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--out")
     fill.add_argument("--config")
 
+    rv = sub.add_parser("review", help="export the items a night left to review as a CSV to fill in")
+    rv.add_argument("--date", type=_parse_date, required=True, help="run date, YYYY-MM-DD")
+    rv.add_argument("--end", type=_parse_date, help="last run date of a range (default: --date)")
+    rv.add_argument("--out", required=True, help="the CSV to write")
+    rv.add_argument("--tables", help="output root of the Parquet tables (default: from the config)")
+    rv.add_argument("--config", help="TOML configuration (default as for run)")
+
     ev = sub.add_parser("evaluate", help="score small, large and the cascade on a labelled set; report and plots")
     given = ev.add_mutually_exclusive_group(required=True)
     given.add_argument("--data", help="labelled CSV/JSONL, or an invoice2data folder")
@@ -111,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2, default=str) if args.json else
                   f"version {result['version']}: {'promoted' if result['promoted'] else 'not promoted'}"
                   f" ({result['why']})\n  folder {result['folder']}")
+            return 0
+        if args.command == "review":
+            from datetime import timedelta
+
+            from processors.review import review_rows, write_review
+
+            config, _ = resolve_config(args.config)
+            end = args.end or args.date
+            dates = [(args.date + timedelta(days=i)).isoformat() for i in range((end - args.date).days + 1)]
+            rows = review_rows(config, args.tables or config.output.root, dates)
+            path = write_review(rows, args.out)
+            print(f"{len(rows)} items to review ({len({r['doc_id'] for r in rows})} documents) in {path}: fill in "
+                  "the 'correct' column, then: sluicegate finetune --train ... --corrections " + str(path))
             return 0
         if args.command == "evaluate":
             from flows.evaluate import evaluate, print_summary

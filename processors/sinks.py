@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from processors.routing import overall_tier
 from processors.tasks import extract, label
 from schemas.config import Config
-from schemas.records import Document, Rejected
+from schemas.records import Document, FieldPrediction, LabelPrediction, Rejected
 from schemas.tables import RESULT_TABLES, RUNS_TABLE, SCHEMA_VERSION, table_schema
 
 TASK_VERSIONS = {"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}
@@ -38,6 +38,7 @@ def result_row(doc: Document, config: Config, run_id: str, config_hash: str) -> 
         decided_by=overall_tier(doc.decided_by),
         escalation_reasons=list(doc.escalation_reasons),
         escalation_failed=doc.escalation_failed,
+        tier_answers=tier_answers(doc),
         n_pages=len(doc.pages) or 1,
         n_chars=len(doc.text),
         metadata=sorted(doc.metadata.items()),
@@ -56,6 +57,26 @@ def result_row(doc: Document, config: Config, run_id: str, config_hash: str) -> 
         run_id=run_id,
     )
     return row
+
+
+def _answer(item: str, pred: LabelPrediction | FieldPrediction) -> dict:
+    value = pred.label if isinstance(pred, LabelPrediction) else pred.value
+    return {"item": item, "tier": pred.tier, "value": value, "confidence": pred.confidence}
+
+
+def tier_answers(doc: Document) -> list[dict]:
+    """Both tiers' answers for every item the small tier did not decide: the small answer the large tier
+    replaced, then the answer that stands."""
+    out = []
+    for item, tier in sorted(doc.decided_by.items()):
+        if tier not in ("large", "review"):
+            continue
+        now = doc.labels.get(item) if not item.startswith("field:") else doc.fields.get(item[len("field:"):])
+        if item in doc.superseded:
+            out.append(_answer(item, doc.superseded[item]))
+        if now is not None:
+            out.append(_answer(item, now))
+    return out
 
 
 def _item_reasons(doc: Document, item: str) -> list[str]:

@@ -37,6 +37,10 @@ def results_schema(task_names: list[str]) -> pa.Schema:
             pa.field("decided_by", pa.string(), nullable=False),  # small | large | review (highest needed)
             pa.field("escalation_reasons", pa.list_(pa.string())),
             pa.field("escalation_failed", pa.bool_()),  # large tier was needed but failed; retried next run
+            # Each tier's answer for the items that left the small tier (what a reviewer compares).
+            pa.field("tier_answers", pa.list_(pa.struct([
+                pa.field("item", pa.string()), pa.field("tier", pa.string()), pa.field("value", pa.string()),
+                pa.field("confidence", pa.float64())]))),
             pa.field("n_pages", pa.int32()),
             pa.field("n_chars", pa.int64()),
             pa.field("metadata", pa.map_(pa.string(), pa.string())),

@@ -50,6 +50,9 @@ def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[s
             version.adapter = "adapter.gguf"
     else:
         version = read_version(root, config.models.active)
+    # A calibration this evaluation tried and did not keep is dropped, not left over from an earlier fit.
+    tried = {f"{tier}:{k}" for k in thresholds for tier in ev.tiers}
+    version.calibration = {k: v for k, v in version.calibration.items() if k not in tried or k in calibration}
     version.calibration.update({k: v.model_copy() for k, v in calibration.items()})
     version.thresholds.update({k: v.model_copy() for k, v in thresholds.items()})
     version.metrics["calibration"] = metrics

@@ -18,10 +18,9 @@ from pathlib import Path
 import polars as pl
 
 from processors.datasets import LabelledExample
-from processors.ingest.read import read_and_ingest
+from processors.review import reread
 from processors.sinks import read_table
 from schemas.config import Config
-from schemas.records import Document
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +29,54 @@ def _days(start: date, end: date) -> list[str]:
     return [(start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
-def read_corrections(path: str | Path | None) -> dict[str, dict[str, str | None]]:
-    """doc_id -> {task: label, 'field.<name>': value}; empty cells are 'no correction'."""
+def _correction_rows(path: str | Path) -> list[dict[str, str]]:
+    with Path(path).open(encoding="utf-8", newline="") as f:
+        return [{k: (v or "").strip() for k, v in row.items() if k} for row in csv.DictReader(f)]
+
+
+def read_corrections(path: str | Path | None, config: Config | None = None) -> dict[str, dict[str, str]]:
+    """doc_id -> {task: label, 'field.<name>': value}; empty cells are 'no correction'.
+
+    Two layouts: the review CSV (`sluicegate review`: one row per item, the answer in `correct`), or one
+    row per document with a column per task and per `field.<name>`. With a configuration, only its
+    tasks and fields are kept (the review CSV's other columns are context, not answers).
+    """
     if not path:
         return {}
-    out: dict[str, dict[str, str | None]] = {}
-    with Path(path).open(encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            doc_id = (row.pop("doc_id", "") or "").strip()
-            if doc_id:
-                out[doc_id] = {k: v.strip() for k, v in row.items() if k and v and v.strip()}
-    return out
+    known = None if config is None else ({t.name for t in config.tasks}
+                                         | {f"field.{s.name}" for ss in config.fields.values() for s in ss})
+    out: dict[str, dict[str, str]] = {}
+    for row in _correction_rows(path):
+        doc_id = row.get("doc_id", "")
+        if not doc_id:
+            continue
+        if "item" in row and "correct" in row:  # the review layout
+            item = row["item"]
+            fixes = {item.replace("field:", "field.", 1): row["correct"]} if row["correct"] else {}
+        else:
+            fixes = {k: v for k, v in row.items() if k != "doc_id" and v}
+        out.setdefault(doc_id, {}).update({k: v for k, v in fixes.items() if known is None or k in known})
+    return {doc_id: fixes for doc_id, fixes in out.items() if fixes}
+
+
+def corrected_examples(config: Config, path: str | Path) -> tuple[list[LabelledExample], dict[str, int]]:
+    """Training examples from a filled review CSV alone (no distillation range): each corrected document is
+    read again from its uri, and carries the corrected labels and fields."""
+    corrections = read_corrections(path, config)
+    located = {row["doc_id"]: (row.get("uri", ""), row.get("source", "")) for row in _correction_rows(path)
+               if row.get("doc_id") in corrections and row.get("uri")}
+    docs = reread(config, {uri: source for uri, source in located.values()})
+    examples, stats = [], {"corrected": len(corrections), "unreadable": 0}
+    for doc_id, fixes in corrections.items():
+        doc = docs.get(located.get(doc_id, ("", ""))[0])
+        if doc is None or doc.doc_id != doc_id:  # gone, or its bytes changed since the review
+            stats["unreadable"] += 1
+            continue
+        labels = {k: v for k, v in fixes.items() if not k.startswith("field.")}
+        fields = {k[len("field."):]: None if v.lower() == "null" else v for k, v in fixes.items()
+                  if k.startswith("field.")}
+        examples.append(LabelledExample(doc_id, doc.text, doc.source, labels, fields, pages=doc.pages))
+    return examples, stats
 
 
 def distilled_examples(config: Config, out_root: str, start: date, end: date,
@@ -48,7 +84,7 @@ def distilled_examples(config: Config, out_root: str, start: date, end: date,
     """Training examples from the large tier's decisions (and corrections) in [start, end]."""
     results = read_table(out_root, "results", _days(start, end))
     fields = read_table(out_root, "fields", _days(start, end))
-    corrections = read_corrections(corrections_path)
+    corrections = read_corrections(corrections_path, config)
     stats = {"large_labels": 0, "large_fields": 0, "corrected": 0, "unreadable": 0}
     wanted: dict[str, dict] = {}  # uri -> {"doc_id", "source", "labels", "fields"}
     if not results.is_empty():
@@ -74,7 +110,7 @@ def distilled_examples(config: Config, out_root: str, start: date, end: date,
             else:
                 entry["labels"][key] = value
         stats["corrected"] += bool(fix)
-    texts = _texts(config, wanted)
+    texts = reread(config, {uri: entry["source"] for uri, entry in wanted.items()})
     examples = []
     for uri, entry in wanted.items():
         doc = texts.get(uri)
@@ -84,16 +120,3 @@ def distilled_examples(config: Config, out_root: str, start: date, end: date,
         examples.append(LabelledExample(entry["doc_id"], doc.text, entry["source"], entry["labels"],
                                         entry["fields"], pages=doc.pages))
     return examples, stats
-
-
-def _texts(config: Config, wanted: dict[str, dict]) -> dict[str, Document]:
-    """Re-ingests each file once and keeps the documents whose uri is wanted."""
-    files: dict[str, str] = {}
-    for uri, entry in wanted.items():
-        files.setdefault(uri.split("#", 1)[0], entry["source"])
-    found: dict[str, Document] = {}
-    for path, source in files.items():
-        for record in read_and_ingest((path, source), config):
-            if isinstance(record, Document) and record.uri in wanted:
-                found[record.uri] = record
-    return found
