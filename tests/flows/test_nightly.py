@@ -162,3 +162,83 @@ def test_every_listener_of_the_run_is_loopback_and_refuses_without_its_key(night
     summary, _ = nightly_run
     assert summary["decided_by"].get("large"), "the large tier must have served too"
     assert_nothing_listens_that_need_not(LISTENERS)
+
+
+@pytest.mark.slow
+def test_decisions_route_on_confidence_and_one_span_fills_one_field(nightly_run):
+    """No value below its threshold is decided by the small tier; confidence escalates, not only invalid
+    output; a field's routing reasons are in its row; the order number of ticket L1 fills one field at most;
+    learned tasks stay on the sources they were learned from."""
+    _, out = nightly_run
+    config = with_model_version(load_config(FIXTURES / "sluicegate.toml"))
+    results, fields = _table(out, "results"), _table(out, "fields")
+    for task in config.tasks:
+        small = results.filter(pl.col(f"{task.name}_decided_by") == "small")
+        assert (small[f"{task.name}_confidence"] >= config.thresholds_for(task.name).small).all(), task.name
+    small_fields = fields.filter(pl.col("decided_by") == "small")
+    assert (small_fields["confidence"] >= config.thresholds_for("fields").small).all()
+    reasons = results["escalation_reasons"].explode().drop_nulls()
+    assert reasons.str.contains("low_confidence").any(), "the quick start escalates on confidence"
+    went_up = fields.filter(pl.col("decided_by") != "small")
+    assert (went_up["routing_reasons"].list.len() > 0).all()  # why each field left the small tier
+    l1 = fields.filter(pl.col("uri").str.ends_with("support_export.jsonl#L1")
+                       & pl.col("field").is_in(["order_id", "invoice_id", "refund_amount"]))
+    assert l1.height == 3 and l1["value"].drop_nulls().len() <= 1
+    assert fields.filter(pl.col("value").is_not_null())["span_start"].is_not_null().all()  # grounded values
+    pdf = results.filter(pl.col("source") == "pdf")
+    assert "intent" not in results.columns or pdf["intent"].is_null().all()  # learned from tickets only
+
+
+@pytest.mark.slow
+def test_the_review_queue_exports_both_tiers_and_a_filled_csv_becomes_training_examples(nightly_run, tmp_path):
+    """The review loop: `sluicegate review` lists every item decided by review with the text, the choices
+    and both tiers' answers; a person fills `correct`; the finetune job reads those rows as examples
+    (the LoRA training itself is tests/flows/test_finetune_cli.py's)."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from processors.finetune.distill import corrected_examples, read_corrections
+
+    _, out = nightly_run
+    config = with_model_version(load_config(FIXTURES / "sluicegate.toml"))
+    results, fields = _table(out, "results"), _table(out, "fields")
+    expected = {(r["doc_id"], t.name) for r in results.iter_rows(named=True) for t in config.tasks
+                if r[f"{t.name}_decided_by"] == "review"}
+    expected |= {(r["doc_id"], f"field:{r['field']}") for r in fields.filter(pl.col("decided_by") == "review")
+                 .iter_rows(named=True)}
+    assert expected, "the quick start leaves items to review"
+    path = tmp_path / "review.csv"
+    done = subprocess.run([str(Path(sys.executable).parent / "sluicegate"), "review", "--date", FIXTURE_DATE,
+                           "--tables", str(out), "--out", str(path), "--config", str(FIXTURES / "sluicegate.toml")],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["doc_id"], r["item"]) for r in rows} == expected
+    for r in rows:
+        assert r["text"] and r["choices"] and r["correct"] == ""
+        assert r["large_answer"] or r["small_answer"] or r["item"].startswith("field:")
+        assert r["small_confidence"] and r["large_confidence"]  # both tiers answered every reviewed item
+    # A person fills one column: the first choice for each item.
+    for r in rows:
+        r["correct"] = r["choices"].split(" | ")[0]
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fixes = read_corrections(path, config)
+    assert all(set(v) <= {t.name for t in config.tasks} | {f"field.{s.name}" for ss in config.fields.values()
+                                                             for s in ss} for v in fixes.values())
+    examples, stats = corrected_examples(config, path)
+    assert stats["unreadable"] == 0 and {e.example_id for e in examples} == {d for d, _ in expected}
+    by_id = {e.example_id: e for e in examples}
+    for r in rows:
+        ex = by_id[r["doc_id"]]
+        if r["item"].startswith("field:"):
+            answer = r["correct"]
+            assert ex.fields[r["item"][len("field:"):]] == (None if answer == "null" else answer)
+        else:
+            assert ex.labels[r["item"]] == r["correct"]
+        assert ex.text  # read again from the inbox
