@@ -46,21 +46,20 @@ def _answers(row: dict) -> dict[tuple[str, str], tuple[str | None, float | None]
 
 def review_rows(config: Config, out_root: str, run_dates: Iterable[str]) -> list[dict]:
     """Every item decided by review on these dates, one row each (REVIEW_COLUMNS), `correct` empty."""
-    dates = list(run_dates)
+    tasks = {t.name: t for t in config.tasks}
+    specs = {(source, s.name): s for source, ss in config.fields.items() for s in ss}
     rows: list[dict] = []
-    for run_date in dates:
+    for run_date in run_dates:
         results = read_table(out_root, "results", [run_date])
         if results.is_empty():
             continue
         fields = read_table(out_root, "fields", [run_date])
-        tasks = {t.name: t for t in config.tasks}
-        specs = {(source, s.name): s for source, ss in config.fields.items() for s in ss}
+        by_doc = {(r["uri"], r["doc_id"]): r for r in results.iter_rows(named=True)}
         queue: list[tuple[dict, str]] = []
-        for row in results.iter_rows(named=True):
+        for row in by_doc.values():
             queue += [(row, name) for name in tasks if row.get(f"{name}_decided_by") == "review"]
         if not fields.is_empty():
             reviewed = fields.filter(pl.col("decided_by") == "review")
-            by_doc = {(r["uri"], r["doc_id"]): r for r in results.iter_rows(named=True)}
             for f in reviewed.iter_rows(named=True):
                 if (f["uri"], f["doc_id"]) in by_doc:
                     queue.append((by_doc[(f["uri"], f["doc_id"])], f"field:{f['field']}"))

@@ -24,7 +24,7 @@ from processors.routing import route
 from processors.tasks import extract, label
 from processors.tasks.prompts import cut
 from schemas.config import Config, TierModel
-from schemas.records import Document, Tier, Usage
+from schemas.records import Document, FieldPrediction, LabelPrediction, Tier, Usage
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                 continue
             content_free = (_content_free(loaded, tier_cfg, task, doc.source)
                             if tier_cfg.contextual_calibration else None)
-            if task.name in doc.labels and doc.labels[task.name].tier != tier:
-                doc.superseded[task.name] = doc.labels[task.name]
+            _supersede(doc, task.name, doc.labels.get(task.name), tier)
             # Calibrated (from the model version) before routing: thresholds live in that space.
             doc.labels[task.name] = calibrate_label(label.to_prediction(task, score, content_free, tier),
                                                     config.calibration.get(f"{tier}:{task.name}"))
@@ -133,8 +132,7 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
             allowed = {id(d): _candidate_values(d, spec, tier_cfg, held[id(d)]) for d in batch}
             for doc in batch:  # a grounded field with nothing of its type in the text: null, no model call
                 if allowed[id(doc)] == []:
-                    if spec.name in doc.fields and doc.fields[spec.name].tier != tier:
-                        doc.superseded[f"field:{spec.name}"] = doc.fields[spec.name]
+                    _supersede(doc, f"field:{spec.name}", doc.fields.get(spec.name), tier)
                     doc.fields[spec.name] = calibrate_field(extract.absent(spec, tier),
                                                             config.calibration.get(f"{tier}:fields"))
             batch = [d for d in batch if allowed[id(d)] != []]
@@ -150,8 +148,7 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                 if keeps_previous and completion.error:
                     escalation_failed(doc, [f"field:{spec.name}"], completion.error)
                     continue
-                if spec.name in doc.fields and doc.fields[spec.name].tier != tier:
-                    doc.superseded[f"field:{spec.name}"] = doc.fields[spec.name]
+                _supersede(doc, f"field:{spec.name}", doc.fields.get(spec.name), tier)
                 # Placeholders back to the real values before the value is checked against the text.
                 completion = privacy.unmask_completion(completion, masked[doc.doc_id + doc.uri][1])
                 doc.fields[spec.name] = calibrate_field(
@@ -202,6 +199,12 @@ def _mask_value(value: str, masks: dict[str, str]) -> str:
     for placeholder, real in masks.items():
         value = value.replace(real, placeholder)
     return value
+
+
+def _supersede(doc: Document, item: str, previous: LabelPrediction | FieldPrediction | None, tier: Tier) -> None:
+    """Keeps an earlier tier's answer that this tier is about to replace (the review queue shows both)."""
+    if previous is not None and previous.tier != tier:
+        doc.superseded[item] = previous
 
 
 def escalation_failed(doc: Document, items: Collection[str], why: str) -> None:
