@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve_deployments(args.config, args.api_url, args.port, Path(args.home))
         if args.command == "finetune":
+            from processors.finetune import require_training_stack
+
+            require_training_stack()  # an optional extra: say what to install before a flow run starts
             from flows.finetune import finetune
 
             result = finetune(train=args.train, eval=args.eval, format=args.format, limit=args.limit,

@@ -25,6 +25,9 @@ def finetune(train: list[str], eval: str | None = None, format: str | None = Non
     distill_*: also learn from the large tier's decisions in that date range of an output root;
     corrections: a CSV of doc_id + corrected labels / field.<name> values, which win.
     """
+    from processors.finetune import require_training_stack
+
+    require_training_stack()  # an optional extra: one error that says what to install
     from processors.finetune.job import FinetuneRequest, run_finetune
     from processors.finetune.train import TrainOptions
 

@@ -31,10 +31,12 @@ def test_help_lists_the_commands():
 
 @pytest.mark.slow
 def test_backfill_prints_per_stage_progress_lines(tmp_path):
-    """A one-date backfill of two tickets and a malformed line: one stderr line per stage, stdout untouched."""
+    """A one-date backfill of two tickets and a malformed line: one stderr line per stage, stdout untouched.
+    It runs as without the 'finetune' extra: the nightly path must not import PyTorch, transformers or PEFT."""
     import re
 
     from tests.conftest import FIXTURES
+    from tests.test_packaging import without_training_stack
 
     lines = (FIXTURES / "inbox" / "tickets" / "2026-11-20" / "support_export.jsonl").read_text().splitlines()
     folder = tmp_path / "inbox" / "tickets" / "2026-11-05"
@@ -48,7 +50,8 @@ def test_backfill_prints_per_stage_progress_lines(tmp_path):
                       'contextual_calibration = false\nparallel_sequences = 2\n'
                       '[tickets.columns."*"]\nid = "ticket_id"\n')
     done = subprocess.run([SLUICEGATE, "backfill", "--start", "2026-11-05", "--end", "2026-11-05", "--config",
-                           str(config)], capture_output=True, text=True, timeout=600, check=False)
+                           str(config)], env=without_training_stack(), capture_output=True, text=True, timeout=600,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     progress = [line.split("  ", 1)[1] for line in done.stderr.splitlines()
                 if re.match(r"\d\d:\d\d:\d\d  \S", line)]
