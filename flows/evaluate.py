@@ -36,7 +36,7 @@ def evaluate(data: str = "", format: str | None = None, out: str = "eval", limit
     re-scored without running a model.
     """
     logger = get_run_logger()
-    config, config_file = resolve_config(config_path)
+    config, config_file = resolve_config(config_path, registry_must_exist=not calibrate)  # calibrate creates it
     if calibrate and not config.models.registry:
         raise ValueError(f"calibrate needs a model registry: set [models] registry in {config_file}")
     if bool(data) == bool(outcomes):
@@ -51,11 +51,8 @@ def evaluate(data: str = "", format: str | None = None, out: str = "eval", limit
         examples = load(data, format)
         logger.info("evaluating %d examples from %s (limit %s) with %s", len(examples), data, limit, config_file)
 
-        def progress(tier: str, done: int, total: int) -> None:
-            logger.info("%s tier: %d/%d documents", tier, done, total)
-
         ev = evaluation.evaluate(config, examples, limit=limit, target_escalation=target_escalation,
-                                 target_quality_gap=gap, progress=progress)
+                                 target_quality_gap=gap)  # per-tier progress lines: processors/progress.py
     notes = [f"data: `{data}`" + (f" (format {format})" if format else "") + f"; configuration: `{config_file}`"]
     stored = None
     if calibrate:

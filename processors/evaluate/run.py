@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -15,13 +14,12 @@ from processors.evaluate.fitting import assign_split, choose_thresholds, fit_cal
 from processors.evaluate.outcomes import OUTCOME_SCHEMA, build_outcomes, doc_tokens, scored_items
 from processors.evaluate.summarize import summarize
 from processors.models import load_runtime
+from processors.progress import Progress
 from processors.tiers import LoadedTier, all_items, load_demonstrations, predict, tier_config
 from schemas.config import Config, LabelTask
 from schemas.records import Document, LabelPrediction
 
-log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]  # (tier, documents done, documents total)
+OnBatch = Callable[[str, int, int], None]  # (tier, documents done, documents total)
 
 
 # --- what to run ---------------------------------------------------------------------------------
@@ -95,12 +93,13 @@ def _chunks(seq: list, n: int) -> list[list]:
 def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequence[str] = TIERS, *,
              limit: int | None = None, seed: int = 0, loaded: dict[str, LoadedTier] | None = None,
              target_escalation: float | None = None, target_quality_gap: float | None = None,
-             progress: Progress | None = None) -> Evaluation:
+             progress: OnBatch | None = None, stage: str = "evaluate") -> Evaluation:
     """Runs the tiers on the labelled examples and scores them; see the package docstring.
 
     limit: a stratified sample (by the most-labelled task) of this many examples. loaded: runtimes
     already loaded per tier (left open; others are loaded here and closed). target_*: how the report's
-    thresholds are chosen (default: cascade within 1 point of large-only quality).
+    thresholds are chosen (default: cascade within 1 point of large-only quality). progress: called
+    after every batch; throttled progress lines ('<stage> small tier: 12/40 (30%) ...') are logged anyway.
     """
     tiers = tuple(t for t in TIERS if t in tiers)
     if not tiers:
@@ -147,6 +146,9 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
         try:
             seconds = 0.0
             done = 0
+            # after the runtime is loaded: the rate and ETA are the tier's answering alone
+            line = Progress(f"{stage} {tier} tier", n_docs)
+            line.start()
             for group_cfg, members in plan:
                 group_docs = [_document(ex) for ex in members]
                 for batch in _chunks(group_docs, tier_cfg.parallel_sequences):
@@ -159,9 +161,9 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
                     for d in batch:
                         docs[tier][d.doc_id] = d
                     done += len(batch)
+                    line.advance(len(batch))
                     if progress:
                         progress(tier, done, n_docs)
-                    log.info("%s tier: %d/%d documents", tier, done, n_docs)
         finally:
             if not given:
                 runtime_tier.runtime.close()

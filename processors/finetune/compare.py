@@ -97,14 +97,14 @@ def compare_versions(config: Config, version: ModelVersion, folder: Path, held: 
     """Metrics, calibration, thresholds, tier-0 thresholds and the promotion decision for a candidate."""
     candidate_cfg = apply_version(config, version, folder)
     candidate_cfg.linear = {}  # the language models alone first; tier 0 is judged on top of them
-    ev = evaluate(candidate_cfg, held, tiers=("small", "large"))
+    ev = evaluate(candidate_cfg, held, tiers=("small", "large"), stage="finetune candidate")
     metrics = {"candidate_small": flat_metrics(ev.summary, "small"),
                "large": flat_metrics(ev.summary, "large"),
                "candidate_cascade": flat_metrics(ev.summary, "cascade_calibrated")}
     found = resolve(registry, None)
     promoted_cfg = apply_version(config, *found) if found else config.model_copy(deep=True)
     promoted_cfg.linear = {}
-    promoted_ev = evaluate(promoted_cfg, held, tiers=("small",))
+    promoted_ev = evaluate(promoted_cfg, held, tiers=("small",), stage="finetune promoted")
     metrics["promoted_small"] = flat_metrics(promoted_ev.summary, "small")
     better, why = decide_promotion(metrics["candidate_small"]["score"], metrics["promoted_small"]["score"])
     kept = _linear_decisions(ev, version, folder, held, metrics)

@@ -25,6 +25,8 @@ from pathlib import Path
 from processors.datasets import LabelledExample, data_hash, load_examples, sample, split
 from processors.finetune.pairs import build_pairs, training_tasks
 from processors.finetune.train import TrainOptions
+from processors.progress import LOGGER as progress_log
+from processors.progress import duration
 from schemas.config import Config, LinearTier
 from schemas.versions import ModelVersion, promote, read_registry, version_dir, write_version
 
@@ -153,6 +155,9 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     workdir = Path(req.workdir or Path(req.registry) / ".work")
 
     # 3. PyTorch must agree with llama.cpp before anything is trained on it.
+    # Stage lines between the long loops (which log their own progress), so no step is silent.
+    progress_log.info("finetune: %d pairs from %d examples (%d held out); checking PyTorch agrees with llama.cpp",
+                      len(pairs), len(train), len(held))
     model, tokenizer = load_torch_model(config.small.model)
     probe = [p.prompt for p in pairs[: min(8, len(pairs))]]
     base_runtime = load_runtime(config.small.model_copy(update={"adapter": None, "parallel_sequences": 4}))
@@ -162,7 +167,10 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
         raise RuntimeError(f"PyTorch and llama.cpp disagree on the base model: {before}")
     peft_model = add_lora(model, req.options)
     peft_model, report = train_lora(peft_model, tokenizer, pairs, req.options, workdir, progress=progress)
+    t0 = time.perf_counter()
     n_tensors = export_gguf_lora(peft_model, folder / "adapter.gguf")
+    progress_log.info("finetune export: %d tensors to %s in %s; checking llama.cpp agrees with PyTorch", n_tensors,
+                      folder / "adapter.gguf", duration(time.perf_counter() - t0))
     version.adapter = "adapter.gguf"
     tuned = config.model_copy(deep=True)
     tuned.small.adapter = str(folder / "adapter.gguf")
@@ -187,6 +195,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     # 4-5. Tier 0, few-shot demonstrations for the large tier, evaluation against the promoted
     # version, calibration and thresholds.
     if req.linear:
+        progress_log.info("finetune: fitting tier 0 (TF-IDF linear models) for up to %d label tasks", len(tasks))
         _fit_linear(version, folder, train, tasks)
     from processors.demonstrations import write_demonstrations
 
@@ -194,6 +203,8 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
                          {source: [s.name for s in specs] for source, specs in config.fields.items()}, seed=req.seed)
     version.demonstrations = DEMONSTRATIONS_FILE
     evaluate_fn = evaluate_fn or _default_evaluate
+    progress_log.info("finetune: evaluating the candidate and the promoted version on %d held-out examples",
+                      len(held))
     result = evaluate_fn(config, version, folder, held, req)
     version.metrics = {name: {k: v for k, v in values.items() if not math.isnan(v)}
                        for name, values in result["metrics"].items()}

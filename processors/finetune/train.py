@@ -5,7 +5,8 @@
 - Sequences are bucketed by length, so padding is small; batches are shuffled across buckets.
 - A checkpoint (adapter weights, optimizer, step, batch order) is written atomically every N steps;
   a rerun with the same data and options resumes from it.
-- A progress bar with an ETA goes to stderr; seconds per 100 examples is reported.
+- Progress lines (steps, rate, ETA, loss) go to the `processors.progress` logger, so to the terminal and
+  the Prefect run's logs; seconds per 100 examples is reported.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from processors.finetune.pairs import Pair
+from processors.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +130,9 @@ def _fingerprint(tokenized: list[tuple[list[int], int]], options: TrainOptions) 
 
 def train_lora(model, tokenizer, pairs: list[Pair], options: TrainOptions, workdir: Path,
                progress: bool = True):
-    """Trains a LoRA adapter on the pairs; returns (peft model, TrainReport). Resumes from workdir."""
-    from tqdm import tqdm
+    """Trains a LoRA adapter on the pairs; returns (peft model, TrainReport). Resumes from workdir.
 
+    progress: log progress lines ('finetune training: 120/300 (40%) 0.4 steps/s, ETA 7m30s, loss 1.234')."""
     if options.threads:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
@@ -168,7 +170,8 @@ def train_lora(model, tokenizer, pairs: list[Pair], options: TrainOptions, workd
             log.info("checkpoint is for other data or options: starting over")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc="finetune", unit="step")
+    line = Progress("finetune training", total_steps, unit="steps", done=start_step, enabled=progress)
+    line.start()
     stop = total_steps if options.stop_after_steps is None else min(total_steps, start_step + options.stop_after_steps)
     for step in range(start_step, stop):
         batch = _collate([tokenized[i] for i in schedule[step]], pad_id)
@@ -179,12 +182,11 @@ def train_lora(model, tokenizer, pairs: list[Pair], options: TrainOptions, workd
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-        bar.update(1)
+        line.advance(1, _recent_loss(losses))
         if step + 1 < total_steps and (step + 1 == stop or (
                 options.checkpoint_every and (step + 1) % options.checkpoint_every == 0)):
             _save_checkpoint(checkpoint, peft_model, optimizer, scheduler, step + 1, losses, fingerprint)
-    bar.close()
+    line.finish(_recent_loss(losses))  # stopped early (stop_after_steps): the last step's count
     seconds = time.perf_counter() - started
     peft_model.eval()
     n_done = sum(len(schedule[s]) for s in range(start_step, stop))
@@ -202,6 +204,11 @@ def train_lora(model, tokenizer, pairs: list[Pair], options: TrainOptions, workd
     os.replace(tmp, finished)
     checkpoint.unlink(missing_ok=True)  # finished: the adapter is the result
     return peft_model, report
+
+
+def _recent_loss(losses: list[float]) -> str:
+    """The progress line's loss: the mean of the last 20 steps (one step's loss is noisy)."""
+    return f"loss {sum(losses[-20:]) / len(losses[-20:]):.3f}" if losses else ""
 
 
 def lora_state(peft_model) -> dict[str, torch.Tensor]:

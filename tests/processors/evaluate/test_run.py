@@ -1,6 +1,8 @@
 """Running the tiers on labelled examples: what is scored, and the outcome rows (real models)."""
 
 import json
+import logging
+import re
 
 import polars as pl
 import pytest
@@ -37,10 +39,17 @@ def test_evaluation_scores_real_outputs(evaluation, mix):
     assert o.filter(pl.col("large_tokens").is_null()).is_empty()  # every item's large-tier tokens are known
 
 
-def test_small_tier_alone_for_comparing_versions(config, small_runtime, mix):
-    """What fine-tuning uses to compare a candidate with the promoted version: the small tier only."""
+def test_small_tier_alone_for_comparing_versions(config, small_runtime, mix, caplog):
+    """What fine-tuning uses to compare a candidate with the promoted version: the small tier only.
+    Progress lines with counts go to the processors.progress logger (the terminal and the Prefect run)."""
+    caplog.set_level(logging.INFO, logger="processors.progress")
     tweets = [ex for ex in mix if ex.example_id.startswith("airline_dev:")]
     ev = evaluate(config, tweets, tiers=("small",), loaded={"small": LoadedTier(small_runtime)})
+    lines = [r.getMessage() for r in caplog.records if r.name == "processors.progress"]
+    assert lines[0] == "evaluate small tier: 0/3 (0%)", lines  # before the first batch
+    for line in lines[1:-1]:  # one per batch at most (the batch may hold all 3)
+        assert re.fullmatch(r"evaluate small tier: [12]/3 \(\d+%\) [\d.]+ docs/s, ETA \d+s", line), lines
+    assert re.fullmatch(r"evaluate small tier: 3/3 \(100%\) [\d.]+ docs/s, done in \d+s", lines[-1]), lines
     entry = ev.summary.tasks["sentiment"]
     assert entry.n == 3 and entry.small is not None
     assert entry.large is None and entry.linear is None and entry.cascade is None and entry.cascade_calibrated is None
