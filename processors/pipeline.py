@@ -8,7 +8,6 @@ the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,13 +20,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from processors import sinks
 from processors.faults import FaultPlan, checkpoint, pass_checkpoint
 from processors.ingest.read import AlreadyDone, read_and_ingest
+from processors.progress import Progress
 from processors.routing import overall_tier
 from processors.tiers import LoadedTier, answer_batch, load_tier, needs_large, route_after, tier_config
 from schemas.config import Config
 from schemas.records import Document, Rejected, Tier
 from schemas.tables import RESULT_TABLES
 
-progress = logging.getLogger("sluicegate.progress")  # per-stage lines; only the CLI shows them
+NIGHT_INTERVAL = 30.0  # seconds between a tier's progress lines: a night runs for hours
 NAMESPACE = "sluicegate"
 
 
@@ -81,10 +81,14 @@ class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
 
     def run_inference(self, batch: Sequence[Document], model: LoadedTier,
                       inference_args: dict | None = None) -> Iterable[Document]:
-        started = getattr(self, "_started", 0)  # documents this worker's handler was given so far
-        self._started = started + len(batch)
-        progress.info("%s tier: documents %d-%d", self._tier, started + 1, self._started)
-        return answer_batch(batch, model, self._config, self._tier)
+        # Documents this worker's handler answered, with the rate. The night's total is not known here
+        # (files are read as the tier runs), so no ETA. Made on the worker, not pickled with the graph.
+        line = getattr(self, "_progress", None)
+        if line is None:
+            line = self._progress = Progress(f"{self._tier} tier", None, interval=NIGHT_INTERVAL)
+        answered = answer_batch(batch, model, self._config, self._tier)
+        line.advance(len(batch))
+        return answered
 
     def get_metrics_namespace(self) -> str:
         return f"sluicegate_{self._tier}"
@@ -134,11 +138,13 @@ class _Split(beam.DoFn):
 
 
 def _keyed_rows(spec: RunSpec) -> beam.PTransform:
-    """Final documents -> ((table, source), row) for results and fields."""
+    """Final documents -> ((table, source), row) for results, labels, fields and manifest."""
 
     def rows(doc: Document) -> Iterable[tuple[tuple[str, str], dict]]:
         Metrics.counter(NAMESPACE, f"decided_{overall_tier(doc.decided_by)}").inc()
         yield ("results", doc.source), sinks.result_row(doc, spec.config, spec.run_id, spec.config_hash)
+        for row in sinks.label_rows(doc, spec.config, spec.run_id):
+            yield ("labels", doc.source), row
         for row in sinks.field_rows(doc, spec.config, spec.run_id):
             yield ("fields", doc.source), row
         yield ("manifest", doc.source), sinks.manifest_row(doc, spec.version_key, spec.run_id)

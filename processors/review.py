@@ -53,11 +53,15 @@ def review_rows(config: Config, out_root: str, run_dates: Iterable[str]) -> list
         results = read_table(out_root, "results", [run_date])
         if results.is_empty():
             continue
+        labels = read_table(out_root, "labels", [run_date])
         fields = read_table(out_root, "fields", [run_date])
         by_doc = {(r["uri"], r["doc_id"]): r for r in results.iter_rows(named=True)}
         queue: list[tuple[dict, str]] = []
-        for row in by_doc.values():
-            queue += [(row, name) for name in tasks if row.get(f"{name}_decided_by") == "review"]
+        if not labels.is_empty():
+            reviewed = labels.filter((pl.col("decided_by") == "review") & pl.col("task").is_in(list(tasks)))
+            for lab in reviewed.sort("uri", "task").iter_rows(named=True):
+                if (lab["uri"], lab["doc_id"]) in by_doc:
+                    queue.append((by_doc[(lab["uri"], lab["doc_id"])], lab["task"]))
         if not fields.is_empty():
             reviewed = fields.filter(pl.col("decided_by") == "review")
             for f in reviewed.iter_rows(named=True):

@@ -9,39 +9,46 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable
+from datetime import date
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from processors.ingest import tickets
 from processors.routing import overall_tier
 from processors.tasks import extract, label
+from processors.tasks.normalize import normalize_currency
 from schemas.config import Config
 from schemas.records import Document, FieldPrediction, LabelPrediction, Rejected
-from schemas.tables import RESULT_TABLES, RUNS_TABLE, SCHEMA_VERSION, table_schema
+from schemas.tables import AMOUNT_TYPE, RESULT_TABLES, RUNS_TABLE, SCHEMA_VERSION, table_schema
 
 TASK_VERSIONS = {"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}
 
 
 def result_row(doc: Document, config: Config, run_id: str, config_hash: str) -> dict:
-    row: dict = {"doc_id": doc.doc_id, "uri": doc.uri}
-    for task in config.tasks:
-        pred = doc.labels.get(task.name)
-        row[task.name] = pred.label if pred else None
-        row[f"{task.name}_confidence"] = pred.confidence if pred else None
-        row[f"{task.name}_decided_by"] = doc.decided_by.get(task.name) if pred else None
+    """The document's results row. Label answers are rows of `labels` (label_rows), so this row has one
+    schema whatever the tasks."""
+    metadata = dict(doc.metadata)
+    source_id, created_at = tickets.pop_typed_metadata(metadata) if doc.source == "tickets" else (None, None)
     small, large = doc.usage.get("small"), doc.usage.get("large")
-    row.update(
+    return dict(
+        doc_id=doc.doc_id,
+        uri=doc.uri,
+        source_id=source_id,
+        created_at=created_at,
         decided_by=overall_tier(doc.decided_by),
         escalation_reasons=list(doc.escalation_reasons),
         escalation_failed=doc.escalation_failed,
         tier_answers=tier_answers(doc),
         n_pages=len(doc.pages) or 1,
         n_chars=len(doc.text),
-        metadata=sorted(doc.metadata.items()),
+        metadata=sorted(metadata.items()),
         model_version_id=config.models.active,
         small_model_version=doc.model_versions.get("small"),
         large_model_version=doc.model_versions.get("large"),
@@ -56,7 +63,14 @@ def result_row(doc: Document, config: Config, run_id: str, config_hash: str) -> 
         schema_version=SCHEMA_VERSION,
         run_id=run_id,
     )
-    return row
+
+
+def label_rows(doc: Document, config: Config, run_id: str) -> list[dict]:
+    """One labels row per task the document was asked (the tasks of its source), by task name."""
+    return [{"doc_id": doc.doc_id, "uri": doc.uri, "task": task, "label": pred.label, "confidence": pred.confidence,
+             "decided_by": doc.decided_by.get(task, pred.tier), "model_version_id": config.models.active,
+             "schema_version": SCHEMA_VERSION, "run_id": run_id}
+            for task, pred in sorted(doc.labels.items())]
 
 
 def _answer(item: str, pred: LabelPrediction | FieldPrediction) -> dict:
@@ -97,7 +111,8 @@ def field_rows(doc: Document, config: Config, run_id: str) -> list[dict]:
     for name, pred in sorted(doc.fields.items()):
         rows.append({
             "doc_id": doc.doc_id, "uri": doc.uri, "field": name, "type": types.get(name), "value": pred.value,
-            "normalized": pred.normalized, "confidence": pred.confidence, "page": pred.page,
+            "normalized": pred.normalized, **typed_value(types.get(name), pred.value, pred.normalized),
+            "confidence": pred.confidence, "page": pred.page,
             "span_start": pred.span_start, "span_end": pred.span_end,
             "decided_by": doc.decided_by.get(f"field:{name}", pred.tier), "valid": pred.valid,
             "problems": list(pred.problems), "routing_reasons": _item_reasons(doc, f"field:{name}"),
@@ -106,6 +121,34 @@ def field_rows(doc: Document, config: Config, run_id: str) -> list[dict]:
             "task_version": extract.TASK_VERSION, "schema_version": SCHEMA_VERSION, "run_id": run_id,
         })
     return rows
+
+
+_AMOUNT_MAX = Decimal(10) ** (AMOUNT_TYPE.precision - AMOUNT_TYPE.scale)
+
+
+def typed_value(field_type: str | None, value: str | None, normalized: str | None) -> dict:
+    """value_amount, value_date and currency of a field, from its type and normalized value (null where
+    the type has none or the text does not parse: the strings stay in value/normalized)."""
+    out: dict = {"value_amount": None, "value_date": None, "currency": None}
+    if not normalized:
+        return out
+    if field_type == "amount":
+        try:
+            amount = Decimal(normalized).quantize(Decimal(1).scaleb(-AMOUNT_TYPE.scale))
+        except (InvalidOperation, ValueError):
+            amount = None
+        out["value_amount"] = amount if amount is not None and abs(amount) < _AMOUNT_MAX else None
+        # the currency written with the amount, if any: "$12.50", "1200 dollars", "EUR 3,10"
+        written = re.sub(r"[\d.,\s'+-]+", " ", value or "").strip()
+        out["currency"] = normalize_currency(written) if written else None
+    elif field_type == "date":
+        try:
+            out["value_date"] = date.fromisoformat(normalized)
+        except ValueError:
+            pass
+    elif field_type == "currency":
+        out["currency"] = normalize_currency(normalized)
+    return out
 
 
 def error_row(rejected: Rejected, run_id: str) -> dict:
@@ -230,15 +273,30 @@ def write_atomic(path: Path, data: bytes) -> None:
 def read_table(out_root: str, table: str, run_dates: Iterable[str], sources: Iterable[str] | None = None
                ) -> pl.DataFrame:
     """Every partition file of `table` for these run dates (and these sources, when given) as one frame,
-    with a `source` column from the path; an empty frame when there is none."""
+    with a `source` column from the path; an empty frame when there is none.
+
+    labels of a partition written before that table existed (schema 1) are read from its results file."""
     wanted = None if sources is None else set(sources)
     frames = []
     for run_date in run_dates:
         folder = Path(out_root) / table / f"run_date={run_date}"
-        for path in sorted(folder.glob("source=*/part-*.parquet")):
+        paths = sorted(folder.glob("source=*/part-*.parquet"))
+        if table == "labels":
+            have = {p.relative_to(folder) for p in paths}
+            results = Path(out_root) / "results" / f"run_date={run_date}"
+            legacy = [p for p in sorted(results.glob("source=*/part-*.parquet")) if p.relative_to(results) not in have]
+        else:
+            legacy = []
+        for path in [*paths, *legacy]:
             source = path.parent.name.removeprefix("source=")
-            if wanted is None or source in wanted:
-                frames.append(pl.read_parquet(path).with_columns(pl.lit(source).alias("source")))
+            if wanted is not None and source not in wanted:
+                continue
+            if path in legacy:
+                rows = legacy_label_rows(path, set(pq.read_table(path, columns=["uri"])["uri"].to_pylist()))
+                frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=table_schema("labels")))
+            else:
+                frame = pl.read_parquet(path)
+            frames.append(frame.with_columns(pl.lit(source).alias("source")))
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
@@ -249,14 +307,54 @@ def read_rows(path: Path, uris: set[str]) -> list[dict]:
     return [row for row in pq.read_table(path).to_pylist() if row["uri"] in uris]
 
 
+def legacy_label_rows(results_path: Path, uris: set[str]) -> list[dict]:
+    """labels rows for `uris` from a results partition written before the labels table (schema 1: the
+    columns `<task>`, `<task>_confidence`, `<task>_decided_by`), so rows a rerun keeps lose no answer."""
+    if not uris or not results_path.exists():
+        return []
+    names = pq.read_schema(results_path).names
+    tasks = [c.removesuffix("_decided_by") for c in names if c.endswith("_decided_by") and c != "decided_by"]
+    tasks = [t for t in tasks if t in names and f"{t}_confidence" in names]
+    if not tasks:
+        return []
+    rows = []
+    for row in read_rows(results_path, uris):
+        rows += [{"doc_id": row["doc_id"], "uri": row["uri"], "task": task, "label": row[task],
+                  "confidence": row[f"{task}_confidence"], "decided_by": row[f"{task}_decided_by"],
+                  "model_version_id": row.get("model_version_id"), "schema_version": SCHEMA_VERSION,
+                  "run_id": row["run_id"]}
+                 for task in sorted(tasks) if row[f"{task}_decided_by"] is not None]
+    return rows
+
+
 def stage_table_partition(out_root: str, table: str, run_date: str, source: str | None, rows: list[dict],
                           config: Config, shard: str = "00000", keep_uris: set[str] | None = None
                           ) -> tuple[Path, Path, int]:
     """Stages the partition's new content: `rows` plus the existing rows of the inputs this run keeps
     (keep_uris: skipped as done, or not seen by this run). Returns (temporary file, final path, rows)."""
-    schema = table_schema(table, [t.name for t in config.tasks])
+    schema = table_schema(table)
     path = partition_path(out_root, table, run_date, source, shard)
     new_uris = {r["uri"] for r in rows}
-    kept = [r for r in read_rows(path, keep_uris or set()) if r["uri"] not in new_uris]
+    keep = (keep_uris or set()) - new_uris
+    kept = read_rows(path, keep)
+    if table == "labels":  # kept inputs of a date written before this table: their answers are in results
+        have = {r["uri"] for r in kept}
+        kept += legacy_label_rows(partition_path(out_root, "results", run_date, source, shard), keep - have)
     tmp, n = stage_partition(path, kept + rows, schema)
     return tmp, path, n
+
+
+def with_labels(results: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """results with `<task>`, `<task>_confidence`, `<task>_decided_by` columns per task of `labels` (the
+    wide view, for a reader who wants it; null where a document was not asked the task). Joined on the
+    key columns both frames have (run_date, source, uri, doc_id)."""
+    if labels.is_empty():
+        return results
+    keys = [c for c in ("run_date", "source", "uri", "doc_id") if c in results.columns and c in labels.columns]
+    out = results
+    for task in sorted(labels["task"].unique().to_list()):
+        wide = labels.filter(pl.col("task") == task).select(
+            *keys, pl.col("label").alias(task), pl.col("confidence").alias(f"{task}_confidence"),
+            pl.col("decided_by").alias(f"{task}_decided_by"))
+        out = out.join(wide, on=keys, how="left", nulls_equal=True)
+    return out

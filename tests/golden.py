@@ -23,9 +23,10 @@ REGENERATE = os.environ.get("SLUICEGATE_REGENERATE_GOLDEN") == "1"
 # reuse a near-tie answer can flip between runs (README, "Limits today"; 1 to 3 of 78 labels measured).
 # Everything else (which inputs, their ids, outcomes and error reasons) must match exactly.
 ANSWER_TOLERANCE = 0.05
-KEYS = {"results": ["uri"], "fields": ["uri", "field"], "errors": ["uri"], "manifest": ["uri"]}
-EXACT = {"results": ["doc_id", "source"], "fields": [], "errors": ["doc_id", "stage", "reason", "retriable"],
-         "manifest": ["doc_id", "outcome", "done"]}
+KEYS = {"results": ["uri"], "labels": ["uri", "task"], "fields": ["uri", "field"], "errors": ["uri"],
+        "manifest": ["uri"]}
+EXACT = {"results": ["doc_id", "source", "source_id"], "labels": [], "fields": [],
+         "errors": ["doc_id", "stage", "reason", "retriable"], "manifest": ["doc_id", "outcome", "done"]}
 
 
 def project(out: Path, inbox: Path) -> dict[str, pl.DataFrame]:
@@ -35,11 +36,11 @@ def project(out: Path, inbox: Path) -> dict[str, pl.DataFrame]:
         frame = pl.read_parquet(out / table / "**" / "*.parquet", hive_partitioning=True)
         frame = frame.with_columns(pl.col("uri").str.replace(str(inbox) + "/", "", literal=True))
         if table == "results":
-            tasks = [c.removesuffix("_decided_by") for c in frame.columns
-                     if c.endswith("_decided_by") and c != "decided_by"]
-            columns = ["uri", *EXACT[table], "decided_by", *[c for t in sorted(tasks) for c in (t, f"{t}_decided_by")]]
+            columns = ["uri", *EXACT[table], "decided_by"]
+        elif table == "labels":
+            columns = ["uri", "task", "label", "decided_by"]
         elif table == "fields":
-            columns = ["uri", "field", "value", "decided_by", "valid"]
+            columns = ["uri", "field", "value", "value_amount", "value_date", "currency", "decided_by", "valid"]
         else:
             columns = ["uri", *EXACT[table]]
         tables[table] = frame.select(columns).sort(keys)

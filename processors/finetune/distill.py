@@ -1,7 +1,7 @@
 """Distillation input: what the large tier decided on past nights becomes tomorrow's training data.
 
-The results and fields tables of a date range are read back; every item a large tier decided
-(`<task>_decided_by == 'large'`, fields rows with decided_by 'large' and valid) becomes a label or
+The results, labels and fields tables of a date range are read back; every item a large tier decided
+(labels and fields rows with decided_by 'large'; fields also valid) becomes a label or
 field of a training example. The documents' texts are not stored in the tables, so their inputs are
 read again from their uris with the same ingest code the nightly run uses. Human review corrections
 (a CSV with `doc_id` and one column per task or `field.<name>`) override the large tier's answers
@@ -83,18 +83,24 @@ def distilled_examples(config: Config, out_root: str, start: date, end: date,
                        corrections_path: str | Path | None = None) -> tuple[list[LabelledExample], dict[str, int]]:
     """Training examples from the large tier's decisions (and corrections) in [start, end]."""
     results = read_table(out_root, "results", _days(start, end))
+    labels = read_table(out_root, "labels", _days(start, end))
     fields = read_table(out_root, "fields", _days(start, end))
     corrections = read_corrections(corrections_path, config)
     stats = {"large_labels": 0, "large_fields": 0, "corrected": 0, "unreadable": 0}
     wanted: dict[str, dict] = {}  # uri -> {"doc_id", "source", "labels", "fields"}
+    large: dict[tuple[str, str], dict[str, str]] = {}  # (uri, doc_id) -> task -> the large tier's label
+    if not labels.is_empty():
+        decided = labels.filter((pl.col("decided_by") == "large") & pl.col("label").is_not_null()
+                                & pl.col("task").is_in([t.name for t in config.tasks]))
+        for row in decided.iter_rows(named=True):
+            large.setdefault((row["uri"], row["doc_id"]), {})[row["task"]] = row["label"]
     if not results.is_empty():
         for row in results.iter_rows(named=True):
-            labels = {t.name: row[t.name] for t in config.tasks
-                      if row.get(f"{t.name}_decided_by") == "large" and row.get(t.name)}
-            if labels or row["doc_id"] in corrections:
-                wanted[row["uri"]] = {"doc_id": row["doc_id"], "source": row["source"], "labels": labels,
+            learned = large.get((row["uri"], row["doc_id"]), {})
+            if learned or row["doc_id"] in corrections:
+                wanted[row["uri"]] = {"doc_id": row["doc_id"], "source": row["source"], "labels": dict(learned),
                                       "fields": {}}
-                stats["large_labels"] += len(labels)
+                stats["large_labels"] += len(learned)
     if not fields.is_empty():
         decided = fields.filter((pl.col("decided_by") == "large") & pl.col("valid"))
         for row in decided.iter_rows(named=True):

@@ -14,6 +14,10 @@ Hostile exports, and what happens to them (never an exception, never a silently 
   reads the start anyway; metadata `truncated_from_chars` records the original length.
 - duplicate ticket ids are all kept (each line is an input); later ones carry `duplicate_of` = the uri
   of the first line with that id.
+- the id and created_at columns (`[tickets.columns]`) become typed columns of results (`source_id`,
+  `created_at`), not metadata strings: the Document carries them under SOURCE_ID_KEY and CREATED_AT_KEY
+  (created_at as ISO 8601 UTC), and the sink takes them out (pop_typed_metadata). A created_at that
+  does not parse stays in metadata as `created_at_unparsed`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import csv
 import hashlib
 import itertools
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 from processors.ingest.text import clean_text
@@ -75,6 +81,33 @@ def _as_text(value: object) -> str:
     return str(value)
 
 
+SOURCE_ID_KEY = "ticket_id"  # the Document's metadata keys the sink turns into results.source_id / created_at
+CREATED_AT_KEY = "created_at"
+
+
+def parse_created_at(text: str) -> datetime | None:
+    """A ticket's creation time in UTC: ISO 8601 (with 'Z', an offset, or none: read as UTC), a date alone,
+    or Unix seconds/milliseconds. None when empty or unparseable."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        if re.fullmatch(r"\d{9,13}(\.\d+)?", text):  # epoch: 13 digits are milliseconds
+            seconds = float(text) / (1000 if len(text.split(".")[0]) > 11 else 1)
+            return datetime.fromtimestamp(seconds, UTC)
+        parsed = datetime.fromisoformat(text)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def pop_typed_metadata(metadata: dict[str, str]) -> tuple[str | None, datetime | None]:
+    """Takes (source_id, created_at) out of a ticket Document's metadata (the rest stays metadata)."""
+    source_id = metadata.pop(SOURCE_ID_KEY, "") or None
+    created = metadata.pop(CREATED_AT_KEY, "")
+    return source_id, datetime.fromisoformat(created) if created else None
+
+
 def _to_document(uri: str, doc_id: str, record: dict, cols: TicketColumns, options: TicketOptions,
                  encoding: str, seen: dict[str, str]) -> Document | Rejected:
     def text_of(key: str) -> str:
@@ -86,11 +119,16 @@ def _to_document(uri: str, doc_id: str, record: dict, cols: TicketColumns, optio
             columns = ", ".join(sorted(clean_text(str(k)) for k in record if k is not None))[:300]
             return _reject(uri, "missing_body", f"column {cols.body!r} is missing (columns: {columns})", doc_id)
         return _reject(uri, "empty_body", f"column {cols.body!r} is empty or whitespace", doc_id)
+    # id and created_at become typed columns (source_id, created_at), not metadata strings
     metadata = {clean_text(str(k)): clean_text(_as_text(v))[:1000] for k, v in record.items()
-                if k not in (cols.body, cols.subject) and k is not None}
+                if k not in (cols.body, cols.subject, cols.id, cols.created_at) and k is not None}
     ticket_id = text_of(cols.id)
-    metadata["ticket_id"] = ticket_id
-    metadata["created_at"] = text_of(cols.created_at)
+    created_text = text_of(cols.created_at)
+    created = parse_created_at(created_text)
+    metadata[SOURCE_ID_KEY] = ticket_id
+    metadata[CREATED_AT_KEY] = created.isoformat() if created else ""
+    if created_text and created is None:
+        metadata["created_at_unparsed"] = created_text[:1000]
     metadata["encoding"] = encoding
     if ticket_id:
         if ticket_id in seen:

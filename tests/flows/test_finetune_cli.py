@@ -96,5 +96,7 @@ def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path):
     assert len(results) == 3
     assert results["model_version_id"].to_list() == [version_id] * 3
     assert all("+lora:adapter.gguf@" in v for v in results["small_model_version"].to_list())
-    assert results["urgency"].is_in(["high", "low"]).all()  # the learned task is answered in its label set
+    labels = pl.read_parquet(tmp_path / "out" / "labels" / f"run_date={FIXTURE_DATE}" / "source=tickets")
+    urgency = labels.filter(pl.col("task") == "urgency")["label"]
+    assert len(urgency) == 3 and urgency.is_in(["high", "low"]).all()  # the learned task, in its label set
     shutil.rmtree(tmp_path / "models" / ".work", ignore_errors=True)

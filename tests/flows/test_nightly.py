@@ -4,8 +4,9 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from processors.sinks import with_labels
 from schemas.config import load_config
-from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, RUNS_SCHEMA, results_schema
+from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, LABELS_SCHEMA, RESULTS_SCHEMA, RUNS_SCHEMA
 from schemas.versions import with_model_version
 from tests import golden
 from tests.conftest import FIXTURE_DATE, FIXTURES
@@ -41,6 +42,11 @@ def _table(out, name) -> pl.DataFrame:
     return pl.read_parquet(out / name / "**" / "*.parquet", hive_partitioning=True)
 
 
+def _wide_results(out) -> pl.DataFrame:
+    """results with each label task's `<task>`, `<task>_confidence`, `<task>_decided_by` (from labels)."""
+    return with_labels(_table(out, "results"), _table(out, "labels"))
+
+
 @pytest.mark.slow
 def test_every_input_is_in_results_or_errors(nightly_run):
     summary, out = nightly_run
@@ -66,8 +72,7 @@ def test_broken_inputs_are_errors_with_their_reason(nightly_run):
 @pytest.mark.slow
 def test_tables_have_the_declared_schemas_and_partitions(nightly_run):
     _, out = nightly_run
-    config = with_model_version(load_config(FIXTURES / "sluicegate.toml"))  # as the run loaded it
-    expected = {"results": results_schema([t.name for t in config.tasks]), "fields": FIELDS_SCHEMA,
+    expected = {"results": RESULTS_SCHEMA, "labels": LABELS_SCHEMA, "fields": FIELDS_SCHEMA,
                 "errors": ERRORS_SCHEMA}
     for table, schema in expected.items():
         files = sorted((out / table / f"run_date={FIXTURE_DATE}").glob("source=*/part-*.parquet"))
@@ -81,7 +86,7 @@ def test_tables_have_the_declared_schemas_and_partitions(nightly_run):
 @pytest.mark.slow
 def test_small_and_large_tiers_both_decide_and_versions_are_recorded(nightly_run):
     summary, out = nightly_run
-    results, fields = _table(out, "results"), _table(out, "fields")
+    results, fields = _wide_results(out), _table(out, "fields")
     decided = pl.concat([results[c] for c in ("category_decided_by", "sentiment_decided_by")]).drop_nulls()
     # the shipped version: tier 0 and the fine-tuned small model decide labels; fields escalate (PDFs)
     assert set(decided.to_list()) <= {"linear", "small", "large", "review"}
@@ -143,8 +148,8 @@ def test_ticket_labels_agree_with_the_fixture_ground_truth(nightly_run):
     """fixtures/expected/tickets_2026-11-20.csv holds the bitext labels of the 22 usable tickets. Floors under
     the shipped version's measured agreement (category 22, intent 19, sentiment 17 of 22)."""
     _, out = nightly_run
-    results = _table(out, "results").filter(pl.col("source") == "tickets")
-    by_id = {(r["metadata"] or {}).get("ticket_id") or (r["metadata"] or {}).get("id"): r
+    results = _wide_results(out).filter(pl.col("source") == "tickets")
+    by_id = {r["source_id"]: r
              for r in results.to_dicts()}
     truth = pl.read_csv(FIXTURES / "expected" / "tickets_2026-11-20.csv").to_dicts()
     assert set(by_id) == {t["ticket_id"] for t in truth}
@@ -171,7 +176,7 @@ def test_decisions_route_on_confidence_and_one_span_fills_one_field(nightly_run)
     learned tasks stay on the sources they were learned from."""
     _, out = nightly_run
     config = with_model_version(load_config(FIXTURES / "sluicegate.toml"))
-    results, fields = _table(out, "results"), _table(out, "fields")
+    results, fields = _wide_results(out), _table(out, "fields")
     for task in config.tasks:
         small = results.filter(pl.col(f"{task.name}_decided_by") == "small")
         assert (small[f"{task.name}_confidence"] >= config.thresholds_for(task.name).small).all(), task.name
@@ -203,7 +208,7 @@ def test_the_review_queue_exports_both_tiers_and_a_filled_csv_becomes_training_e
 
     _, out = nightly_run
     config = with_model_version(load_config(FIXTURES / "sluicegate.toml"))
-    results, fields = _table(out, "results"), _table(out, "fields")
+    results, fields = _wide_results(out), _table(out, "fields")
     expected = {(r["doc_id"], t.name) for r in results.iter_rows(named=True) for t in config.tasks
                 if r[f"{t.name}_decided_by"] == "review"}
     expected |= {(r["doc_id"], f"field:{r['field']}") for r in fields.filter(pl.col("decided_by") == "review")

@@ -16,7 +16,7 @@ import pytest
 
 from processors.models.base import Completion, TokenLogprob
 from processors.models.http import HttpRuntime
-from processors.sinks import manifest_row, result_row
+from processors.sinks import manifest_row, result_row, with_labels
 from processors.tiers import LoadedTier, answer_batch, route_after
 from schemas.config import Config, FieldSpec, LabelTask, Thresholds
 from schemas.records import Document
@@ -210,7 +210,7 @@ id = "ticket_id"
         Secret(value=KEY).save("sg-large-key", overwrite=True)
         first = nightly(run_date=FIXTURE_DATE, config_path=str(config))
         assert first["invariant_ok"] and first["n_inputs"] == 5 == first["n_results"] + first["n_errors"]
-        results = table("results")
+        results = with_labels(table("results"), table("labels"))
         assert results.height == 4 and results["escalation_failed"].all()
         assert (results["sentiment_decided_by"] == "small").all()
         # A field with no candidate in its text is null at the large tier without a call: the only
@@ -232,7 +232,7 @@ id = "ticket_id"
         finally:
             del server
     assert second["invariant_ok"] and second["n_skipped"] == 1  # only the malformed line was done
-    results = table("results")
+    results = with_labels(table("results"), table("labels"))
     assert results.height == 4 and not results["escalation_failed"].any()
     assert results["sentiment_decided_by"].is_in(["large", "review"]).all()
     assert (results["large_model_version"] == f"http:127.0.0.1:{port}/gemma3-270m").all()

@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import SENTIMENT_RUN
 from tests.robustness.conftest import DATE, run
 
-TABLES = ("results", "fields", "errors", "manifest")
+TABLES = ("results", "labels", "fields", "errors", "manifest")
 
 CONFIG = SENTIMENT_RUN + """
 [small]

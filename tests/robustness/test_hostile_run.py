@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 
 from processors.ingest.read import printable_uri
+from processors.sinks import with_labels
 from tests.conftest import SENTIMENT_RUN, SHARED_DATA
 from tests.robustness.hostile import hostile_pdfs, hostile_tickets
 
@@ -158,7 +159,7 @@ def test_no_document_reached_the_model_without_text_and_nothing_outside_was_read
     _, out, _ = hostile_run
     results, errors = _table(out, "results"), _table(out, "errors")
     assert (results["n_chars"] > 0).all()
-    assert results.filter(pl.col("sentiment").is_null()).is_empty()
+    assert with_labels(results, _table(out, "labels")).filter(pl.col("sentiment").is_null()).is_empty()
     outside = errors.filter(pl.col("reason") == "outside_root")
     assert outside.height == 3 and outside["doc_id"].is_null().all()  # never opened, so no hash of its bytes
     assert not errors["message"].str.contains("s3cret-pw").any()

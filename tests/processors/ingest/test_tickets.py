@@ -1,3 +1,5 @@
+import pytest
+
 from processors.ingest.tickets import read_tickets
 from schemas.config import TicketColumns, TicketOptions
 from schemas.records import Document, Rejected
@@ -166,3 +168,45 @@ def test_an_integer_past_python_s_4300_digit_limit_is_one_malformed_line():
     records = read_tickets("x.jsonl", export, TicketOptions())
     assert [_reason(r) for r in records] == ["doc", "malformed_json"]
     assert "4300" in records[1].message
+
+
+def test_the_id_and_creation_time_are_carried_typed_not_as_metadata_columns(config):
+    """The mapped id and created_at columns become results.source_id / created_at (the sink takes them out
+    of metadata); the export's other columns stay metadata."""
+    from datetime import UTC, datetime
+
+    from processors.ingest.tickets import pop_typed_metadata
+
+    path = TICKETS / "web_form.csv"  # id,title,message,submitted,...: columns mapped in fixtures/sluicegate.toml
+    doc = next(r for r in read_tickets(str(path), path.read_bytes(), config.tickets) if isinstance(r, Document))
+    assert "id" not in doc.metadata and "submitted" not in doc.metadata and "priority" in doc.metadata
+    metadata = dict(doc.metadata)
+    assert pop_typed_metadata(metadata) == ("W-2001", datetime(2026, 11, 20, 7, 55, 40, tzinfo=UTC))
+    assert "ticket_id" not in metadata and "created_at" not in metadata
+
+
+def test_an_unparseable_creation_time_is_kept_as_text():
+    from processors.ingest.tickets import pop_typed_metadata
+
+    [doc] = read_tickets("t.jsonl", b'{"id": "7", "body": "hi", "created_at": "last tuesday"}\n', TicketOptions())
+    assert doc.metadata["created_at_unparsed"] == "last tuesday"
+    metadata = dict(doc.metadata)
+    assert pop_typed_metadata(metadata) == ("7", None)
+    [doc] = read_tickets("t.jsonl", b'{"body": "no id, no time"}\n', TicketOptions())
+    assert pop_typed_metadata(dict(doc.metadata)) == (None, None) and "created_at_unparsed" not in doc.metadata
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-11-20T08:02:11Z", "2026-11-20T08:02:11+00:00"),
+    ("2026-11-20T09:02:11+01:00", "2026-11-20T08:02:11+00:00"),
+    ("2026-11-20 08:02:11", "2026-11-20T08:02:11+00:00"),  # no offset: UTC
+    ("2026-11-20", "2026-11-20T00:00:00+00:00"),
+    ("1795161731", "2026-11-20T08:02:11+00:00"),  # Unix seconds
+    ("1795161731000", "2026-11-20T08:02:11+00:00"),  # Unix milliseconds
+    ("", None), ("last tuesday", None), ("2026-13-45", None), ("99999999999999999999", None),
+])
+def test_creation_times_parse_to_utc(text, expected):
+    from processors.ingest.tickets import parse_created_at
+
+    parsed = parse_created_at(text)
+    assert (parsed.isoformat() if parsed else None) == expected
