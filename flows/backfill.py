@@ -12,7 +12,9 @@ from flows.nightly import Source, nightly
 from flows.settings import PROGRESS_LOGGER
 
 
-@flow(name="backfill", log_prints=True)
+# backfill-<start>..<end> in the UI's run list. No retries here: a failed date is named in the state, and a
+# rerun (the UI's Retry) skips the dates already done.
+@flow(name="backfill", log_prints=True, flow_run_name="backfill-{start}..{end}", timeout_seconds=48 * 3600)
 def backfill(start: date, end: date, sources: list[Source] | None = None, reprocess: bool = False,
              config_path: str | None = None, inbox: str | None = None, out: str | None = None,
              prune_missing: bool = False) -> dict:
@@ -38,10 +40,11 @@ def backfill(start: date, end: date, sources: list[Source] | None = None, reproc
         raise ValueError(f"end {end} is before start {start}")
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     outcomes: list[dict] = []
+    one_date = nightly.with_options(retries=0)  # the backfill names a failed date; its rerun retries it
     for i, day in enumerate(days, 1):
         progress.info("backfill: %s (%d of %d)", day, i, len(days))
-        state = nightly(run_date=day, sources=sources, reprocess=reprocess, inbox=inbox, out=out,
-                        config_path=config_path, prune_missing=prune_missing, return_state=True)
+        state = one_date(run_date=day, sources=sources, reprocess=reprocess, inbox=inbox, out=out,
+                         config_path=config_path, prune_missing=prune_missing, return_state=True)
         if state.is_completed():
             s = state.result()
             outcomes.append({"date": day.isoformat(), "state": "completed", "inputs": s["n_inputs"],

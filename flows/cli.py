@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluicegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the nightly job for one date, embedded (no Prefect server needed)")
-    run.add_argument("--date", type=_parse_date, help="run date, YYYY-MM-DD (default: yesterday)")
+    run.add_argument("--date", type=_parse_date, help="run date, YYYY-MM-DD (default: yesterday, in [schedule]'s "
+                     "time zone)")
     run.add_argument("--inbox", help="input root: <inbox>/<source>/<date>/** (default: from the config)")
     run.add_argument("--out", help="output root for the Parquet tables (default: from the config)")
     run.add_argument("--config", help="TOML configuration (default: ./sluicegate.toml, else the bundled one)")
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--api-url", help="serve to an existing Prefect server instead of starting one")
     srv.add_argument("--home", default=str(Path.home() / ".sluicegate" / "prefect"),
                      help="the local server's database and settings folder")
+    dep = sub.add_parser("deploy", help="register the deployments with a Prefect server for a process work pool")
+    dep.add_argument("--pool", required=True, help="process work pool (created if missing)")
+    dep.add_argument("--config", help="configuration the deployments use (default as for run)")
+    dep.add_argument("--api-url", help="the Prefect server (default: PREFECT_API_URL)")
     args = parser.parse_args(argv)
 
     apply_defaults()
@@ -98,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.config import local_output_root
 
     try:
-        resolve_config(args.config)  # a bad configuration fails here, before any flow run starts
+        # A bad configuration fails here, before any flow run starts. Fine-tuning and calibrating create a
+        # missing model registry; everything else needs it to exist.
+        creates_registry = args.command == "finetune" or (args.command == "evaluate" and args.calibrate)
+        resolve_config(args.config, registry_must_exist=not creates_registry)
         if args.command in ("run", "backfill") and args.out:
             local_output_root(args.out)  # as is an object-store --out (the flow checks it too)
         if args.command in ("run", "backfill"):
@@ -107,6 +115,19 @@ def main(argv: list[str] | None = None) -> int:
             from flows.deployments import serve_deployments
 
             return serve_deployments(args.config, args.api_url, args.port, Path(args.home))
+        if args.command == "deploy":
+            import os
+
+            from flows.deployments import deploy_to_pool
+
+            if args.api_url:
+                os.environ["PREFECT_API_URL"] = args.api_url
+            if not os.environ.get("PREFECT_API_URL"):
+                raise ValueError("no Prefect server: give --api-url or set PREFECT_API_URL")
+            names = deploy_to_pool(args.config, args.pool)
+            print(f"deployed to work pool {args.pool!r}: {', '.join(names)}\nstart a worker in {Path.cwd()}: "
+                  f"uv run prefect worker start --pool {args.pool}")
+            return 0
         if args.command == "finetune":
             from processors.finetune import require_training_stack
 
@@ -158,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from flows.nightly import nightly
 
-        summary = nightly(run_date=args.date, sources=args.sources, reprocess=args.reprocess, inbox=args.inbox,
-                          out=args.out, config_path=args.config, prune_missing=args.prune_missing,
-                          test_kill_at=args.test_kill_at)
+        # From a terminal the operator sees a failure at once: no retry (deployments retry once).
+        summary = nightly.with_options(retries=0)(
+            run_date=args.date, sources=args.sources, reprocess=args.reprocess, inbox=args.inbox, out=args.out,
+            config_path=args.config, prune_missing=args.prune_missing, test_kill_at=args.test_kill_at)
     except Exception as e:  # noqa: BLE001 - report, do not dump a traceback on the operator
         print(f"sluicegate: {args.command} failed: {e}", file=sys.stderr)
         return 1
@@ -186,6 +208,10 @@ def _print_summary(s: dict) -> None:
     print(f"  escalation rate: {', '.join(f'{k} {v:.0%}' for k, v in s['escalation_rate'].items())}")
     if s["errors_by_reason"]:
         print(f"  errors: {', '.join(f'{k} {v}' for k, v in sorted(s['errors_by_reason'].items()))}")
+    if s.get("model_version"):
+        print(f"  model version {s['model_version']}" + "".join(f"\n    note: {n}" for n in s["model_notes"]))
+    if s.get("degraded"):
+        print(f"  DEGRADED ([alerts] limits): {'; '.join(s['degraded'])}")
     if s["docs_per_second_small"]:
         print(f"  small tier: {s['docs_per_second_small']:.1f} documents/s")
     print(f"  tables under {s['out']}")

@@ -1,10 +1,11 @@
 """Deployments of the flows, and `sluicegate serve`: a local Prefect server with them served.
 
-The same deployments are declared in prefect.yaml for a process work pool (`prefect deploy --all`).
+`sluicegate deploy --pool NAME` registers the same deployments for a process work pool. Both take the
+nightly schedule from the configuration's [schedule]: the one place the cron lives.
 Parameters are plain typed values (dates, lists of literals, booleans, strings) so the Prefect UI
 renders a proper form for them; their descriptions come from the flows' Google-style docstrings.
 
-To add a deployment: one `Deployment(...)` line in DEPLOYMENTS below, and one line in prefect.yaml.
+To add a deployment: one `Deployment(...)` line in DEPLOYMENTS below.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from flows.alerts import ensure_automations
 from flows.nightly import resolve_config
+from flows.settings import RUN_LOGGERS
+
+PROJECT = Path(__file__).resolve().parent.parent  # flows/ and processors/ import from here
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,8 @@ class Deployment:
 
 
 DEPLOYMENTS: list[Deployment] = [
-    Deployment("flows.nightly:nightly", "Every night at '{cron}' ({timezone}): yesterday's inputs.",
+    Deployment("flows.nightly:nightly",
+               "Every night at '{cron}' ({timezone}): the inputs of the day before its scheduled start.",
                nightly_schedule=True),
     Deployment("flows.backfill:backfill",
                "Reruns a date range (start and end inclusive); reprocess recomputes done inputs."),
@@ -54,8 +61,15 @@ def _load_flow(target: str):
     return getattr(importlib.import_module(module), attribute)
 
 
-def build_deployments(config_path: str | None) -> list[RunnerDeployment]:
-    """The deployments of DEPLOYMENTS; config_path and sources are pinned for the flows that take them."""
+# One run of each deployment at a time; another waits in the queue (visible in the UI). Dates are also
+# kept apart inside the runs (flows/locks.py), so a backfill and the nightly may run side by side.
+CONCURRENCY = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+
+
+def build_deployments(config_path: str | None, work_pool: str | None = None) -> list[RunnerDeployment]:
+    """The deployments of DEPLOYMENTS; config_path and sources are pinned for the flows that take them.
+
+    work_pool: for a process work pool, whose workers run the flows in this project's folder."""
     config, config_file = resolve_config(config_path)
     schedule = config.schedule
     deployments = []
@@ -72,6 +86,10 @@ def build_deployments(config_path: str | None) -> list[RunnerDeployment]:
             parameters={k: v for k, v in pinned.items() if k in takes},
             description=spec.description.format(cron=schedule.cron, timezone=schedule.timezone),
             tags=["sluicegate"],
+            concurrency_limit=CONCURRENCY,
+            work_pool_name=work_pool,
+            job_variables={"working_dir": str(PROJECT), "env": {"PREFECT_LOGGING_EXTRA_LOGGERS": ",".join(
+                RUN_LOGGERS)}} if work_pool else None,
         ))
     return deployments
 
@@ -150,6 +168,7 @@ def serve_deployments(config_path: str | None, api_url: str | None, port: int, h
         names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
         print(f"Prefect UI: {api_url.removesuffix('/api')}/  (deployments: {names})", flush=True)
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            print(f"automations: {', '.join(ensure_automations(resolve_config(config_path)[0]))}", flush=True)
             serve(*deployments)
     except KeyboardInterrupt:
         pass
@@ -157,3 +176,23 @@ def serve_deployments(config_path: str | None, api_url: str | None, port: int, h
         if server is not None:
             _stop(server)
     return 0
+
+
+def deploy_to_pool(config_path: str | None, pool: str) -> list[str]:
+    """Registers the deployments with the current Prefect server (PREFECT_API_URL) for a process work pool,
+    creating the pool if it is missing, and the alert automations (flows/alerts.py). Start its workers in
+    this folder: `prefect worker start --pool NAME`. Returns the deployments' and automations' names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        except ObjectAlreadyExists:
+            pass
+    names = []
+    for deployment in build_deployments(config_path, work_pool=pool):
+        deployment.apply(work_pool_name=pool)
+        names.append(f"{deployment.flow_name}/{deployment.name}")
+    return names + ensure_automations(resolve_config(config_path)[0])

@@ -32,7 +32,7 @@ def finetune(train: list[str], eval: str | None = None, format: str | None = Non
     from processors.finetune.train import TrainOptions
 
     logger = get_run_logger()
-    _, path = resolve_config(config_path)
+    _, path = resolve_config(config_path, registry_must_exist=False)
     config = load_config(path if path != "<defaults>" else None)  # the file as written: training picks its base
     if not config.models.registry:
         raise ValueError("set [models].registry in the configuration: the folder where model versions live")

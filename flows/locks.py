@@ -8,15 +8,43 @@ runs and workers all writing to the same local output root.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+log = logging.getLogger("sluicegate.progress")  # flows.settings.PROGRESS_LOGGER: the terminal and the run's logs
+
 
 class DateLocked(RuntimeError):
     pass
+
+
+def date_slot_name(run_date: str) -> str:
+    return f"sluicegate-run-date-{run_date}"
+
+
+@contextmanager
+def date_slot(run_date: str, wait_seconds: float = 3600) -> Iterator[None]:
+    """A Prefect global concurrency limit of 1 per run date, taken before the file lock: on a shared server a
+    second run of the date shows in the UI as waiting for its slot (the limit is listed under Concurrency),
+    instead of waiting unseen on the lock. Runs that do not share a server (two terminals, each with its own
+    embedded one) are still kept apart by date_lock."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = date_slot_name(run_date)
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass
+    with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True):
+        yield
 
 
 @contextmanager
@@ -25,12 +53,17 @@ def date_lock(out_root: str, run_date: str, wait_seconds: float = 3600, poll_sec
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait_seconds
+    waited = False
     try:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not waited:
+                    log.warning("run date %s is being written by another run (%s): waiting up to %.0f s",
+                                run_date, path.read_text().strip() or "lock " + str(path), wait_seconds)
+                    waited = True
                 if time.monotonic() >= deadline:
                     raise DateLocked(
                         f"another run holds {run_date} (lock {path}) for over {wait_seconds:.0f}s") from None

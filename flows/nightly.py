@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import time
 import uuid
@@ -18,10 +19,11 @@ import polars as pl
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.locks import date_lock
+from flows.alerts import emit_run_events
+from flows.locks import date_lock, date_slot
 from flows.settings import PROGRESS_LOGGER, beam_logs_in_run
 from processors.faults import FaultPlan, checkpoint
-from processors.ingest.pdf import passwords_from_env
+from processors.ingest.pdf import PASSWORDS_ENV, parse_passwords, passwords_from_env
 from processors.ingest.read import printable_uri
 from processors.models import tier_version
 from processors.pipeline import RunSpec, run_pipeline
@@ -31,18 +33,22 @@ from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
 from schemas.versions import with_model_version
 
 Source = Literal["tickets", "pdf"]
+NOT_OUTPUTS = {"schedule", "alerts"}  # configuration sections outside the version key
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "fixtures" / "sluicegate.toml"
 
 
-def resolve_config(config_path: str | None, load_secrets: bool = False) -> tuple[Config, str]:
+def resolve_config(config_path: str | None, load_secrets: bool = False,
+                   registry_must_exist: bool = True) -> tuple[Config, str]:
     """An explicit file, else ./sluicegate.toml, else the bundled fixtures' configuration.
 
     load_secrets (inside a flow run): API keys named as Prefect Secrets are put into the environment.
+    registry_must_exist=False: for fine-tuning, which creates the model registry.
     """
     candidates = [config_path] if config_path else ["sluicegate.toml", str(DEFAULT_CONFIG)]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
-            config, found = with_model_version(load_config(candidate)), str(Path(candidate).resolve())
+            config = with_model_version(load_config(candidate), registry_must_exist)
+            found = str(Path(candidate).resolve())
             break
     else:
         if config_path:
@@ -50,31 +56,47 @@ def resolve_config(config_path: str | None, load_secrets: bool = False) -> tuple
         config, found = Config(), "<defaults>"
     if load_secrets:
         _api_keys_from_secrets(config)
+        _pdf_passwords_from_secret(config)
     return config, found
+
+
+def _load_secret(name: str, what: str):
+    from prefect.blocks.system import Secret
+
+    try:
+        return Secret.load(name).get()
+    except Exception as e:  # the message names the block, never a value
+        raise RuntimeError(f"{what}: cannot load Prefect Secret {name!r}: {type(e).__name__}") from None
 
 
 def _api_keys_from_secrets(config: Config) -> None:
     """A tier's `api_key_secret` (a Prefect Secret block) goes into the environment variable its runtime
     reads (`api_key_env`, default SLUICEGATE_<TIER>_API_KEY): processors never import prefect, and the
     key never enters the configuration, its hash, logs or rows."""
-    import os
-
-    from prefect.blocks.system import Secret
-
     for name, tier in (("small", config.small), ("large", config.large)):
         if not tier.api_key_secret:
             continue
         tier.api_key_env = tier.api_key_env or f"SLUICEGATE_{name.upper()}_API_KEY"
-        try:
-            value = Secret.load(tier.api_key_secret).get()
-        except Exception as e:  # the message names the block, never a value
-            raise RuntimeError(f"{name} tier: cannot load Prefect Secret {tier.api_key_secret!r}: "
-                               f"{type(e).__name__}") from None
-        os.environ[tier.api_key_env] = str(value)
+        os.environ[tier.api_key_env] = str(_load_secret(tier.api_key_secret, f"{name} tier"))
+
+
+def _pdf_passwords_from_secret(config: Config) -> None:
+    """[pdf].passwords_secret: a Prefect Secret block holding the SLUICEGATE_PDF_PASSWORDS object (file name
+    glob -> password, as JSON text or a dict). Merged into that variable, whose own entries win; the PDF
+    readers (processors) read only the variable. A malformed value fails the run, never showing it."""
+    name = config.pdf.passwords_secret
+    if not name:
+        return
+    value = _load_secret(name, "[pdf].passwords_secret")
+    from_block = parse_passwords(json.dumps(value) if isinstance(value, dict) else str(value),
+                                 f"Prefect Secret {name!r}")
+    from_env = passwords_from_env()
+    os.environ[PASSWORDS_ENV] = json.dumps({**from_block, **from_env})
 
 
 def config_hash(config: Config) -> str:
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+    """What in the configuration changes outputs: not when runs start or whom they alert."""
+    return hashlib.sha256(config.model_dump_json(exclude=NOT_OUTPUTS).encode()).hexdigest()[:12]
 
 
 def version_key(config: Config) -> str:
@@ -84,8 +106,29 @@ def version_key(config: Config) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def yesterday(tz: str) -> date:
-    return datetime.now(ZoneInfo(tz)).date() - timedelta(days=1)
+def night_before(scheduled_start: datetime, tz: str) -> date:
+    """The date a run without an explicit date processes: the day before its *scheduled* start, in the
+    schedule's time zone. A 02:00 run that starts late (00:30 the next day) or is retried from the UI the
+    next morning still processes the night it was scheduled for, never the wrong date."""
+    return scheduled_start.astimezone(ZoneInfo(tz)).date() - timedelta(days=1)
+
+
+def scheduled_start() -> datetime:
+    """This flow run's scheduled start (the cron time for a scheduled run, now for a manual one)."""
+    from prefect.runtime import flow_run
+
+    return flow_run.scheduled_start_time
+
+
+def _nightly_run_name() -> str:
+    """nightly-<date>, so a date is found in the UI's run list."""
+    from prefect.runtime import flow_run
+
+    given = flow_run.parameters.get("run_date")
+    if given:
+        return f"nightly-{given}"
+    config, _ = resolve_config(flow_run.parameters.get("config_path"))
+    return f"nightly-{night_before(scheduled_start(), config.schedule.timezone)}"
 
 
 def code_version() -> str:
@@ -99,7 +142,7 @@ def code_version() -> str:
     return f"{version('sluicegate')}+{commit}" if commit else version("sluicegate")
 
 
-@task(retries=2, retry_delay_seconds=[2, 10])
+@task(retries=2, retry_delay_seconds=[2, 10], timeout_seconds=600)
 def discover(inbox: str, sources: list[str], run_date: str) -> list[tuple[str, str]]:
     """Every file under <inbox>/<source>/<run_date>/ (recursively), as (uri, source), sorted."""
     fs, root = fsspec.core.url_to_fs(inbox)
@@ -116,7 +159,7 @@ def discover(inbox: str, sources: list[str], run_date: str) -> list[tuple[str, s
     return found
 
 
-@task
+@task(timeout_seconds=11 * 3600)  # inside the flow's 12 h
 def run_beam(spec: RunSpec, runner: str) -> dict[str, int]:
     with beam_logs_in_run():  # Beam's worker threads log into this task run too
         return run_pipeline(spec, runner=runner)
@@ -151,14 +194,13 @@ def unseen_inputs(recorded: dict[str, pl.DataFrame], inputs: list[tuple[str, str
     return frozenset(unseen)
 
 
-def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> dict[str, dict[str, float]]:
-    """Escalation and review rates per task (and for fields), from the tables as written."""
+def summarize(labels: pl.DataFrame, fields: pl.DataFrame, config: Config) -> dict[str, dict[str, float]]:
+    """Escalation and review rates per task (and for fields), from the labels and fields tables as written."""
     escalation, review = {}, {}
     for task_name in [t.name for t in config.tasks]:
-        col = f"{task_name}_decided_by"
-        if results.is_empty() or col not in results.columns:
-            continue
-        decided = results[col].drop_nulls()
+        if labels.is_empty() or "task" not in labels.columns:  # no labels partition was read
+            break
+        decided = labels.filter(pl.col("task") == task_name)["decided_by"]
         if len(decided):
             escalation[task_name] = float(decided.is_in(["large", "review"]).mean())  # linear/small: not escalated
             review[task_name] = float((decided == "review").mean())
@@ -168,14 +210,17 @@ def summarize(results: pl.DataFrame, fields: pl.DataFrame, config: Config) -> di
     return {"escalation": escalation, "review": review}
 
 
-@flow(name="nightly", log_prints=True)
+# Reruns are idempotent (done inputs are skipped), so one retry is cheap; a date still failing is named in the
+# run's state. The timeout ends a hung night before the next one is due.
+@flow(name="nightly", log_prints=True, flow_run_name=_nightly_run_name, retries=1, retry_delay_seconds=120,
+      timeout_seconds=12 * 3600)
 def nightly(run_date: date | None = None, sources: list[Source] | None = None, reprocess: bool = False,
             inbox: str | None = None, out: str | None = None, config_path: str | None = None,
             runner: str = "FnApiRunner", prune_missing: bool = False, test_kill_at: str | None = None) -> dict:
     """Processes one date's documents.
 
     Args:
-        run_date: Date to process. None: yesterday in the configured time zone.
+        run_date: Date to process. None: the day before the run's scheduled start, in the configured time zone.
         sources: Sources to process (tickets, pdf). None: all configured.
         reprocess: Recompute inputs already done with the current models and configuration, replacing
             the date's partitions. Off: they are skipped and their rows kept as they are.
@@ -191,7 +236,7 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
     logger = get_run_logger()
     faults = FaultPlan.parse(test_kill_at) if test_kill_at else None
     config, config_file = resolve_config(config_path, load_secrets=True)
-    day = (run_date or yesterday(config.schedule.timezone)).isoformat()
+    day = (run_date or night_before(scheduled_start(), config.schedule.timezone)).isoformat()
     out_root = local_output_root(out) if out else config.output.root  # s3://... is refused, not a folder "s3:"
     unknown = set(sources or []) - set(config.inputs.sources)
     if unknown:
@@ -203,7 +248,7 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
     fs, root = fsspec.core.url_to_fs(inbox)
     if not fs.isdir(root):  # a mistyped --inbox or an unmounted share: never a "0 inputs" night
         raise FileNotFoundError(f"inbox {inbox} does not exist or is not a folder")
-    with date_lock(out_root, day):  # one writer per date, whatever started the run
+    with date_slot(day), date_lock(out_root, day):  # one writer per date, whatever started the run
         return _run_date(day, sources, reprocess, inbox, out_root, config, config_file, runner, logger, faults,
                          prune_missing)
 
@@ -260,7 +305,8 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     invariant_ok = (n_inputs + n_unseen == len(results) + len(errors) and not missing_files
                     and len(accounted) == n_inputs + n_unseen)
 
-    rates = summarize(results, fields, config)
+    labels = read_table(out_root, "labels", [day], sources)
+    rates = summarize(labels, fields, config)
     tokens, cost = {}, {}
     for tier, tier_cfg in (("small", config.small), ("large", config.large)):
         n = int(results[f"{tier}_prompt_tokens"].sum() + results[f"{tier}_completion_tokens"].sum()) \
@@ -297,6 +343,8 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
         "errors_by_reason": dict(errors.group_by("reason").len().iter_rows()) if len(errors) else {},
         "decided_by": dict(results.group_by("decided_by").len().iter_rows()) if len(results) else {},
         "docs_per_second_small": run_row["docs_per_second_small"], "out": out_root,
+        "n_escalation_failed": int(results["escalation_failed"].fill_null(False).sum()) if len(results) else 0,
+        "model_version": config.models.active, "model_notes": list(config.models.notes),
     }
     create_markdown_artifact(key=f"nightly-{day}", markdown=_markdown(summary),
                              description=f"sluicegate nightly {day}")
@@ -307,6 +355,7 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     if not invariant_ok:
         raise RuntimeError(f"invariant failed: {n_inputs} inputs + {n_unseen} not seen, kept != {len(results)} "
                            f"results + {len(errors)} errors; files with no row: {missing_files[:5]}")
+    summary["degraded"] = emit_run_events(summary, config)  # the counts, for people and automations
     return summary
 
 

@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.tables import check_task_name
+
 FieldType = Literal["string", "id", "date", "amount", "currency", "email", "name"]
 
 
@@ -90,6 +92,11 @@ class LabelTask(Strict):
     # Label -> words the model sees (default: the label, lower-cased, '_' as space).
     verbalizers: dict[str, str] = Field(default_factory=dict)
     sources: list[Literal["pdf", "tickets"]] = ["pdf", "tickets"]
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_task_name(name)  # a plain identifier, and no column or partition key of the output tables
 
     @field_validator("labels")
     @classmethod
@@ -194,11 +201,16 @@ class Models(Strict):
     registry: str | None = None  # folder with registry.json and versions/<id>/; none: the base model
     version: str | None = None  # pin a version id; default: the registry's promoted version
     active: str | None = None  # set when the configuration is loaded: the version in use (in every row)
+    # Set with `active`: where the configuration and the version differ (untrained fields and tasks, which
+    # run anyway; changes the version overrides). Every run's summary lists them.
+    notes: list[str] = Field(default_factory=list)
 
 
 class PdfOptions(Strict):
-    # File name (or glob) -> password. Prefer the SLUICEGATE_PDF_PASSWORDS env var (JSON) for secrets.
+    # File name (or glob) -> password. Prefer the SLUICEGATE_PDF_PASSWORDS env var (JSON) for secrets,
+    # or a Prefect Secret block holding the same JSON object (the flow merges it in; the variable wins).
     passwords: dict[str, str] = Field(default_factory=dict)
+    passwords_secret: str | None = None
     # Per-document limits, so one file cannot stall the night or exhaust memory. A PDF is parsed in a
     # worker process that is killed at max_seconds (reason parse_timeout) and capped at max_memory_mb
     # of address space (memory_limit).
@@ -262,6 +274,23 @@ class Schedule(Strict):
     timezone: str = "UTC"  # IANA name, e.g. Europe/Berlin
 
 
+class Alerts(Strict):
+    """When a night needs a person. Every nightly run emits a Prefect event with its counts
+    (`sluicegate.nightly.completed`, plus `sluicegate.nightly.degraded` past these limits); `serve` and
+    `deploy` create automations on them. Not part of the version key: changing it recomputes nothing."""
+
+    max_error_rate: float = Field(0.25, ge=0, le=1)  # errors / inputs above this: degraded
+    # A task's (or fields') escalation rate above this: degraded. Drift: the small model is suddenly unsure.
+    max_escalation_rate: float = Field(0.5, ge=0, le=1)
+    # A nightly run still not completed this many hours after it started: alert (stuck or very late).
+    completed_within_hours: float = Field(6.0, gt=0)
+    # No nightly run completed for this many hours: alert (a night that never ran: no worker, paused).
+    silence_hours: float = Field(26.0, gt=0)
+    # A Prefect notification block, '<block type slug>/<name>' (e.g. 'slack-webhook/ops'), the automations
+    # send to. None: they only record (the UI's Automations and Events pages show each firing).
+    notify_block: str | None = None
+
+
 def _default_tasks() -> list[LabelTask]:
     return [
         LabelTask(
@@ -282,6 +311,7 @@ class Config(Strict):
     inputs: Inputs = Inputs()
     output: Output = Output()
     schedule: Schedule = Schedule()
+    alerts: Alerts = Alerts()
     tasks: list[LabelTask] = Field(default_factory=_default_tasks)
     fields: dict[Literal["pdf", "tickets"], list[FieldSpec]] = Field(default_factory=dict)
     small: TierModel = TierModel(model="gemma3-270m")

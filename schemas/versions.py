@@ -118,10 +118,19 @@ def resolve(root: str | Path | None, pinned: str | None) -> tuple[ModelVersion, 
     return read_version(root, version_id), version_dir(root, version_id)
 
 
-def with_model_version(config: Config) -> Config:
+def with_model_version(config: Config, registry_must_exist: bool = True) -> Config:
     """The configuration a run uses: with the registry's pinned (`[models] version`) or promoted model
-    version applied (a copy), or unchanged when the registry has none (the base model)."""
-    found = resolve(config.models.registry, config.models.version)
+    version applied (a copy), or unchanged when the registry has none (the base model).
+
+    A configured registry folder that does not exist is an error, never a silent fall back to the base
+    model (a configuration copied elsewhere resolves its relative paths from its new folder).
+    registry_must_exist=False: fine-tuning, which creates it."""
+    registry = config.models.registry
+    if registry and registry_must_exist and not Path(registry).is_dir():
+        raise FileNotFoundError(
+            f"[models].registry {registry} does not exist (relative paths resolve against the configuration "
+            "file's folder): fix the path, or remove [models].registry to run the base model on purpose")
+    found = resolve(registry, config.models.version) if registry and Path(registry).is_dir() else None
     return apply_version(config, *found) if found else config
 
 
@@ -137,16 +146,35 @@ def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config
     config.small.adapter = str(version_file(folder, version, "adapter", version.adapter)) if version.adapter else None
     config.small.prompt_style = version.prompt_style
     config.small.contextual_calibration = version.contextual_calibration
+    notes = []
     configured = {t.name: t for t in config.tasks}
     tasks = []
     for trained in version.tasks:
         task = trained.model_copy(deep=True)
         if trained.name in configured:
             task.sources = configured[trained.name].sources
+            mine = configured[trained.name]
+            if (mine.labels, mine.question) != (trained.labels, trained.question):
+                notes.append(f"task {trained.name}: the version's labels and question are used, not the "
+                             "configuration's (fine-tune to change them)")
         tasks.append(task)
     trained_names = {t.name for t in version.tasks}
-    config.tasks = tasks + [t for t in config.tasks if t.name not in trained_names]
-    config.fields.update({source: [f.model_copy() for f in specs] for source, specs in version.fields.items()})
+    untrained = [t for t in config.tasks if t.name not in trained_names]
+    notes += [f"task {t.name}: not in version {version.id}, answered by the untrained model" for t in untrained]
+    config.tasks = tasks + untrained
+    for source, specs in version.fields.items():
+        # The version's spec for each field it learned; the configuration's other fields still run, untrained.
+        learned = {f.name: f for f in specs}
+        merged = [f.model_copy() for f in specs]
+        for spec in config.fields.get(source, []):
+            if spec.name not in learned:
+                merged.append(spec.model_copy())
+                notes.append(f"field {source}.{spec.name}: not in version {version.id}, answered by the "
+                             "untrained model")
+            elif spec != learned[spec.name]:
+                notes.append(f"field {source}.{spec.name}: the version's type and description are used, not "
+                             "the configuration's (fine-tune to change them)")
+        config.fields[source] = merged
     config.thresholds.update({k: v.model_copy() for k, v in version.thresholds.items()})
     config.calibration.update({k: v.model_copy() for k, v in version.calibration.items()})
     config.linear = {task: LinearTier(path=str(version_file(folder, version, f"linear.{task}.path", tier.path)),
@@ -155,4 +183,5 @@ def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config
     config.demonstrations = (str(version_file(folder, version, "demonstrations", version.demonstrations))
                              if version.demonstrations else None)
     config.models.active = version.id
+    config.models.notes = notes
     return config

@@ -53,17 +53,22 @@ def _reject(uri: str, doc_id: str, reason: str, message: str) -> Rejected:
 def passwords_from_env() -> dict[str, str]:
     """The SLUICEGATE_PDF_PASSWORDS object (file name glob -> password); {} when unset.
     Raises ValueError when it is set but not such an object. The message never shows the value."""
-    text = os.environ.get(PASSWORDS_ENV, "").strip()
-    if not text:
+    return parse_passwords(os.environ.get(PASSWORDS_ENV, ""), PASSWORDS_ENV)
+
+
+def parse_passwords(text: str, where_from: str) -> dict[str, str]:
+    """A JSON object of file name glob -> password; {} for empty text. The ValueError names where_from
+    (a variable, a secret's name), never the value."""
+    if not text.strip():
         return {}
     try:
         value = json.loads(text)
     except ValueError as e:
         where = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "its value"
-        raise ValueError(f"{PASSWORDS_ENV} is not valid JSON (at {where}); expected an object of "
+        raise ValueError(f"{where_from} is not valid JSON (at {where}); expected an object of "
                          'file name glob -> password, e.g. {"invoice-*.pdf": "..."}') from None
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise ValueError(f"{PASSWORDS_ENV} must be a JSON object of file name glob -> password (strings), "
+        raise ValueError(f"{where_from} must be a JSON object of file name glob -> password (strings), "
                          f"not a {type(value).__name__}")
     return {str(k): v for k, v in value.items()}
 

@@ -57,11 +57,10 @@ def test_backfill_prints_per_stage_progress_lines(tmp_path):
                 if re.match(r"\d\d:\d\d:\d\d  \S", line)]
     expected = [r"backfill: 2026-11-05 \(1 of 1\)",
                 r"discover: 1 files for 2026-11-05 \(tickets 1\); 0 inputs already done",
-                r"small tier: documents 1-2",
                 r"ingest: 3 inputs \(0 already done, kept\)",
                 r"small tier: 2 documents",
                 r"large tier: \d documents escalated",
-                r"write: errors 1 rows, fields 0 rows, manifest 3 rows, results 2 rows",
+                r"write: errors 1 rows, fields 0 rows, labels 2 rows, manifest 3 rows, results 2 rows",
                 r"check: ok \(inputs 3 = results 2 \+ errors 1\)",
                 r"backfill: 1 of 1 dates completed"]
     remaining = iter(progress)  # in this order, other lines (the large tier's batches) may come between

@@ -23,6 +23,7 @@ import polars as pl
 import psutil
 import pytest
 
+from flows.alerts import PREFIX
 from tests.conftest import FIXTURES, free_port, write_ticket_days
 
 BIN = Path(sys.executable).parent
@@ -75,6 +76,8 @@ def _write_inbox_and_config(root: Path) -> Path:
     text = (FIXTURES / "sluicegate.toml").read_text()
     text, n = re.subn(r'(?m)^root = "[^"]*"', 'root = "out"', text)
     assert n == 1
+    text, n = re.subn(r'(?m)^\[models\]\nregistry = "[^"]*"\n', "", text)  # the base model, on purpose
+    assert n == 1
     text = re.sub(r"(?m)^\[\[fields\.\w+\]\]\n(?:[^\[\n].*\n)*", "", text)
     text, n = re.subn(r'(?m)^\[\[tasks\]\]\nname = "category"\n(?:[^\[\n].*\n)*', "", text)  # sentiment only
     assert n == 1
@@ -85,6 +88,21 @@ def _write_inbox_and_config(root: Path) -> Path:
     return config
 
 
+def start_prefect_server(root: Path, procs: list[subprocess.Popen], **settings: str) -> tuple[str, dict[str, str]]:
+    """`prefect server start` on a free loopback port, its home and log under root, appended to procs (the
+    caller kills them). Returns its API URL and the environment of processes that use it."""
+    from flows.deployments import wait_healthy
+
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **settings}
+    procs.append(_start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                        root / "server.log", env, root))
+    wait_healthy(api_url, server=procs[-1])
+    return api_url, env | {"PREFECT_API_URL": api_url}
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A real Prefect server and `sluicegate serve` serving the deployments to it."""
@@ -92,19 +110,10 @@ def served(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("server")
     config = _write_inbox_and_config(root)
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}  # serve picks a new run up sooner (default 10 s)
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(_start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            root / "server.log", env, root))
-        from flows.deployments import wait_healthy
-
-        wait_healthy(api_url, server=procs[0])
-        env["PREFECT_API_URL"] = api_url
+        # serve picks a new run up sooner (default 10 s)
+        api_url, env = start_prefect_server(root, procs, PREFECT_RUNNER_POLL_FREQUENCY="2")
         procs.append(_start([str(BIN / "sluicegate"), "serve", "--config", str(config), "--api-url", api_url],
                             root / "serve.log", env, root))
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
@@ -149,6 +158,20 @@ def _form_problems(schema: dict) -> list[str]:
     return problems
 
 
+def _events(name: str, at_least: int, timeout: float = 60) -> list:
+    """The server's events of that name, once at least `at_least` arrived (they are stored asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=EventFilter(event=EventNameFilter(name=[name])), limit=50).events
+        if len(events) >= at_least or time.monotonic() > deadline:
+            return events
+        time.sleep(1)
+
+
 def _results(root: Path) -> pl.DataFrame:
     return pl.read_parquet(root / "out" / "results" / "**" / "*.parquet", hive_partitioning=True).sort("uri")
 
@@ -163,10 +186,14 @@ def test_deployments_backfill_through_the_api_and_the_cli(served):
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, LogFilter, LogFilterName
     from prefect.deployments import run_deployment
 
+    from flows.locks import date_slot_name
+
     root = served["root"]
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("nightly/nightly")
         backfill = client.read_deployment_by_name("backfill/backfill")
+    # One run of each deployment at a time; more wait in its queue.
+    assert nightly.global_concurrency_limit.limit == backfill.global_concurrency_limit.limit == 1
     # The nightly schedule: cron and the configured time zone.
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone, schedule.active) == ("0 2 * * *", TIMEZONE, True)
@@ -190,6 +217,7 @@ def test_deployments_backfill_through_the_api_and_the_cli(served):
     run = run_deployment("backfill/backfill", parameters={"start": "2026-11-01", "end": "2026-11-03"},
                          timeout=600, poll_interval=2)
     assert run.state.is_completed(), f"{run.state}\n{_tail(root / 'serve.log')}"
+    assert run.name == "backfill-2026-11-01..2026-11-03"  # found by its dates in the UI
     first = _results(root)
     assert first.group_by("run_date").len().sort("run_date")["len"].to_list() == [2, 2, 2]
     assert first["uri"].n_unique() == 6 and sorted(set(first["run_date"])) == DATES
@@ -198,11 +226,29 @@ def test_deployments_backfill_through_the_api_and_the_cli(served):
     runs = _runs(root)
     assert runs.height == 3 and runs["invariant_ok"].all() and runs["n_inputs"].to_list() == [3, 3, 3]
 
+    # Each night emitted its counts as an event; one malformed line of three is past max_error_rate (25 %),
+    # so each night is also degraded. The alert automations exist, created by `serve`.
+    with get_client(sync_client=True) as client:
+        automations = {a.name for a in client.read_automations()}
+    assert {PREFIX + name for name in ("run failed", "night degraded", "night not done",
+                                       "no night completed")} <= automations, automations
+    completed, degraded = _events("sluicegate.nightly.completed", 3), _events("sluicegate.nightly.degraded", 3)
+    assert sorted(e.payload["run_date"] for e in completed) == [d.isoformat() for d in DATES]
+    assert all((e.payload["n_inputs"], e.payload["n_errors"], e.payload["n_escalation_failed"]) == (3, 1, 0)
+               and "sentiment" in e.payload["escalation_rate"] for e in completed)
+    assert len(degraded) == 3 and all("error rate 33% > 25%" in e.payload["reasons"] for e in degraded), \
+        [e.payload["reasons"] for e in degraded]
+
     # Beam's in-process workers log into each date's Prefect run: the small tier's load line.
     with get_client(sync_client=True) as client:
         dates_of_runs = {r.id: r.parameters["run_date"] for r in client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["nightly"]))) if r.parameters.get("run_date")}
         logs = client.read_logs(log_filter=LogFilter(name=LogFilterName(any_=["processors.tiers"])))
+    with get_client(sync_client=True) as client:
+        names = {r.name for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["nightly"])))}
+        slots = [client.read_global_concurrency_limit_by_name(date_slot_name(d.isoformat())) for d in DATES]
+    assert {f"nightly-{d}" for d in DATES} <= names, names
+    assert [(slot.limit, slot.active_slots) for slot in slots] == [(1, 0)] * 3  # one writer per date, all released
     logged = {str(dates_of_runs[log.flow_run_id]) for log in logs
               if log.flow_run_id in dates_of_runs and "small tier loaded" in log.message}
     assert logged == {d.isoformat() for d in DATES}, [log.message for log in logs]
@@ -226,3 +272,21 @@ def test_deployments_backfill_through_the_api_and_the_cli(served):
               if r.deployment_id == nightly.id and r.state and r.state.is_scheduled()]
     assert starts and all((s.hour, s.minute) == (2, 0) for s in starts), starts
     assert min(starts) > datetime.now(ZoneInfo(TIMEZONE))
+
+
+@pytest.mark.slow
+def test_a_late_nightly_run_processes_the_night_it_was_scheduled_for(served):
+    """A run scheduled for 00:30 Berlin time on Nov 3 (23:30 UTC on Nov 2) that starts a month late, as a
+    late start or a Retry clicked the next morning does: it processes Nov 2, the night before its scheduled
+    start in the configured time zone, not the day before it ran (nor Nov 1, the UTC reading)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    scheduled = datetime(2026, 11, 3, 0, 30, tzinfo=ZoneInfo(TIMEZONE))
+    run = run_deployment("nightly/nightly", scheduled_time=scheduled, timeout=600, poll_interval=2)
+    assert run.state.is_completed(), f"{run.state}\n{_tail(served['root'] / 'serve.log')}"
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run.id)
+    assert run.expected_start_time == scheduled and run.name == "nightly-2026-11-02"
+    latest = _runs(served["root"]).sort("started_at").row(-1, named=True)
+    assert str(latest["run_date"]) == "2026-11-02" and latest["n_inputs"] == 3 and latest["invariant_ok"]

@@ -116,6 +116,42 @@ def test_a_symlink_out_of_the_version_folder_is_refused(tmp_path):
 
 @pytest.mark.parametrize("version_id", ["../../x", "/etc", ".."])
 def test_a_version_id_that_is_a_path_is_refused(tmp_path, version_id):
+    (tmp_path / "models").mkdir()
     path = _config_file(tmp_path, f'registry = "models"\nversion = "{version_id}"')
     with pytest.raises(ValueError, match="is not a plain folder name"):
         with_model_version(load_config(path))
+
+
+def test_a_registry_that_does_not_exist_is_an_error_not_the_base_model(tmp_path):
+    """The bundled configuration copied to another folder: its relative registry points nowhere."""
+    import shutil
+    import subprocess
+    import sys
+
+    copied = tmp_path / "sluicegate.toml"
+    shutil.copy(FIXTURES / "sluicegate.toml", copied)
+    with pytest.raises(FileNotFoundError, match="registry .* does not exist"):
+        with_model_version(load_config(copied))
+    assert with_model_version(load_config(copied), registry_must_exist=False).models.active is None  # finetune
+    done = subprocess.run([str(Path(sys.executable).parent / "sluicegate"), "run", "--date", "2026-11-20",
+                           "--config", str(copied)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1 and "[models].registry" in done.stderr and "does not exist" in done.stderr
+
+
+def test_configured_fields_and_tasks_the_version_does_not_cover_still_run_and_are_named(tmp_path):
+    from schemas.config import FieldSpec
+
+    version = ModelVersion(id="ft-f", tasks=[LabelTask(name="category", labels=["ORDER", "REFUND"], question="Q?")],
+                           fields={"pdf": [FieldSpec(name="total_amount", type="amount", description="Total.")]})
+    folder = write_version(tmp_path / "models", version)
+    base = load_config(_config_file(tmp_path, 'registry = "models"'))
+    base.fields["pdf"] = [FieldSpec(name="total_amount", type="amount", description="The grand total."),
+                          FieldSpec(name="po_number", type="id", description="Purchase order number.")]
+    config = apply_version(base, version, folder)
+    assert [(f.name, f.description) for f in config.fields["pdf"]] == [("total_amount", "Total."),
+                                                                        ("po_number", "Purchase order number.")]
+    notes = "\n".join(config.models.notes)
+    assert "field pdf.po_number: not in version ft-f, answered by the untrained model" in notes
+    assert "field pdf.total_amount: the version's type and description are used" in notes
+    assert "task category: the version's labels and question are used" in notes
+    assert "task sentiment: not in version ft-f" in notes
