@@ -80,7 +80,7 @@ def build_deployments(config_path: str | None, work_pool: str | None = None) -> 
     for spec in DEPLOYMENTS:
         flow = _load_flow(spec.flow)
         takes = inspect.signature(flow.fn).parameters
-        deployments.append(flow.to_deployment(
+        deployment = flow.to_deployment(
             name=flow.name,
             schedules=[Cron(schedule.cron, timezone=schedule.timezone)] if spec.nightly_schedule else None,
             parameters={k: v for k, v in pinned.items() if k in takes},
@@ -90,7 +90,11 @@ def build_deployments(config_path: str | None, work_pool: str | None = None) -> 
             work_pool_name=work_pool,
             job_variables={"working_dir": str(PROJECT), "env": {"PREFECT_LOGGING_EXTRA_LOGGERS": ",".join(
                 RUN_LOGGERS)}} if work_pool else None,
-        ))
+        )
+        if work_pool:  # a pool's worker runs in working_dir: the entrypoint is relative to it, not to our cwd
+            source = Path(inspect.getfile(flow.fn)).resolve().relative_to(PROJECT)
+            deployment.entrypoint = f"{source.as_posix()}:{flow.fn.__name__}"
+        deployments.append(deployment)
     return deployments
 
 

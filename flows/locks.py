@@ -15,40 +15,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-log = logging.getLogger("sluicegate.progress")  # flows.settings.PROGRESS_LOGGER: the terminal and the run's logs
+PROGRESS = logging.getLogger("sluicegate.progress")  # flows.settings.PROGRESS_LOGGER: the terminal
 
 
 class DateLocked(RuntimeError):
     pass
 
 
-def date_slot_name(run_date: str) -> str:
-    return f"sluicegate-run-date-{run_date}"
-
-
 @contextmanager
-def date_slot(run_date: str, wait_seconds: float = 3600) -> Iterator[None]:
-    """A Prefect global concurrency limit of 1 per run date, taken before the file lock: on a shared server a
-    second run of the date shows in the UI as waiting for its slot (the limit is listed under Concurrency),
-    instead of waiting unseen on the lock. Runs that do not share a server (two terminals, each with its own
-    embedded one) are still kept apart by date_lock."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists
-
-    name = date_slot_name(run_date)
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass
-    with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True):
-        yield
-
-
-@contextmanager
-def date_lock(out_root: str, run_date: str, wait_seconds: float = 3600, poll_seconds: float = 2.0) -> Iterator[None]:
+def date_lock(out_root: str, run_date: str, wait_seconds: float = 3600, poll_seconds: float = 2.0,
+              log: logging.Logger | logging.LoggerAdapter = PROGRESS) -> Iterator[None]:
+    """Waits (up to wait_seconds, then DateLocked) while another run writes the date, saying so in `log` (a
+    flow run's logger: the UI shows which process holds it)."""
     path = Path(out_root) / "_locks" / f"run_date={run_date}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.alerts import emit_run_events
-from flows.locks import date_lock, date_slot
+from flows.locks import date_lock
 from flows.settings import PROGRESS_LOGGER, beam_logs_in_run
 from processors.faults import FaultPlan, checkpoint
 from processors.ingest.pdf import PASSWORDS_ENV, parse_passwords, passwords_from_env
@@ -248,7 +248,7 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
     fs, root = fsspec.core.url_to_fs(inbox)
     if not fs.isdir(root):  # a mistyped --inbox or an unmounted share: never a "0 inputs" night
         raise FileNotFoundError(f"inbox {inbox} does not exist or is not a folder")
-    with date_slot(day), date_lock(out_root, day):  # one writer per date, whatever started the run
+    with date_lock(out_root, day, log=logger):  # one writer per date, whatever started the run
         return _run_date(day, sources, reprocess, inbox, out_root, config, config_file, runner, logger, faults,
                          prune_missing)
 

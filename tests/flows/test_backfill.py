@@ -4,6 +4,7 @@ A tiny inbox keeps it quick: three tickets (one malformed) per date, one label t
 """
 
 import json
+import os
 from datetime import date
 
 import polars as pl
@@ -84,13 +85,17 @@ def test_backfill_rerun_reprocess_and_failing_date(setup):
     assert _results(root, DATES[3]).height == 2
 
 
-def test_date_lock_excludes_a_second_writer(tmp_path):
+def test_date_lock_excludes_a_second_writer(tmp_path, caplog):
+    import logging
+
     from flows.locks import DateLocked, date_lock
 
     with date_lock(str(tmp_path), "2026-11-01"):
-        with pytest.raises(DateLocked):
+        with pytest.raises(DateLocked), caplog.at_level(logging.WARNING, logger="sluicegate.progress"):
             with date_lock(str(tmp_path), "2026-11-01", wait_seconds=0.5, poll_seconds=0.1):
                 pass
+        # Not silent: the waiting run says which process holds the date.
+        assert f"run date 2026-11-01 is being written by another run (pid {os.getpid()})" in caplog.text
         with date_lock(str(tmp_path), "2026-11-02", wait_seconds=0.5):
             pass  # other dates are independent
     with date_lock(str(tmp_path), "2026-11-01", wait_seconds=0.5):
