@@ -108,25 +108,20 @@ def automations(config: Config, notify_block_id=None) -> list:
 def ensure_automations(config: Config) -> list[str]:
     """Creates the automations on the current Prefect server, replacing earlier ones of the same name (so a
     changed [alerts] applies on the next `serve`/`deploy`). Returns their names."""
-    from prefect.automations import Automation
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
-    block_id = None
-    if config.alerts.notify_block:
-        slug, _, name = config.alerts.notify_block.partition("/")
-        if not name:
-            raise ValueError(f"[alerts].notify_block {config.alerts.notify_block!r}: expected "
-                             "'<block type slug>/<name>', e.g. 'slack-webhook/ops'")
-        with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:
+        block_id = None
+        if config.alerts.notify_block:
+            slug, _, name = config.alerts.notify_block.partition("/")
+            if not name:
+                raise ValueError(f"[alerts].notify_block {config.alerts.notify_block!r}: expected "
+                                 "'<block type slug>/<name>', e.g. 'slack-webhook/ops'")
             block_id = client.read_block_document_by_name(name=name, block_type_slug=slug).id
-    names = []
-    for automation in automations(config, block_id):
-        try:
-            while True:  # every earlier copy (a name is not unique on the server)
-                Automation.read(name=automation.name).delete()
-        except (ObjectNotFound, ValueError):
-            pass
-        automation.create()
-        names.append(automation.name)
+        names = []
+        for automation in automations(config, block_id):
+            for earlier in client.read_automations_by_name(automation.name):  # a name is not unique on the server
+                client.delete_automation(earlier.id)
+            automation.create()
+            names.append(automation.name)
     return names

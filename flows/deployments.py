@@ -29,6 +29,7 @@ from prefect.schedules import Cron
 from flows.alerts import ensure_automations
 from flows.nightly import resolve_config
 from flows.settings import RUN_LOGGERS
+from schemas.config import Config
 
 PROJECT = Path(__file__).resolve().parent.parent  # flows/ and processors/ import from here
 
@@ -66,11 +67,11 @@ def _load_flow(target: str):
 CONCURRENCY = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
-def build_deployments(config_path: str | None, work_pool: str | None = None) -> list[RunnerDeployment]:
-    """The deployments of DEPLOYMENTS; config_path and sources are pinned for the flows that take them.
+def build_deployments(config: Config, config_file: str, work_pool: str | None = None) -> list[RunnerDeployment]:
+    """The deployments of DEPLOYMENTS (config, config_file: from resolve_config); the configuration file and
+    sources are pinned for the flows that take them.
 
     work_pool: for a process work pool, whose workers run the flows in this project's folder."""
-    config, config_file = resolve_config(config_path)
     schedule = config.schedule
     deployments = []
     # Defaults the UI's form opens with: the configuration file, and its sources as a pre-filled list.
@@ -168,11 +169,12 @@ def serve_deployments(config_path: str | None, api_url: str | None, port: int, h
     try:
         wait_healthy(api_url, server=server)
         os.environ["PREFECT_API_URL"] = api_url  # inherited by the flow-run processes serve starts
-        deployments = build_deployments(config_path)
+        config, config_file = resolve_config(config_path)
+        deployments = build_deployments(config, config_file)
         names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
         print(f"Prefect UI: {api_url.removesuffix('/api')}/  (deployments: {names})", flush=True)
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            print(f"automations: {', '.join(ensure_automations(resolve_config(config_path)[0]))}", flush=True)
+            print(f"automations: {', '.join(ensure_automations(config))}", flush=True)
             serve(*deployments)
     except KeyboardInterrupt:
         pass
@@ -195,8 +197,9 @@ def deploy_to_pool(config_path: str | None, pool: str) -> list[str]:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         except ObjectAlreadyExists:
             pass
+    config, config_file = resolve_config(config_path)
     names = []
-    for deployment in build_deployments(config_path, work_pool=pool):
+    for deployment in build_deployments(config, config_file, work_pool=pool):
         deployment.apply(work_pool_name=pool)
         names.append(f"{deployment.flow_name}/{deployment.name}")
-    return names + ensure_automations(resolve_config(config_path)[0])
+    return names + ensure_automations(config)

@@ -197,9 +197,7 @@ def unseen_inputs(recorded: dict[str, pl.DataFrame], inputs: list[tuple[str, str
 def summarize(labels: pl.DataFrame, fields: pl.DataFrame, config: Config) -> dict[str, dict[str, float]]:
     """Escalation and review rates per task (and for fields), from the labels and fields tables as written."""
     escalation, review = {}, {}
-    for task_name in [t.name for t in config.tasks]:
-        if labels.is_empty() or "task" not in labels.columns:  # no labels partition was read
-            break
+    for task_name in [t.name for t in config.tasks] if not labels.is_empty() else []:  # empty: no partition read
         decided = labels.filter(pl.col("task") == task_name)["decided_by"]
         if len(decided):
             escalation[task_name] = float(decided.is_in(["large", "review"]).mean())  # linear/small: not escalated

@@ -292,7 +292,7 @@ def read_table(out_root: str, table: str, run_dates: Iterable[str], sources: Ite
             if wanted is not None and source not in wanted:
                 continue
             if path in legacy:
-                rows = legacy_label_rows(path, set(pq.read_table(path, columns=["uri"])["uri"].to_pylist()))
+                rows = legacy_label_rows(path)  # every row of that results file
                 frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=table_schema("labels")))
             else:
                 frame = pl.read_parquet(path)
@@ -307,10 +307,10 @@ def read_rows(path: Path, uris: set[str]) -> list[dict]:
     return [row for row in pq.read_table(path).to_pylist() if row["uri"] in uris]
 
 
-def legacy_label_rows(results_path: Path, uris: set[str]) -> list[dict]:
-    """labels rows for `uris` from a results partition written before the labels table (schema 1: the
-    columns `<task>`, `<task>_confidence`, `<task>_decided_by`), so rows a rerun keeps lose no answer."""
-    if not uris or not results_path.exists():
+def legacy_label_rows(results_path: Path, uris: set[str] | None = None) -> list[dict]:
+    """labels rows for `uris` (None: all) from a results partition written before the labels table (schema 1:
+    the columns `<task>`, `<task>_confidence`, `<task>_decided_by`), so rows a rerun keeps lose no answer."""
+    if (uris is not None and not uris) or not results_path.exists():
         return []
     names = pq.read_schema(results_path).names
     tasks = [c.removesuffix("_decided_by") for c in names if c.endswith("_decided_by") and c != "decided_by"]
@@ -318,7 +318,7 @@ def legacy_label_rows(results_path: Path, uris: set[str]) -> list[dict]:
     if not tasks:
         return []
     rows = []
-    for row in read_rows(results_path, uris):
+    for row in pq.read_table(results_path).to_pylist() if uris is None else read_rows(results_path, uris):
         rows += [{"doc_id": row["doc_id"], "uri": row["uri"], "task": task, "label": row[task],
                   "confidence": row[f"{task}_confidence"], "decided_by": row[f"{task}_decided_by"],
                   "model_version_id": row.get("model_version_id"), "schema_version": SCHEMA_VERSION,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -18,9 +18,6 @@ from processors.progress import Progress
 from processors.tiers import LoadedTier, all_items, load_demonstrations, predict, tier_config
 from schemas.config import Config, LabelTask
 from schemas.records import Document, LabelPrediction
-
-OnBatch = Callable[[str, int, int], None]  # (tier, documents done, documents total)
-
 
 # --- what to run ---------------------------------------------------------------------------------
 
@@ -93,13 +90,13 @@ def _chunks(seq: list, n: int) -> list[list]:
 def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequence[str] = TIERS, *,
              limit: int | None = None, seed: int = 0, loaded: dict[str, LoadedTier] | None = None,
              target_escalation: float | None = None, target_quality_gap: float | None = None,
-             progress: OnBatch | None = None, stage: str = "evaluate") -> Evaluation:
+             stage: str = "evaluate") -> Evaluation:
     """Runs the tiers on the labelled examples and scores them; see the package docstring.
 
     limit: a stratified sample (by the most-labelled task) of this many examples. loaded: runtimes
     already loaded per tier (left open; others are loaded here and closed). target_*: how the report's
-    thresholds are chosen (default: cascade within 1 point of large-only quality). progress: called
-    after every batch; throttled progress lines ('<stage> small tier: 12/40 (30%) ...') are logged anyway.
+    thresholds are chosen (default: cascade within 1 point of large-only quality). stage: names the
+    throttled progress lines ('<stage> small tier: 12/40 (30%) ...').
     """
     tiers = tuple(t for t in TIERS if t in tiers)
     if not tiers:
@@ -145,7 +142,6 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
         load_seconds = 0.0 if given else time.perf_counter() - started
         try:
             seconds = 0.0
-            done = 0
             # after the runtime is loaded: the rate and ETA are the tier's answering alone
             line = Progress(f"{stage} {tier} tier", n_docs)
             line.start()
@@ -160,10 +156,7 @@ def evaluate(config: Config, examples: Sequence[LabelledExample], tiers: Sequenc
                         seconds += _predict_large_per_item(batch, runtime_tier, group_cfg, item_usage)
                     for d in batch:
                         docs[tier][d.doc_id] = d
-                    done += len(batch)
                     line.advance(len(batch))
-                    if progress:
-                        progress(tier, done, n_docs)
         finally:
             if not given:
                 runtime_tier.runtime.close()

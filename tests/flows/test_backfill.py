@@ -105,8 +105,9 @@ def test_date_lock_excludes_a_second_writer(tmp_path, caplog):
 def test_deployments_have_typed_parameters_and_the_schedule(setup):
     _, config = setup
     from flows.deployments import build_deployments
+    from flows.nightly import resolve_config
 
-    nightly, backfill, evaluate, finetune = build_deployments(config)
+    nightly, backfill, evaluate, finetune = build_deployments(*resolve_config(config))
     assert [d.name for d in (nightly, backfill, evaluate, finetune)] == ["nightly", "backfill", "evaluate", "finetune"]
     for deployment in (evaluate, finetune):  # plain typed fields only: the UI renders them as a form
         for name, prop in deployment._parameter_openapi_schema.properties.items():
