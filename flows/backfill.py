@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, timedelta
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -17,7 +18,8 @@ from flows.settings import PROGRESS_LOGGER
 @flow(name="backfill", log_prints=True, flow_run_name="backfill-{start}..{end}", timeout_seconds=48 * 3600)
 def backfill(start: date, end: date, sources: list[Source] | None = None, reprocess: bool = False,
              config_path: str | None = None, inbox: str | None = None, out: str | None = None,
-             prune_missing: bool = False) -> dict:
+             prune_missing: bool = False, engine: Literal["local", "dask"] | None = None,
+             address: str | None = None) -> dict:
     """Runs `nightly` for every date from start to end (inclusive), in order.
 
     Each date runs under its own lock, so a date is never written by two runs at once, whichever
@@ -33,6 +35,9 @@ def backfill(start: date, end: date, sources: list[Source] | None = None, reproc
         inbox: Input root (local path or fsspec URL). None: the configuration's.
         out: Output root (a local folder). None: the configuration's.
         prune_missing: Drop the rows of inputs no longer in the inbox (deleted or moved files). Off: kept.
+        engine: Where each date's shards run: local or dask. None: the configuration's [engine]. A dask
+            cluster is started (or connected) once and serves every date, its workers keeping the models.
+        address: A dask scheduler (tcp://host:8786). None: the configuration's.
     """
     logger = get_run_logger()
     progress = logging.getLogger(PROGRESS_LOGGER)
@@ -44,7 +49,8 @@ def backfill(start: date, end: date, sources: list[Source] | None = None, reproc
     for i, day in enumerate(days, 1):
         progress.info("backfill: %s (%d of %d)", day, i, len(days))
         state = one_date(run_date=day, sources=sources, reprocess=reprocess, inbox=inbox, out=out,
-                         config_path=config_path, prune_missing=prune_missing, return_state=True)
+                         config_path=config_path, prune_missing=prune_missing, engine=engine, address=address,
+                         return_state=True)
         if state.is_completed():
             s = state.result()
             outcomes.append({"date": day.isoformat(), "state": "completed", "inputs": s["n_inputs"],

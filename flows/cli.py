@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--reprocess", action="store_true", help="recompute inputs already done with this version")
     run.add_argument("--prune-missing", action="store_true",
                      help="drop the rows of inputs no longer in the inbox (default: keep them, and count them)")
+    run.add_argument("--engine", choices=["local", "dask"], help="where the shards run (default: [engine] kind)")
+    run.add_argument("--address", help="dask scheduler, tcp://host:8786 (implies --engine dask; default: [engine] "
+                     "address, empty: a LocalCluster on this machine)")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     # Crash tests only (tests/robustness/test_crash.py): '<stage>[:<n>]', the run kills itself there. Hidden.
     run.add_argument("--test-kill-at", metavar="STAGE[:N]", help=argparse.SUPPRESS)
@@ -44,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--inbox")
     fill.add_argument("--out")
     fill.add_argument("--config")
+    fill.add_argument("--engine", choices=["local", "dask"], help="as for run")
+    fill.add_argument("--address", help="as for run")
 
     rv = sub.add_parser("review", help="export the items a night left to review as a CSV to fill in")
     rv.add_argument("--date", type=_parse_date, required=True, help="run date, YYYY-MM-DD")
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = backfill(start=args.start, end=args.end, sources=args.sources, reprocess=args.reprocess,
                                inbox=args.inbox, out=args.out, config_path=args.config,
-                               prune_missing=args.prune_missing)
+                               prune_missing=args.prune_missing, engine=args.engine, address=args.address)
             for o in summary["outcomes"]:
                 print(f"{o['date']}: {o['state']}  inputs {o['inputs']} = results {o['results']} + errors "
                       f"{o['errors']} (skipped {o['skipped']}, not in the inbox: kept {o['kept_unseen']}, "
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         # From a terminal the operator sees a failure at once: no retry (deployments retry once).
         summary = nightly.with_options(retries=0)(
             run_date=args.date, sources=args.sources, reprocess=args.reprocess, inbox=args.inbox, out=args.out,
-            config_path=args.config, prune_missing=args.prune_missing, test_kill_at=args.test_kill_at)
+            config_path=args.config, prune_missing=args.prune_missing, engine=args.engine, address=args.address,
+            test_kill_at=args.test_kill_at)
     except Exception as e:  # noqa: BLE001 - report, do not dump a traceback on the operator
         print(f"sluicegate: {args.command} failed: {e}", file=sys.stderr)
         return 1

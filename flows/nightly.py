@@ -17,23 +17,34 @@ from zoneinfo import ZoneInfo
 import fsspec
 import polars as pl
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.alerts import emit_run_events
+from flows.engine import ShardsFailed, add_counters, run_shards, shard_count, shard_table, with_engine
 from flows.locks import date_lock
-from flows.settings import PROGRESS_LOGGER, beam_logs_in_run
+from flows.settings import PROGRESS_LOGGER
 from processors.faults import FaultPlan, checkpoint
 from processors.ingest.pdf import PASSWORDS_ENV, parse_passwords, passwords_from_env
 from processors.ingest.read import printable_uri
 from processors.models import tier_version
-from processors.pipeline import RunSpec, run_pipeline
-from processors.sinks import TASK_VERSIONS, partition_path, read_table, recover, write_partition
+from processors.pipeline import RunSpec
+from processors.shards import Shard, plan_shards
+from processors.sinks import (
+    TASK_VERSIONS,
+    claim_date,
+    partition_path,
+    read_table,
+    recover,
+    remove_parts_outside,
+    rows_by_part,
+    write_partition,
+)
 from schemas.config import Config, load_config, local_output_root
 from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
 from schemas.versions import with_model_version
 
 Source = Literal["tickets", "pdf"]
-NOT_OUTPUTS = {"schedule", "alerts"}  # configuration sections outside the version key
+NOT_OUTPUTS = {"schedule", "alerts", "engine"}  # configuration sections outside the version key
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "fixtures" / "sluicegate.toml"
 
 
@@ -159,12 +170,6 @@ def discover(inbox: str, sources: list[str], run_date: str) -> list[tuple[str, s
     return found
 
 
-@task(timeout_seconds=11 * 3600)  # inside the flow's 12 h
-def run_beam(spec: RunSpec, runner: str) -> dict[str, int]:
-    with beam_logs_in_run():  # Beam's worker threads log into this task run too
-        return run_pipeline(spec, runner=runner)
-
-
 def recorded_rows(out_root: str, run_date: str, sources: list[str]) -> dict[str, pl.DataFrame]:
     """The date's results, errors and manifest as they stand before the run: read once, for the skip
     (done_inputs) and for what the run cannot see (unseen_inputs)."""
@@ -194,6 +199,36 @@ def unseen_inputs(recorded: dict[str, pl.DataFrame], inputs: list[tuple[str, str
     return frozenset(unseen)
 
 
+def make_plan(inputs: list[tuple[str, str]], unseen: frozenset[tuple[str, str]], out_root: str, day: str,
+              sources: list[str], n_shards: int) -> list[Shard]:
+    """The run's shards: inputs balanced by size, and every input (or kept row) whose rows an earlier run
+    wrote stays on the shard whose part files hold them."""
+    held = rows_by_part(out_root, day, sources)
+    files = {printable_uri(uri): uri for uri, _ in inputs}
+    held_by: dict[str, str] = {}
+    for (_, uri), shard in sorted(held.items(), key=lambda item: item[1]):  # the lowest shard, should two hold one
+        file = files.get(uri) or files.get(uri.rsplit("#", 1)[0])
+        if file is not None:
+            held_by.setdefault(file, shard)
+    return plan_shards(inputs, input_sizes(inputs), n_shards, held_by, unseen, {key: held[key] for key in unseen})
+
+
+def input_sizes(inputs: list[tuple[str, str]]) -> dict[str, int]:
+    """Estimated documents per input file, what a shard's time goes by: the lines of a ticket export
+    (a CSV's header counts too), 1 for a PDF. 0 when the file cannot be read now (reading it will say why)."""
+    sizes = {}
+    for uri, source in inputs:
+        if source != "tickets":
+            sizes[uri] = 1
+            continue
+        try:
+            with fsspec.open(uri, "rb") as f:
+                sizes[uri] = sum(block.count(b"\n") for block in iter(lambda f=f: f.read(1 << 20), b"")) + 1
+        except (OSError, ValueError):
+            sizes[uri] = 0
+    return sizes
+
+
 def summarize(labels: pl.DataFrame, fields: pl.DataFrame, config: Config) -> dict[str, dict[str, float]]:
     """Escalation and review rates per task (and for fields), from the labels and fields tables as written."""
     escalation, review = {}, {}
@@ -214,7 +249,8 @@ def summarize(labels: pl.DataFrame, fields: pl.DataFrame, config: Config) -> dic
       timeout_seconds=12 * 3600)
 def nightly(run_date: date | None = None, sources: list[Source] | None = None, reprocess: bool = False,
             inbox: str | None = None, out: str | None = None, config_path: str | None = None,
-            runner: str = "FnApiRunner", prune_missing: bool = False, test_kill_at: str | None = None) -> dict:
+            runner: str = "FnApiRunner", prune_missing: bool = False, engine: Literal["local", "dask"] | None = None,
+            address: str | None = None, test_kill_at: str | None = None) -> dict:
     """Processes one date's documents.
 
     Args:
@@ -228,12 +264,16 @@ def nightly(run_date: date | None = None, sources: list[Source] | None = None, r
         runner: Beam runner (FnApiRunner runs in-process).
         prune_missing: Drop the rows of inputs that have rows for this date but are no longer in the inbox
             (deleted or moved files). Off: their rows are kept, and the summary counts them.
+        engine: Where the shards run: local (this process) or dask. None: the configuration's [engine].
+        address: A dask scheduler (tcp://host:8786) for engine dask. None: the configuration's (empty: a
+            LocalCluster on this machine).
         test_kill_at: Crash tests only (leave empty): '<stage>[:<n>]', the run SIGKILLs itself the n-th
             time it reaches that stage (ingest, inference, write, finish); see processors/faults.py.
     """
     logger = get_run_logger()
     faults = FaultPlan.parse(test_kill_at) if test_kill_at else None
     config, config_file = resolve_config(config_path, load_secrets=True)
+    config = with_engine(config, engine, address)
     day = (run_date or night_before(scheduled_start(), config.schedule.timezone)).isoformat()
     out_root = local_output_root(out) if out else config.output.root  # s3://... is refused, not a folder "s3:"
     unknown = set(sources or []) - set(config.inputs.sources)
@@ -261,6 +301,7 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
     logger.info("run %s: config %s, inbox %s, out %s, sources %s, reprocess %s", run_id, config_file, inbox,
                 out_root, sources, reprocess)
 
+    claim_date(out_root, day, run_id)  # a shard still running for an earlier, dead run of the date won't commit
     recovered = recover(out_root, day)  # a run killed while renaming its files: finish what it started
     if recovered:
         logger.warning("finished the commit of a run of %s that was killed: %d files renamed", day, recovered)
@@ -282,7 +323,22 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
                    inbox=inbox,  # inputs that resolve outside it are outside_root errors, never read
                    unseen=frozenset() if prune_missing else unseen,
                    faults=faults)  # crash tests only: the graph's kill checkpoints
-    counters = run_beam(spec, runner)
+    plan = make_plan(inputs, spec.unseen, out_root, day, sources, shard_count(config.engine, len(inputs)))
+    logger.info("%d shards on %s: %s", len(plan), config.engine.kind,
+                ", ".join(f"{s.name} ({len(s.inputs)} files, about {s.size} documents)" for s in plan))
+    try:
+        reports = run_shards(plan, spec, runner)
+    except ShardsFailed as e:
+        create_table_artifact(key=f"shards-{day}", table=shard_table(e.reports),
+                              description=f"sluicegate shards {day}: some failed")
+        raise
+    create_table_artifact(key=f"shards-{day}", table=shard_table(reports), description=f"sluicegate shards {day}")
+    # Part files of shards outside the plan hold no row that is to stay (inputs stay on the shard that
+    # holds their rows): what they hold is pruned.
+    removed = remove_parts_outside(out_root, day, sources, [s.name for s in plan])
+    if removed:
+        logger.info("removed %d part files of shards outside this run's plan", removed)
+    counters = add_counters(reports)
     checkpoint(spec.faults, "finish")  # crash tests only: tables written, runs row not yet
     _stage_lines(progress, counters)
     t_pipeline = time.perf_counter()
@@ -343,6 +399,7 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
         "docs_per_second_small": run_row["docs_per_second_small"], "out": out_root,
         "n_escalation_failed": int(results["escalation_failed"].fill_null(False).sum()) if len(results) else 0,
         "model_version": config.models.active, "model_notes": list(config.models.notes),
+        "engine": config.engine.kind, "shards": shard_table(reports),
     }
     create_markdown_artifact(key=f"nightly-{day}", markdown=_markdown(summary),
                              description=f"sluicegate nightly {day}")

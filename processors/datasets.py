@@ -265,3 +265,19 @@ def data_hash(paths: Iterable[str | Path]) -> str:
             digest.update(f.name.encode())
             digest.update(f.read_bytes())
     return digest.hexdigest()
+
+
+def write_ticket_export(examples: list[LabelledExample], folder: Path, files: int = 1) -> list[Path]:
+    """Writes examples as a day of ticket exports (`export-NN.jsonl`, the fixtures' columns: ticket_id, subject,
+    body, created_at), split evenly over `files` files: a generated night for benchmarks and scale-out tests."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per_file = -(-len(examples) // max(1, files))
+    paths = []
+    for n in range(max(1, files)):
+        chunk = examples[n * per_file:(n + 1) * per_file]
+        path = folder / f"export-{n:02d}.jsonl"
+        path.write_text("".join(json.dumps({"ticket_id": f"G-{n:02d}-{i:05d}", "subject": "", "body": e.text,
+                                            "created_at": "2026-11-20T08:00:00Z"}) + "\n"
+                                for i, e in enumerate(chunk)))
+        paths.append(path)
+    return paths

@@ -175,9 +175,11 @@ class _StagePartition(beam.DoFn):
 
 
 def _commit(run_id: str, spec: RunSpec, staged: list[tuple[str, str]]) -> int:
-    """All the run's partitions, renamed into place together (see sinks.commit); manifest last."""
+    """All the shard's partitions, renamed into place together (see sinks.commit); manifest last. The
+    journal is the shard's own: shards of one run commit independently, on different workers."""
     after_each = (lambda: checkpoint(spec.faults, "commit")) if spec.faults else None
-    return sinks.commit(spec.out_root, spec.run_date, run_id, staged, after_each)
+    sinks.check_date_owner(spec.out_root, spec.run_date, run_id)
+    return sinks.commit(spec.out_root, spec.run_date, f"{run_id}.{spec.shard}", staged, after_each)
 
 
 def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:

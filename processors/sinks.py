@@ -218,7 +218,25 @@ def _journal_dir(out_root: str, run_date: str) -> Path:
     return Path(out_root) / COMMITS / f"run_date={run_date}"
 
 
-def commit(out_root: str, run_date: str, run_id: str, staged: Iterable[tuple[str, str]],
+class Superseded(RuntimeError):
+    """A newer run owns the date: this (orphaned) shard must not commit over it."""
+
+
+def claim_date(out_root: str, run_date: str, run_id: str) -> None:
+    """Records `run_id` as the date's writer (the flow, holding the date's lock, before its shards start).
+    A shard of an earlier run whose flow died (its dask task goes on running) then commits nothing."""
+    write_atomic(_journal_dir(out_root, run_date) / "owner", run_id.encode())
+
+
+def check_date_owner(out_root: str, run_date: str, run_id: str) -> None:
+    """Raises Superseded when another run claimed the date since (no claim at all: nothing to check)."""
+    path = _journal_dir(out_root, run_date) / "owner"
+    owner = path.read_text() if path.exists() else run_id
+    if owner != run_id:
+        raise Superseded(f"run {run_id} does not commit {run_date}: run {owner} owns the date now")
+
+
+def commit(out_root: str, run_date: str, journal_name: str, staged: Iterable[tuple[str, str]],
            after_each: Callable[[], None] | None = None) -> int:
     """Renames a run's staged files (temporary -> final) into place, all of them or, after a crash, on the
     next run of the date (recover): an input whose outcome changed moves between tables, and readers must
@@ -229,7 +247,7 @@ def commit(out_root: str, run_date: str, run_id: str, staged: Iterable[tuple[str
     root = Path(out_root)
     pairs = sorted(((str(Path(t).relative_to(root)), str(Path(f).relative_to(root))) for t, f in staged),
                    key=lambda pair: (pair[1].startswith("manifest/"), pair[1]))
-    journal = _journal_dir(out_root, run_date) / f"{run_id}.json"
+    journal = _journal_dir(out_root, run_date) / f"{journal_name}.json"  # <run_id>.<shard>
     write_atomic(journal, json.dumps(pairs).encode())
     for tmp, final in pairs:
         os.replace(root / tmp, root / final)
@@ -298,6 +316,33 @@ def read_table(out_root: str, table: str, run_dates: Iterable[str], sources: Ite
                 frame = pl.read_parquet(path)
             frames.append(frame.with_columns(pl.lit(source).alias("source")))
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def rows_by_part(out_root: str, run_date: str, sources: Iterable[str]) -> dict[tuple[str, str], str]:
+    """(source, uri) -> the shard (`part-<shard>`) whose files hold the row, for every input with a row in
+    the date's results, errors or manifest (the lowest shard, should two hold one)."""
+    held: dict[tuple[str, str], str] = {}
+    for table in ("results", "errors", "manifest"):
+        for source in sources:
+            folder = Path(out_root) / table / f"run_date={run_date}" / f"source={source}"
+            for path in sorted(folder.glob("part-*.parquet")):
+                shard = path.stem.removeprefix("part-")
+                for uri in pq.read_table(path, columns=["uri"]).column("uri").to_pylist():
+                    held.setdefault((source, uri), shard)
+    return held
+
+
+def remove_parts_outside(out_root: str, run_date: str, sources: Iterable[str], shards: Iterable[str]) -> int:
+    """Deletes the date's part files (of these sources) of shards not in `shards`: after a run whose plan
+    kept every row that is to stay, what such files hold is gone from the inbox and pruned. Manifests
+    last, as in commit. Returns the files deleted."""
+    keep = {f"part-{shard}.parquet" for shard in shards}
+    doomed = [path for table in sorted(RESULT_TABLES, key=lambda t: t == "manifest") for source in sources
+              for path in sorted((Path(out_root) / table / f"run_date={run_date}" / f"source={source}")
+                                 .glob("part-*.parquet")) if path.name not in keep]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return len(doomed)
 
 
 def read_rows(path: Path, uris: set[str]) -> list[dict]:

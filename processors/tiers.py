@@ -8,7 +8,9 @@ the items the small tier escalated.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedTier:
     runtime: Runtime
-    content_free: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (task, source)
+    content_free: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)  # (task json, source)
     linear: dict[str, LinearLabeler] = field(default_factory=dict)  # task -> tier 0 (small tier only)
     demos: DemonstrationIndex | None = None  # few-shot examples, when the tier shows some
 
@@ -41,9 +43,51 @@ def tier_config(config: Config, tier: Tier) -> TierModel:
     return config.small if tier == "small" else config.large
 
 
+# Process-level cache of loaded tiers: on in a dask worker (processors/cluster.py turns it on), so a
+# worker loads each model once for its whole life, whatever number of shards and runs it serves. Off
+# elsewhere: a local run loads fresh, as a cold nightly process does. Entries are never dropped: a
+# llama.cpp runtime dropped before it served a request hung for minutes (PLATFORM.md).
+_kept: dict[str, LoadedTier] | None = None
+_loads: dict[str, int] = {}  # cache key -> loads in this process (a test reads it: never more than one)
+_kept_lock = threading.Lock()
+
+
+def keep_loaded_tiers() -> None:
+    """Turns the process-level cache on, for the life of this process (a dask worker's)."""
+    global _kept
+    with _kept_lock:
+        if _kept is None:
+            _kept = {}
+
+
+def tier_loads() -> dict[str, int]:
+    """How many times this process loaded each (tier, model, options): for checks and logs."""
+    with _kept_lock:
+        return dict(_loads)
+
+
+def _cache_key(config: Config, tier: Tier) -> str:
+    """What a loaded tier depends on: its model options, tier-0 models and demonstrations."""
+    linear = {task: tier0.path for task, tier0 in config.linear.items()} if tier == "small" else {}
+    return json.dumps({"tier": tier, "model": tier_config(config, tier).model_dump(mode="json"), "linear": linear,
+                       "demonstrations": demonstrations_path(config, tier)}, sort_keys=True)
+
+
 def load_tier(config: Config, tier: Tier) -> LoadedTier:
-    """The tier's runtime; for the small tier also the tier-0 linear models in front of it."""
+    """The tier's runtime; for the small tier also the tier-0 linear models in front of it. From the
+    process's cache when it is on (a dask worker), loaded at most once per process there."""
+    key = _cache_key(config, tier)
+    if _kept is None:
+        return _load_tier(config, tier, key)
+    with _kept_lock:  # held while loading: two shards on one worker never load the same model twice
+        if key not in _kept:
+            _kept[key] = _load_tier(config, tier, key)
+        return _kept[key]
+
+
+def _load_tier(config: Config, tier: Tier, key: str) -> LoadedTier:
     started = time.perf_counter()
+    _loads[key] = _loads.get(key, 0) + 1
     loaded = LoadedTier(load_runtime(tier_config(config, tier)))
     if tier == "small":
         loaded.linear = {task: LinearLabeler.load(tier0.path) for task, tier0 in config.linear.items()}
@@ -52,11 +96,15 @@ def load_tier(config: Config, tier: Tier) -> LoadedTier:
     return loaded
 
 
+def demonstrations_path(config: Config, tier: Tier) -> str | None:
+    """The model version's few-shot examples file, when this tier shows some ([<tier>] demonstrations > 0)."""
+    return config.demonstrations if tier_config(config, tier).demonstrations and config.demonstrations else None
+
+
 def load_demonstrations(config: Config, tier: Tier) -> DemonstrationIndex | None:
     """The model version's few-shot examples, when this tier shows some ([<tier>] demonstrations > 0)."""
-    if tier_config(config, tier).demonstrations and config.demonstrations:
-        return DemonstrationIndex.load(config.demonstrations)
-    return None
+    path = demonstrations_path(config, tier)
+    return DemonstrationIndex.load(path) if path else None
 
 
 def all_items(doc: Document, config: Config) -> tuple[str, ...]:
@@ -228,8 +276,9 @@ def _decide_linear(batch: list[Document], task, labeler: LinearLabeler, threshol
 
 
 def _content_free(loaded: LoadedTier, tier_cfg: TierModel, task, source: str) -> dict[str, float] | None:
-    """Mean label distribution over content-free inputs; computed once per task and source per worker."""
-    key = (task.name, source)
+    """Mean label distribution over content-free inputs; computed once per task and source per worker.
+    Keyed by the task's whole definition: a dask worker keeps its models across runs whose tasks change."""
+    key = (task.model_dump_json(), source)
     if key not in loaded.content_free:
         prompts = [label.build_prompt(task, tier_cfg.prompt_style, source, t) for t in label.CONTENT_FREE_INPUTS]
         scores = [s for s in label.score_labels(loaded.runtime, prompts, label.targets_for(task, tier_cfg.prompt_style),

@@ -7,6 +7,7 @@ is the shipped example. Paths in the file are resolved relative to the file's fo
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -307,6 +308,41 @@ def _default_tasks() -> list[LabelTask]:
     ]
 
 
+class Engine(Strict):
+    """Where a night's shards run. Not part of the version key: changing it recomputes nothing.
+
+    kind = "local": this process runs the shards one after another (one shard unless earlier runs left
+    more). kind = "dask": a dask.distributed cluster runs them, each shard today's Beam graph in-process.
+    """
+
+    kind: Literal["local", "dask"] = "local"
+    # "tcp://host:8786": an existing scheduler. Empty with kind = "dask": a LocalCluster on 127.0.0.1 with
+    # `workers` processes of `threads_per_worker` threads, started by the run and kept for its process.
+    address: str = ""
+    workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)  # shards a worker runs at once (each loads no model twice)
+    shards: int = Field(0, ge=0)  # 0: automatic (twice the cluster's threads, at most one per input file)
+    # A shard whose worker died, or that raised, is run again this many times before the run fails.
+    retries: int = Field(1, ge=0)
+    # llama.cpp threads per model in a LocalCluster's workers. 0: the machine's cores / workers (the tiers'
+    # own `threads` would oversubscribe the cores). A remote cluster's workers use the tiers' `threads`.
+    model_threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fits_this_machine(self) -> Engine:
+        if self.kind == "dask" and not self.address:
+            cores = os.cpu_count() or 1
+            if self.workers * self.threads_per_worker > cores:
+                raise ValueError(f"[engine] a LocalCluster of workers {self.workers} x threads_per_worker "
+                                 f"{self.threads_per_worker} needs more than this machine's {cores} cores")
+            if self.workers * self.model_threads > cores:
+                raise ValueError(f"[engine] workers {self.workers} x model_threads {self.model_threads} is more "
+                                 f"than this machine's {cores} cores")
+        if self.address and not re.match(r"^(tcp|tls|inproc|ucx)://", self.address):
+            raise ValueError("[engine] address is a scheduler address such as tcp://host:8786")
+        return self
+
+
 class Config(Strict):
     inputs: Inputs = Inputs()
     output: Output = Output()
@@ -329,6 +365,7 @@ class Config(Strict):
     demonstrations: str | None = None  # the model version's demonstrations.jsonl (few-shot examples)
     pdf: PdfOptions = PdfOptions()
     tickets: TicketOptions = TicketOptions()
+    engine: Engine = Engine()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

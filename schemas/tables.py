@@ -234,7 +234,8 @@ def data_dictionary() -> str:
         "Do not edit by hand; tests/schemas/test_tables.py fails when the two differ. -->",
         "",
         f"Schema version {SCHEMA_VERSION}. Every table is Parquet under the output root, one folder per table, "
-        "Hive-partitioned: `<out>/<table>/run_date=YYYY-MM-DD/source=pdf|tickets/part-00000.parquet` (runs: "
+        "Hive-partitioned: `<out>/<table>/run_date=YYYY-MM-DD/source=pdf|tickets/part-<shard>.parquet`, one file "
+        "per shard of the run (`part-00000` for a one-process run; read the folder, never one file) (runs: "
         "`<out>/runs/run_date=YYYY-MM-DD/part-<run_id>.parquet`). `run_date` and `source` are in the path, not "
         "in the files: read with `hive_partitioning=True`. Each Parquet file carries these descriptions in its "
         "field metadata.",

@@ -221,3 +221,16 @@ def test_with_labels_gives_the_wide_view(config):
     assert wide["category"].to_list() == ["ORDER", None] and wide["sentiment_decided_by"].to_list() == [
         "linear", "large"]
     assert sinks.with_labels(results, pl.DataFrame()).equals(results)
+
+
+def test_a_shard_of_a_superseded_run_does_not_commit(tmp_path):
+    """The flow claims the date before its shards start; a shard still running for an earlier run whose
+    flow died (a dask task goes on after its client is gone) then raises instead of renaming its files."""
+    out = str(tmp_path)
+    sinks.check_date_owner(out, "2026-11-20", "old")  # no claim yet: nothing to check
+    sinks.claim_date(out, "2026-11-20", "old")
+    sinks.check_date_owner(out, "2026-11-20", "old")
+    sinks.claim_date(out, "2026-11-20", "new")
+    with pytest.raises(sinks.Superseded, match="run new owns the date"):
+        sinks.check_date_owner(out, "2026-11-20", "old")
+    assert sinks.recover(out, "2026-11-20") == 0  # the claim is not a journal
