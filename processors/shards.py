@@ -26,7 +26,7 @@ class Shard:
     name: str  # part-<name>.parquet
     inputs: tuple[tuple[str, str], ...]  # (uri, source)
     unseen: frozenset[tuple[str, str]]  # (source, uri) with rows in this shard's files, not in the inbox now
-    size: int  # estimated documents (flows.nightly.input_sizes)
+    size: int  # estimated documents (flows.nightly.input_sizes: from file metadata)
 
     def describe(self, limit: int = 5) -> str:
         """The shard's inputs for an error message: the first few uris and how many more."""

@@ -110,3 +110,19 @@ def test_part_files_outside_the_plan_are_removed(tmp_path):
                     "results/run_date=2026-11-20/source=pdf/part-00002.parquet",  # not this run's source
                     "results/run_date=2026-11-20/source=tickets/part-00000.parquet",
                     "results/run_date=2026-11-20/source=tickets/part-00001.parquet"]
+
+
+def test_input_sizes_never_open_an_input(tmp_path):
+    """A named pipe would block the flow (no writer); a link may point outside the inbox: sizes come
+    from metadata only, and the readers report those inputs."""
+    from flows.nightly import TICKET_BYTES, input_sizes
+
+    export = tmp_path / "export.jsonl"
+    export.write_text("x" * (TICKET_BYTES * 40))
+    pdf = tmp_path / "a.pdf"
+    pdf.write_bytes(b"%PDF" * 100_000)
+    pipe = tmp_path / "pipe.jsonl"
+    os.mkfifo(pipe)
+    sizes = input_sizes([(str(export), "tickets"), (str(pdf), "pdf"), (str(pipe), "tickets"),
+                         (str(tmp_path / "gone.jsonl"), "tickets")])
+    assert sizes == {str(export): 40, str(pdf): 1, str(pipe): 0, str(tmp_path / "gone.jsonl"): 0}
