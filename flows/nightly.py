@@ -171,9 +171,11 @@ def discover(inbox: str, sources: list[str], run_date: str) -> list[tuple[str, s
 
 
 def recorded_rows(out_root: str, run_date: str, sources: list[str]) -> dict[str, pl.DataFrame]:
-    """The date's results, errors and manifest as they stand before the run: read once, for the skip
-    (done_inputs) and for what the run cannot see (unseen_inputs)."""
-    return {table: read_table(out_root, table, [run_date], sources) for table in ("results", "errors", "manifest")}
+    """The date's results, errors and manifest as they stand before the run, with the part (shard) of each
+    row: read once, for the skip (done_inputs), for what the run cannot see (unseen_inputs) and for the
+    shard plan (make_plan)."""
+    return {table: read_table(out_root, table, [run_date], sources, with_part=True)
+            for table in ("results", "errors", "manifest")}
 
 
 def done_inputs(manifest: pl.DataFrame, key: str) -> frozenset[tuple[str, str]]:
@@ -199,11 +201,11 @@ def unseen_inputs(recorded: dict[str, pl.DataFrame], inputs: list[tuple[str, str
     return frozenset(unseen)
 
 
-def make_plan(inputs: list[tuple[str, str]], unseen: frozenset[tuple[str, str]], out_root: str, day: str,
-              sources: list[str], n_shards: int) -> list[Shard]:
+def make_plan(inputs: list[tuple[str, str]], unseen: frozenset[tuple[str, str]],
+              recorded: dict[str, pl.DataFrame], n_shards: int) -> list[Shard]:
     """The run's shards: inputs balanced by size, and every input (or kept row) whose rows an earlier run
-    wrote stays on the shard whose part files hold them."""
-    held = rows_by_part(out_root, day, sources)
+    wrote (`recorded`, see recorded_rows) stays on the shard whose part files hold them."""
+    held = rows_by_part(recorded.values())
     files = {printable_uri(uri): uri for uri, _ in inputs}
     held_by: dict[str, str] = {}
     for (_, uri), shard in sorted(held.items(), key=lambda item: item[1]):  # the lowest shard, should two hold one
@@ -331,7 +333,7 @@ def _run_date(day: str, sources: list[str], reprocess: bool, inbox: str, out_roo
                    inbox=inbox,  # inputs that resolve outside it are outside_root errors, never read
                    unseen=frozenset() if prune_missing else unseen,
                    faults=faults)  # crash tests only: the graph's kill checkpoints
-    plan = make_plan(inputs, spec.unseen, out_root, day, sources, shard_count(config.engine, len(inputs)))
+    plan = make_plan(inputs, spec.unseen, recorded, shard_count(config.engine, len(inputs)))
     logger.info("%d shards on %s: %s", len(plan), config.engine.kind,
                 ", ".join(f"{s.name} ({len(s.inputs)} files, about {s.size} documents)" for s in plan))
     try:

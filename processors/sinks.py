@@ -288,10 +288,11 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_table(out_root: str, table: str, run_dates: Iterable[str], sources: Iterable[str] | None = None
-               ) -> pl.DataFrame:
+def read_table(out_root: str, table: str, run_dates: Iterable[str], sources: Iterable[str] | None = None,
+               with_part: bool = False) -> pl.DataFrame:
     """Every partition file of `table` for these run dates (and these sources, when given) as one frame,
-    with a `source` column from the path; an empty frame when there is none.
+    with a `source` column from the path; an empty frame when there is none. with_part: also a `part`
+    column, the shard whose file holds the row (`part-<shard>.parquet`).
 
     labels of a partition written before that table existed (schema 1) are read from its results file."""
     wanted = None if sources is None else set(sources)
@@ -314,21 +315,22 @@ def read_table(out_root: str, table: str, run_dates: Iterable[str], sources: Ite
                 frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=table_schema("labels")))
             else:
                 frame = pl.read_parquet(path)
-            frames.append(frame.with_columns(pl.lit(source).alias("source")))
+            frame = frame.with_columns(pl.lit(source).alias("source"))
+            if with_part:
+                frame = frame.with_columns(pl.lit(path.stem.removeprefix("part-")).alias("part"))
+            frames.append(frame)
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
-def rows_by_part(out_root: str, run_date: str, sources: Iterable[str]) -> dict[tuple[str, str], str]:
-    """(source, uri) -> the shard (`part-<shard>`) whose files hold the row, for every input with a row in
-    the date's results, errors or manifest (the lowest shard, should two hold one)."""
+def rows_by_part(frames: Iterable[pl.DataFrame]) -> dict[tuple[str, str], str]:
+    """(source, uri) -> the shard whose part files hold the row, from tables read with_part (the lowest
+    shard, should two hold one)."""
     held: dict[tuple[str, str], str] = {}
-    for table in ("results", "errors", "manifest"):
-        for source in sources:
-            folder = Path(out_root) / table / f"run_date={run_date}" / f"source={source}"
-            for path in sorted(folder.glob("part-*.parquet")):
-                shard = path.stem.removeprefix("part-")
-                for uri in pq.read_table(path, columns=["uri"]).column("uri").to_pylist():
-                    held.setdefault((source, uri), shard)
+    for frame in frames:
+        if frame.is_empty():
+            continue
+        for source, uri, part in frame.select("source", "uri", "part").iter_rows():
+            held[(source, uri)] = min(part, held.get((source, uri), part))
     return held
 
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from flows.engine import ShardReport, add_counters, shard_count, shard_table, with_engine, worker_config
-from flows.nightly import config_hash, make_plan
+from flows.nightly import config_hash, make_plan, recorded_rows
 from processors.sinks import remove_parts_outside, rows_by_part
 from schemas.config import Config, Engine
 
@@ -86,12 +86,12 @@ def test_the_plan_keeps_inputs_with_rows_on_their_shard(tmp_path):
     _part(out, "results", "tickets", "00003", ["/in/a.jsonl#L1", "/in/a.jsonl#L2"])
     _part(out, "errors", "pdf", "00001", ["/in/b.pdf"])
     _part(out, "manifest", "tickets", "00002", ["/in/gone.jsonl#L1"])
-    assert rows_by_part(str(out), "2026-11-20", ["tickets", "pdf"]) == {
+    recorded = recorded_rows(str(out), "2026-11-20", ["tickets", "pdf"])
+    assert rows_by_part(recorded.values()) == {
         ("tickets", "/in/a.jsonl#L1"): "00003", ("tickets", "/in/a.jsonl#L2"): "00003",
         ("pdf", "/in/b.pdf"): "00001", ("tickets", "/in/gone.jsonl#L1"): "00002"}
     inputs = [("/in/a.jsonl", "tickets"), ("/in/b.pdf", "pdf"), ("/in/c.pdf", "pdf")]
-    plan = make_plan(inputs, frozenset([("tickets", "/in/gone.jsonl#L1")]), str(out), "2026-11-20",
-                     ["tickets", "pdf"], 1)
+    plan = make_plan(inputs, frozenset([("tickets", "/in/gone.jsonl#L1")]), recorded, 1)
     where = {uri: s.name for s in plan for uri, _ in s.inputs}
     assert where == {"/in/a.jsonl": "00003", "/in/b.pdf": "00001", "/in/c.pdf": "00000"}
     assert {s.name: s.unseen for s in plan}["00002"] == frozenset([("tickets", "/in/gone.jsonl#L1")])
