@@ -32,8 +32,10 @@ def run_shard(spec: RunSpec, runner: str = "FnApiRunner") -> dict:
 
 
 class KeepModelsLoaded(WorkerPlugin):
-    """Loads both tiers once per worker process, for the worker's life: shards then find them loaded
-    (processors.tiers' process cache). Registered again by each run: a run with other models warms those."""
+    """Loads the small tier once per worker process, for the worker's life: shards then find it loaded
+    (processors.tiers' process cache). The large tier loads at a worker's first escalation and is kept the
+    same way; a worker that never escalates never holds it. Registered again by each run: a run with
+    another small model warms that one."""
 
     name = PLUGIN_NAME
     idempotent = False  # a run with a new configuration replaces the plugin, and warms its models
@@ -47,5 +49,4 @@ class KeepModelsLoaded(WorkerPlugin):
         await asyncio.get_running_loop().run_in_executor(None, self._warm)
 
     def _warm(self) -> None:
-        for tier in ("small", "large"):
-            load_tier(self._config, tier)
+        load_tier(self._config, "small")

@@ -22,7 +22,7 @@ from processors.faults import FaultPlan, checkpoint, pass_checkpoint
 from processors.ingest.read import AlreadyDone, read_and_ingest
 from processors.progress import Progress
 from processors.routing import overall_tier
-from processors.tiers import LoadedTier, answer_batch, load_tier, needs_large, route_after, tier_config
+from processors.tiers import TierOnDemand, answer_batch, needs_large, route_after, tier_config
 from schemas.config import Config
 from schemas.records import Document, Rejected, Tier
 from schemas.tables import RESULT_TABLES
@@ -63,31 +63,39 @@ def _read_counted(item: tuple[bytes, str], config: Config, inbox: str | None,
         yield record
 
 
-class TierModelHandler(ModelHandler[Document, Document, LoadedTier]):
-    """One tier behind RunInference: the model is loaded once per worker, and each batch is answered by
-    tiers.answer_batch. It does not route: routing is the graph's next step."""
+class TierModelHandler(ModelHandler[Document, Document, TierOnDemand]):
+    """One tier behind RunInference: the model is loaded once per worker, when the tier's first batch
+    arrives, and each batch is answered by tiers.answer_batch. It does not route: routing is the graph's
+    next step."""
 
     def __init__(self, config: Config, tier: Tier):
         self._config = config
         self._tier = tier
         batch = tier_config(config, tier).parallel_sequences
-        # A batch is as large as the runtime's parallel sequences: they decode together, and each
-        # document keeps its slot (and its cached prefix) across the calls for its tasks and fields.
+        # A batch is `parallel_sequences` documents: an HTTP tier sends them concurrently; the in-process
+        # runtime evaluates each prompt alone, so the batch never changes an answer.
         # Fixed size (Beam would otherwise start at 1 and grow): only a bundle's last batch is smaller.
         super().__init__(min_batch_size=batch, max_batch_size=batch)
 
-    def load_model(self) -> LoadedTier:
-        return load_tier(self._config, self._tier)
+    def load_model(self) -> TierOnDemand:
+        # Beam sets every handler up at the start, whether or not documents reach it: the model itself
+        # loads on the first batch (an escalation-free night never loads the large tier).
+        return TierOnDemand(self._config, self._tier)
 
-    def run_inference(self, batch: Sequence[Document], model: LoadedTier,
+    def run_inference(self, batch: Sequence[Document], model: TierOnDemand,
                       inference_args: dict | None = None) -> Iterable[Document]:
         # Documents this worker's handler answered, with the rate. The night's total is not known here
         # (files are read as the tier runs), so no ETA. Made on the worker, not pickled with the graph.
         line = getattr(self, "_progress", None)
         if line is None:
             line = self._progress = Progress(f"{self._tier} tier", None, interval=NIGHT_INTERVAL)
-        answered = answer_batch(batch, model, self._config, self._tier)
+        answered = answer_batch(batch, model.get(), self._config, self._tier)
         line.advance(len(batch))
+        for doc in answered:  # the tier's token counts: the prompts' tokens, and those actually computed
+            usage = doc.usage.get(self._tier)
+            if usage:
+                Metrics.counter(NAMESPACE, f"tokens_{self._tier}_prompt").inc(usage.prompt_tokens)
+                Metrics.counter(NAMESPACE, f"tokens_{self._tier}_computed").inc(usage.computed_tokens)
         return answered
 
     def get_metrics_namespace(self) -> str:

@@ -21,7 +21,7 @@ from processors.calibration import calibrate_field, calibrate_label
 from processors.demonstrations import DemonstrationIndex
 from processors.linear import LinearLabeler
 from processors.models import Runtime, load_runtime
-from processors.models.base import Completion
+from processors.models.base import Completion, usage_of
 from processors.routing import route
 from processors.tasks import extract, label
 from processors.tasks.prompts import cut
@@ -85,6 +85,24 @@ def load_tier(config: Config, tier: Tier) -> LoadedTier:
         return _kept[key]
 
 
+class TierOnDemand:
+    """A tier whose model loads when its first batch arrives, once. A night where nothing escalates never
+    pays the large model's load time or its memory (about 1.9 GB), and a rerun with nothing left to do
+    loads no model at all."""
+
+    def __init__(self, config: Config, tier: Tier):
+        self._config = config
+        self._tier = tier
+        self._loaded: LoadedTier | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> LoadedTier:
+        with self._lock:  # Beam may call a handler from several threads: one load
+            if self._loaded is None:
+                self._loaded = load_tier(self._config, self._tier)
+            return self._loaded
+
+
 def _load_tier(config: Config, tier: Tier, key: str) -> LoadedTier:
     started = time.perf_counter()
     _loads[key] = _loads.get(key, 0) + 1
@@ -123,9 +141,29 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
             tier: Tier, asked: Sequence[Collection[str]] | None = None) -> None:
     """Fills doc.labels / doc.fields for the items this tier is asked, one collection per document
     (None: every item the configuration has for it). An item this tier fails to answer keeps the
-    previous tier's answer, marked (escalation_failed)."""
+    previous tier's answer, marked (escalation_failed).
+
+    An HTTP tier gets the batch's prompts together (the endpoint serves them in parallel). The in-process
+    runtime takes one document at a time, as one sequence of prompts: a document's answers are then the
+    same alone, in any batch and on any rerun."""
     if asked is None:
         asked = [all_items(d, config) for d in docs]
+    sequence = getattr(loaded.runtime, "sequence", None)
+    if sequence is None:
+        _predict_together(docs, loaded, tier_cfg, config, tier, asked)
+        return
+    if tier_cfg.contextual_calibration:  # computed first, outside any document's sequence
+        for task in config.tasks:
+            for source in sorted({d.source for d, items in zip(docs, asked, strict=True) if task.name in items}):
+                _content_free(loaded, tier_cfg, task, source)
+    for doc, items in zip(docs, asked, strict=True):
+        with sequence():
+            _predict_together([doc], loaded, tier_cfg, config, tier, [items])
+
+
+def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, config: Config,
+                      tier: Tier, asked: Sequence[Collection[str]]) -> None:
+    """predict's work on a batch: one task or field at a time over the documents."""
     asked_of = {id(d): set(items) for d, items in zip(docs, asked, strict=True)}
     keeps_previous = tier == "large"  # an answer this tier fails to give falls back to the small one
     style = tier_cfg.prompt_style
@@ -172,8 +210,7 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
                                                     config.calibration.get(f"{tier}:{task.name}"))
     for source, specs in config.fields.items():
         for spec in specs:
-            # One field at a time over the batch: a document's prefix (its text and the field list) is the
-            # same for all its fields, so the runtime's prompt cache can reuse it.
+            # One field at a time over the batch (a grounded field's grammar is per document).
             batch = [d for d in docs if d.source == source and f"field:{spec.name}" in asked_of[id(d)]]
             if not batch:
                 continue
@@ -192,7 +229,7 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
             completions = _complete_fields(loaded.runtime, prompts, [allowed[id(d)] for d in batch], spec,
                                            tier_cfg, masked, batch)
             for doc, completion in zip(batch, completions, strict=False):
-                usage[doc.doc_id + doc.uri].add(Usage(completion.prompt_tokens, completion.completion_tokens))
+                usage[doc.doc_id + doc.uri].add(usage_of(completion))
                 if keeps_previous and completion.error:
                     escalation_failed(doc, [f"field:{spec.name}"], completion.error)
                     continue
@@ -227,8 +264,8 @@ def _complete_fields(runtime: Runtime, prompts: list[str], allowed: list[list[st
     """The completions for one field over a batch. A 'string' field: one batched call, any bounded JSON
     string. A grounded field: each document's grammar allows null and its own candidates (PII placeholders
     standing in for masked values). llama.cpp takes one grammar per request, so each document is its own
-    request, sent concurrently: the runtime decodes them together in its parallel slots (measured as
-    fast as one batched request)."""
+    request, sent concurrently (an HTTP endpoint serves them in parallel; the in-process runtime takes
+    them in turn)."""
     if not extract.is_grounded(spec):
         return runtime.complete(prompts, max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
                                 top_logprobs=10, grammar=extract.grammar(spec))

@@ -128,19 +128,18 @@ class TierModel(Strict):
     contextual_calibration: bool = True
     # Keep threads x parallel model workers <= cores: llama.cpp threads spin while waiting.
     threads: int = 2
-    parallel_sequences: int = 8  # documents decoded together in one batch (llama.cpp slots)
-    context_per_sequence: int = 1536  # tokens of context per slot
+    parallel_sequences: int = 8  # documents handed to the tier per batch (an http tier: per request wave)
+    context_per_sequence: int = 1536  # tokens of context for one prompt (in-process llama.cpp)
     max_doc_chars: int = 2000  # document text given to the model is cut to this many characters
     max_field_tokens: int = 40  # generation budget per field value (also bounded by the field's type)
     top_logprobs: int = 40  # candidate tokens read per label position
     # Few-shot: show the k training examples of the model version nearest to the document (TF-IDF)
     # before it, answered (0: zero-shot). Used when the version stores demonstrations; meant for [large].
     demonstrations: int = 0
-    # In-process llama.cpp: reuse the cached prefix of earlier prompts (a document's text across its
-    # tasks): about 2x faster, but probabilities then depend a little on what the runtime served
-    # before (near-tie labels can flip between runs). false: every prompt is evaluated afresh, and the
-    # same input gets the same answer whatever came before or beside it.
-    reuse_prompt_cache: bool = True
+    # runtime "http" only: let a llama.cpp server reuse cached prefixes of earlier prompts. Faster, but a
+    # probability then depends on what the server computed before (near-tie labels flip between runs).
+    # The in-process runtime always evaluates each prompt afresh and alone (the same answer every time).
+    reuse_prompt_cache: bool = False
     price_per_million_tokens: float = 0.0  # estimated cost, for the runs table
     # runtime "http": any OpenAI-compatible /v1/completions endpoint (llama.cpp server, vLLM, Ollama, hosted).
     endpoint: str | None = None  # base URL, e.g. http://127.0.0.1:8080 (".../v1" also accepted)
@@ -165,6 +164,10 @@ class TierModel(Strict):
             self.mask_pii = self.runtime == "http"
         if self.runtime == "http" and not self.endpoint:
             raise ValueError("runtime 'http' needs an endpoint")
+        if self.runtime == "llamacpp" and self.reuse_prompt_cache:
+            raise ValueError("reuse_prompt_cache is for runtime 'http' only: the in-process runtime evaluates "
+                             "every prompt afresh, so a document gets the same answer alone, in any batch and "
+                             "on any rerun")
         host = insecure_endpoint_host(self.endpoint) if self.runtime == "http" else None
         if host and (self.api_key_env or self.api_key_secret) and not self.allow_insecure:
             raise ValueError(insecure_key_message(host))

@@ -100,11 +100,13 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
+    computed_tokens: int = 0  # prompt tokens the runtime evaluated rather than took from a cache (0: unknown)
 
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.seconds += other.seconds
+        self.computed_tokens += other.computed_tokens
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from schemas.records import Usage
+
 
 @dataclass
 class TokenLogprob:
@@ -20,6 +22,12 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None  # set when this sequence failed; the others in the batch still count
+    computed_tokens: int = 0  # prompt tokens the runtime evaluated (not taken from a cache); 0: not known
+
+
+def usage_of(completion: Completion) -> Usage:
+    """A completion's token counts, for a document's usage."""
+    return Usage(completion.prompt_tokens, completion.completion_tokens, computed_tokens=completion.computed_tokens)
 
 
 class Runtime(Protocol):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from processors.models.base import Completion, TokenLogprob
@@ -39,11 +42,15 @@ def server_params(tier: TierModel) -> xllamacpp.CommonParams:
         params.lora_adapters = [lora]
     params.cpuparams.n_threads = tier.threads
     params.cpuparams_batch.n_threads = tier.threads
-    params.n_parallel = tier.parallel_sequences
-    params.n_ctx = tier.context_per_sequence * tier.parallel_sequences
-    # Gemma 3 uses sliding-window attention; a full-size cache lets a document's prefix be reused
-    # across its tasks (measured about 2x on label scoring).
-    params.swa_full = True
+    # One sequence slot, and (in complete) every prompt evaluated afresh: the same prompt then gets
+    # bit-identical probabilities alone, in any batch, in any order and on any rerun. Several slots
+    # decode their prompts' tokens in one shared batch, and llama.cpp's CPU matrix kernels add up in
+    # another order for another number of rows (llamafile sgemm, the repacked Q4 kernels): the same
+    # ticket's probability moved by up to 0.027 with its batch. On 2 cores one slot is as fast as 8.
+    params.n_parallel = 1
+    params.n_ctx = tier.context_per_sequence
+    params.cache_ram_mib = 0  # no host-side prompt cache (llama.cpp's default holds up to 8 GiB)
+    params.swa_full = True  # Gemma 3's sliding-window attention over the whole prompt (as measured so far)
     params.verbosity = 0
     # The listener nobody needs (every call is in-process): nothing on it that need not be.
     params.hostnames = [LOOPBACK]
@@ -67,52 +74,66 @@ class LlamaCppRuntime:
 
         self._server = xllamacpp.Server(server_params(tier))
         self.version = model_version(tier.model, tier.adapter)
-        self._reuse_prompt_cache = tier.reuse_prompt_cache
+        self._slot = threading.RLock()  # held for a whole sequence: no other prompt may come in between
+        self._in_sequence = False
+        self._reuse = False  # inside a sequence, after its first prompt: reuse the slot's cached prefix
+
+    @contextmanager
+    def sequence(self) -> Iterator[None]:
+        """One document's prompts, alone on the slot: the first is evaluated afresh, each later one reuses
+        the prefix it shares with the prompt before it (the same document's text). The same document
+        asked the same things in the same order therefore gets the same probabilities, whatever ran
+        before it or beside it. Outside a sequence, every prompt is evaluated afresh."""
+        with self._slot:
+            self._in_sequence, self._reuse = True, False
+            try:
+                yield
+            finally:
+                self._in_sequence = self._reuse = False
 
     def complete(self, prompts: list[str], *, max_tokens: int, top_logprobs: int = 0,
                  json_schema: dict | None = None, grammar: str | None = None) -> list[Completion]:
-        if not prompts:
-            return []
-        request: dict = {"prompt": prompts, "max_tokens": max_tokens, "temperature": 0.0,
-                         "cache_prompt": self._reuse_prompt_cache}
+        # One request per prompt: the one slot takes them in turn anyway, and each response then carries
+        # that prompt's own token counts (a list request reports one prompt's usage for all of them).
+        request: dict = {"max_tokens": max_tokens, "temperature": 0.0}
         if top_logprobs:
             request["n_probs"] = top_logprobs
         if json_schema is not None:
             request["json_schema"] = json_schema
         if grammar is not None:
             request["grammar"] = grammar
+        with self._slot:
+            return [self._one({**request, "prompt": prompt}) for prompt in prompts]
+
+    def _one(self, request: dict) -> Completion:
+        request["cache_prompt"] = self._reuse
         response = self._server.handle_completions(request)
+        self._reuse = self._in_sequence
         if isinstance(response, dict) and "choices" in response:
-            return _to_completions(response, len(prompts))
-        if isinstance(response, list) and len(response) == len(prompts):  # older shape: one dict each
-            return [_to_completions(r, 1)[0] for r in response]
+            return _to_completion(response)
         message = str(response.get("error") if isinstance(response, dict) else response)[:300]
-        return [Completion("", [], 0, 0, error=f"runtime error: {message}") for _ in prompts]
+        return Completion("", [], 0, 0, error=f"runtime error: {message}")
 
     def close(self) -> None:
         self._server = None
 
 
-def _to_completions(response: dict, n: int) -> list[Completion]:
-    out = [Completion("", [], 0, 0, error="missing from response") for _ in range(n)]
+def _to_completion(response: dict) -> Completion:
+    """One prompt's completion, with its exact token counts: the prompt's tokens, and those llama.cpp
+    computed for it (timings.prompt_n)."""
     choices = response.get("choices") or []
+    if not choices:
+        return Completion("", [], 0, 0, error="missing from response")
+    choice = choices[0]
+    tokens = []
+    for item in ((choice.get("logprobs") or {}).get("content") or []):
+        top: dict[str, float] = {}
+        for cand in item.get("top_logprobs") or []:
+            text = cand.get("token", "")
+            top[text] = max(top.get(text, -1e9), float(cand.get("logprob", -1e9)))
+        tokens.append(TokenLogprob(item.get("token", ""), float(item.get("logprob", -1e9)), top))
     usage = response.get("usage") or {}
-    for position, choice in enumerate(choices):
-        index = choice.get("index", position)
-        if not 0 <= index < n:
-            continue
-        tokens = []
-        for item in ((choice.get("logprobs") or {}).get("content") or []):
-            top: dict[str, float] = {}
-            for cand in item.get("top_logprobs") or []:
-                text = cand.get("token", "")
-                top[text] = max(top.get(text, -1e9), float(cand.get("logprob", -1e9)))
-            tokens.append(TokenLogprob(item.get("token", ""), float(item.get("logprob", -1e9)), top))
-        out[index] = Completion(
-            text=choice.get("text") or "",
-            tokens=tokens,
-            # usage is reported for the whole batch; split it evenly for per-document accounting
-            prompt_tokens=int(usage.get("prompt_tokens", 0)) // max(len(choices), 1),
-            completion_tokens=len(tokens) or int(usage.get("completion_tokens", 0)) // max(len(choices), 1),
-        )
-    return out
+    prompt_tokens = int(usage.get("prompt_tokens", 0))
+    return Completion(text=choice.get("text") or "", tokens=tokens, prompt_tokens=prompt_tokens,
+                      completion_tokens=len(tokens) or int(usage.get("completion_tokens", 0)),
+                      computed_tokens=int((response.get("timings") or {}).get("prompt_n", prompt_tokens)))

@@ -31,7 +31,7 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
-TASK_VERSION = "sluicegate.extract.v4"  # v4: grounded values (a candidate span of the field's type, or null)
+TASK_VERSION = "sluicegate.extract.v5"  # v5: one sequence per document (batch-free); v4: grounded values
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}

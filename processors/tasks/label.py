@@ -12,12 +12,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from processors.models.base import Runtime
+from processors.models.base import Runtime, usage_of
 from processors.tasks.prompts import Style, answer_lead, frame
 from schemas.config import LabelTask
 from schemas.records import LabelPrediction, Tier, Usage
 
-TASK_VERSION = "sluicegate.label.v2"  # v2: chat-template markers in documents are inert text
+TASK_VERSION = "sluicegate.label.v3"  # v3: each document evaluated as its own sequence (batch-free); v2: inert markers
 CONTENT_FREE_INPUTS = ("N/A", "", "[document]")  # for contextual calibration (Zhao et al., 2021)
 _MAX_DEPTH = 6
 
@@ -70,7 +70,7 @@ def split_candidates(top: dict[str, float], remaining: dict[str, str]) -> list[t
 
 def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                  top_logprobs: int) -> list[LabelScores]:
-    """Distributions over the label set for a batch of prompts (one batched call per trie depth)."""
+    """Distributions over the label set for a batch of prompts (one call per trie depth)."""
     probs = [dict.fromkeys(targets, 0.0) for _ in prompts]
     errors: list[str | None] = [None] * len(prompts)
     usage = [Usage() for _ in prompts]
@@ -83,8 +83,7 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                                        max_tokens=1, top_logprobs=top_logprobs)
         next_pending = []
         for (i, prefix, remaining, weight), comp in zip(pending, completions, strict=False):
-            usage[i].prompt_tokens += comp.prompt_tokens
-            usage[i].completion_tokens += comp.completion_tokens
+            usage[i].add(usage_of(comp))
             if comp.error or not comp.tokens:
                 errors[i] = comp.error or "no tokens returned"
                 continue

@@ -54,3 +54,27 @@ def test_the_process_kills_itself_the_nth_time_its_stage_is_reached():
             "print('not reached')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == -signal.SIGKILL and done.stdout == "alive\n", (done.returncode, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("threshold, large_loads", [(0.0, 0), (1.0, 1)])
+def test_a_tier_loads_its_model_only_when_a_batch_reaches_it(config, tmp_path, threshold, large_loads):
+    """Nothing escalates (threshold 0, one label task, no fields): the large model is never loaded. Everything
+    escalates (threshold 1): it is, once."""
+    from processors.pipeline import run_pipeline
+    from processors.tiers import _cache_key, tier_loads
+    from schemas.config import Thresholds
+    from tests.conftest import FIXTURE_DATE, write_ticket_days
+
+    write_ticket_days(tmp_path, [FIXTURE_DATE], per_day=2)
+    run_config = config.model_copy(update={
+        "tasks": [t for t in config.tasks if t.name == "sentiment"], "fields": {},
+        "thresholds": {"sentiment": Thresholds(small=threshold, large=0.0)}})
+    before = tier_loads()
+    spec = RunSpec(run_id="r", run_date=FIXTURE_DATE, config=run_config, config_hash="h",
+                   inputs=[(str(p), "tickets") for p in sorted((tmp_path / "inbox").rglob("*.jsonl"))],
+                   sources=["tickets"], out_root=str(tmp_path / "out"))
+    counters = run_pipeline(spec)
+    loads = {key: n - before.get(key, 0) for key, n in tier_loads().items()}
+    assert loads.get(_cache_key(run_config, "small")) == 1
+    assert loads.get(_cache_key(run_config, "large"), 0) == large_loads
+    assert counters["inputs"] == 3 and counters.get("decided_large", 0) == 2 * large_loads, counters

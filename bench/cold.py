@@ -1,0 +1,220 @@
+"""Cold nightly throughput against the raw bound, peak memory, and whether answers depend on batches.
+
+    uv run python bench/cold.py [--tickets 500] [--repeat 3] [--config fixtures/sluicegate.toml]
+
+In one run, on the same inputs (the shipped configuration, with its promoted model version):
+- cold runs: each a fresh process that runs the nightly's Beam graph (processors.pipeline.run_pipeline,
+  its batching and order, model load included) on N bitext validation tickets in one export, and on
+  the fixture PDFs; the median of --repeat runs, and the peak RSS of the process;
+- the raw bound: one label decision per ticket (the sentiment prompt plus one token) straight through
+  llama.cpp, 8 parallel sequences with prompt-cache reuse, the same model and adapter, the same tickets;
+- tokens: what the prompts hold against what llama.cpp computed (the rest came from the slot's cache);
+- determinism: for 24 documents, the largest probability difference between the nightly batch, each
+  document alone, shuffled batches, and a rerun;
+- PDF text: pages/s of the parser (in-process pypdf) on ../shared/data/pdfs.
+Prints a table and writes the figures to bench/cold.json (--json) for comparison across commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared" / "data"
+DATE = "2026-11-20"
+
+
+def _config(path: str):
+    from schemas.config import load_config
+    from schemas.versions import with_model_version
+
+    return with_model_version(load_config(path))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_pipeline(config_path: str, inbox: str, source: str, out: str) -> dict:
+    """One cold nightly run of the graph in this (fresh) process."""
+    from processors.pipeline import RunSpec, run_pipeline
+
+    started = time.perf_counter()
+    config = _config(config_path)
+    inputs = [(str(p), source) for p in sorted(Path(inbox).rglob("*")) if p.is_file()]
+    spec = RunSpec(run_id="bench", run_date=DATE, inputs=inputs, sources=[source], config=config,
+                   config_hash="bench", out_root=out)
+    counters = run_pipeline(spec)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "documents": counters.get("inputs", 0), "counters": counters,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def child_bound(config_path: str, tickets_file: str) -> dict:
+    """The raw bound: one label decision per ticket, prompt plus one token, 8 sequences at a time."""
+    import xllamacpp
+
+    from processors.models.llamacpp import server_params
+    from processors.tasks import label
+
+    config = _config(config_path)
+    task = next(t for t in config.tasks if t.name == "sentiment")
+    texts = json.loads(Path(tickets_file).read_text())
+    prompts = [label.build_prompt(task, config.small.prompt_style, "tickets", t) for t in texts]
+    params = server_params(config.small)
+    params.n_parallel = 8
+    params.n_ctx = config.small.context_per_sequence * 8
+    params.cache_ram_mib = -1  # llama.cpp's default host cache: the bound as a plain server would run it
+    started = time.perf_counter()
+    server = xllamacpp.Server(params)
+    loaded = time.perf_counter()
+    for i in range(0, len(prompts), 8):
+        server.handle_completions({"prompt": prompts[i:i + 8], "max_tokens": 1, "temperature": 0.0, "n_probs": 20,
+                                   "cache_prompt": True})
+    done = time.perf_counter()
+    return {"tickets": len(prompts), "seconds": done - loaded, "load_seconds": loaded - started,
+            "per_second": len(prompts) / (done - loaded), "peak_rss_mb": _peak_rss_mb()}
+
+
+def child_determinism(config_path: str, n: int) -> dict:
+    """Largest probability difference per document: batch vs alone vs shuffled batches vs a rerun."""
+    from processors.ingest import ingest
+    from processors.tiers import load_tier, predict
+    from schemas.records import Document
+
+    config = _config(config_path)
+    docs: list[Document] = []
+    for source in ("tickets", "pdf"):
+        for path in sorted((ROOT / "fixtures" / "inbox" / source).rglob("*")):
+            if path.is_file():
+                docs += [r for r in ingest(str(path), source, path.read_bytes(), config) if isinstance(r, Document)]
+    docs = docs[:n]
+    loaded = load_tier(config, "small")
+    batch = config.small.parallel_sequences
+
+    def answers(batches: list[list[int]]) -> dict[str, dict[str, float]]:
+        out = {}
+        for chunk in batches:
+            done = [copy.deepcopy(docs[i]) for i in chunk]
+            predict(done, loaded, config.small, config, "small")
+            for d in done:
+                probs = {f"{k}={lab}": p for k, pred in d.labels.items() for lab, p in pred.probabilities.items()}
+                probs |= {f"field:{k}": pred.confidence for k, pred in d.fields.items()}
+                out[d.uri + d.doc_id] = probs
+        return out
+
+    order = list(range(len(docs)))
+    nightly = answers([order[i:i + batch] for i in range(0, len(order), batch)])
+    shuffled = order[:]
+    random.Random(1).shuffle(shuffled)
+    others = [answers([[i] for i in order]), answers([shuffled[i:i + 3] for i in range(0, len(shuffled), 3)]),
+              answers([order[i:i + batch] for i in range(0, len(order), batch)])]
+    worst = {key: max(abs(other[key].get(k, -1) - v) for other in others for k, v in probs.items())
+             for key, probs in nightly.items()}
+    return {"documents": len(worst), "max_difference": max(worst.values()),
+            "documents_over_1e-6": sum(v > 1e-6 for v in worst.values())}
+
+
+def child_pdf_pages() -> dict:
+    """pypdf's text extraction, pages/s, on the shared sample PDFs (the files it can open)."""
+    import pypdf
+
+    pages, started = 0, time.perf_counter()
+    for path in sorted((SHARED / "pdfs").rglob("*.pdf")):
+        try:
+            reader = pypdf.PdfReader(path)
+            if reader.is_encrypted:
+                continue
+            for page in reader.pages:
+                page.extract_text()
+                pages += 1
+        except Exception:  # noqa: BLE001 - a file the parser cannot read is not timed
+            continue
+    seconds = time.perf_counter() - started
+    return {"pages": pages, "seconds": seconds, "pages_per_second": pages / seconds}
+
+
+def _child(*args: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"child {args[0]} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=str(ROOT / "fixtures" / "sluicegate.toml"))
+    parser.add_argument("--tickets", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--determinism", type=int, default=24, help="documents compared alone/batched/rerun")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "cold.json"))
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        result = {"pipeline": child_pipeline, "bound": child_bound, "determinism": lambda c, n: child_determinism(
+            c, int(n)), "pdf_pages": child_pdf_pages}[kind](*rest)
+        print(json.dumps(result))
+        return
+
+    from processors.datasets import load_examples, sample, write_ticket_export
+
+    work = Path(tempfile.mkdtemp(prefix="sluicegate-bench-"))
+    try:
+        examples = sample(load_examples(SHARED / "tickets/bitext/validation.csv"), args.tickets, stratify="category")
+        write_ticket_export(examples, work / "tickets", files=1)
+        (work / "texts.json").write_text(json.dumps([e.text for e in examples]))
+        shutil.copytree(ROOT / "fixtures" / "inbox" / "pdf" / DATE, work / "pdf")
+        runs: dict[str, list[dict]] = {"tickets": [], "pdf": []}
+        for _ in range(args.repeat):
+            for source in runs:
+                out = work / f"out-{source}-{len(runs[source])}"
+                runs[source].append(_child("pipeline", args.config, str(work / source), source, str(out)))
+        bound = _child("bound", args.config, str(work / "texts.json"))
+        determinism = _child("determinism", args.config, str(args.determinism))
+        pdf_pages = _child("pdf_pages")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    figures: dict = {"tickets": args.tickets, "repeat": args.repeat, "bound": bound, "determinism": determinism,
+                     "pdf_pages": pdf_pages}
+    print(f"{'inputs':10s} {'docs':>5s} {'docs/s (median)':>16s} {'runs':>22s} {'peak RSS MB':>12s} "
+          f"{'prompt tok':>11s} {'computed':>9s}")
+    for source, results in runs.items():
+        rates = [r["documents"] / r["seconds"] for r in results]
+        c = results[-1]["counters"]
+        prompt = c.get("tokens_small_prompt", 0) + c.get("tokens_large_prompt", 0)
+        computed = c.get("tokens_small_computed", 0) + c.get("tokens_large_computed", 0)
+        figures[source] = {"documents": results[-1]["documents"], "docs_per_second": statistics.median(rates),
+                           "runs": rates, "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+                           "prompt_tokens": prompt, "computed_tokens": computed,
+                           "escalated_to_large": c.get("decided_large", 0) + c.get("decided_review", 0)}
+        print(f"{source:10s} {results[-1]['documents']:5d} {statistics.median(rates):16.2f} "
+              f"{', '.join(f'{r:.2f}' for r in rates):>22s} {figures[source]['peak_rss_mb']:12.0f} "
+              f"{prompt:11d} {computed:9d}")
+    ratio = figures["tickets"]["docs_per_second"] / bound["per_second"]
+    figures["tickets"]["share_of_bound"] = ratio
+    print(f"raw bound: {bound['per_second']:.2f} tickets/s (one label, 8 sequences, prompt cache; "
+          f"{bound['tickets']} tickets in {bound['seconds']:.1f} s); nightly tickets at {ratio:.1%} of it")
+    print(f"determinism: {determinism['documents']} documents, largest probability difference "
+          f"{determinism['max_difference']:.2e} (batch vs alone vs shuffled vs rerun), "
+          f"{determinism['documents_over_1e-6']} over 1e-6")
+    print(f"PDF text (pypdf): {pdf_pages['pages_per_second']:.1f} pages/s ({pdf_pages['pages']} pages)")
+    Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"figures written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()
