@@ -76,7 +76,7 @@ def child_bound(config_path: str, tickets_file: str) -> dict:
     params = server_params(config.small)
     params.n_parallel = 8
     params.n_ctx = config.small.context_per_sequence * 8
-    params.cache_ram_mib = -1  # llama.cpp's default host cache: the bound as a plain server would run it
+    params.cache_ram_mib = xllamacpp.CommonParams().cache_ram_mib  # llama.cpp's default host cache (8 GiB)
     started = time.perf_counter()
     server = xllamacpp.Server(params)
     loaded = time.perf_counter()

@@ -73,7 +73,7 @@ class TierModelHandler(ModelHandler[Document, Document, TierOnDemand]):
         self._tier = tier
         batch = tier_config(config, tier).parallel_sequences
         # A batch is `parallel_sequences` documents: an HTTP tier sends them concurrently; the in-process
-        # runtime evaluates each prompt alone, so the batch never changes an answer.
+        # runtime evaluates each document as its own sequence, so the batch never changes an answer.
         # Fixed size (Beam would otherwise start at 1 and grow): only a bundle's last batch is smaller.
         super().__init__(min_batch_size=batch, max_batch_size=batch)
 

@@ -138,7 +138,7 @@ class TierModel(Strict):
     demonstrations: int = 0
     # runtime "http" only: let a llama.cpp server reuse cached prefixes of earlier prompts. Faster, but a
     # probability then depends on what the server computed before (near-tie labels flip between runs).
-    # The in-process runtime always evaluates each prompt afresh and alone (the same answer every time).
+    # The in-process runtime always evaluates each document as its own sequence (the same answer every time).
     reuse_prompt_cache: bool = False
     price_per_million_tokens: float = 0.0  # estimated cost, for the runs table
     # runtime "http": any OpenAI-compatible /v1/completions endpoint (llama.cpp server, vLLM, Ollama, hosted).
@@ -166,8 +166,8 @@ class TierModel(Strict):
             raise ValueError("runtime 'http' needs an endpoint")
         if self.runtime == "llamacpp" and self.reuse_prompt_cache:
             raise ValueError("reuse_prompt_cache is for runtime 'http' only: the in-process runtime evaluates "
-                             "every prompt afresh, so a document gets the same answer alone, in any batch and "
-                             "on any rerun")
+                             "each document as its own sequence, so it gets the same answer alone, in any batch "
+                             "and on any rerun")
         host = insecure_endpoint_host(self.endpoint) if self.runtime == "http" else None
         if host and (self.api_key_env or self.api_key_secret) and not self.allow_insecure:
             raise ValueError(insecure_key_message(host))

@@ -42,8 +42,8 @@ def server_params(tier: TierModel) -> xllamacpp.CommonParams:
         params.lora_adapters = [lora]
     params.cpuparams.n_threads = tier.threads
     params.cpuparams_batch.n_threads = tier.threads
-    # One sequence slot, and (in complete) every prompt evaluated afresh: the same prompt then gets
-    # bit-identical probabilities alone, in any batch, in any order and on any rerun. Several slots
+    # One sequence slot, each document's prompts one sequence on it (LlamaCppRuntime.sequence): a document
+    # then gets bit-identical probabilities alone, in any batch, in any order and on any rerun. Several slots
     # decode their prompts' tokens in one shared batch, and llama.cpp's CPU matrix kernels add up in
     # another order for another number of rows (llamafile sgemm, the repacked Q4 kernels): the same
     # ticket's probability moved by up to 0.027 with its batch. On 2 cores one slot is as fast as 8.
@@ -136,4 +136,4 @@ def _to_completion(response: dict) -> Completion:
     prompt_tokens = int(usage.get("prompt_tokens", 0))
     return Completion(text=choice.get("text") or "", tokens=tokens, prompt_tokens=prompt_tokens,
                       completion_tokens=len(tokens) or int(usage.get("completion_tokens", 0)),
-                      computed_tokens=int((response.get("timings") or {}).get("prompt_n", prompt_tokens)))
+                      computed_tokens=int((response.get("timings") or {}).get("prompt_n", 0)))

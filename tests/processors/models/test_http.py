@@ -185,15 +185,14 @@ def test_version_names_host_and_model_never_credentials():
 def test_labels_and_fields_over_http_match_in_process(config, server):
     """The same model behind the HTTP runtime and in-process gives the same answers.
 
-    Both run with reuse_prompt_cache = false. With reuse, log-probabilities depend on what a runtime
-    served before, and over HTTP on which concurrent request shared a slot's cache with which: on the
-    base model, whose label tokens carry little probability, that moved a 3-way sentiment distribution
-    by up to 0.4 (CI, 2026-11-23). Without reuse both are history-free, so every label probability is
-    compared with a tolerance of 0.05 (a wrong prompt or label mapping moves them far more), and labels
-    where the model is not at a near tie."""
+    The HTTP side runs with reuse_prompt_cache = false (with reuse, a 3-way sentiment distribution of the
+    base model moved by up to 0.4 with what the server served before: CI, 2026-11-23); in-process, each
+    document is its own sequence, reusing its own prefix. Both are history-free but computed a little
+    differently, so every label probability is compared with a tolerance of 0.05 (a wrong prompt or label
+    mapping moves them far more), and labels where the model is not at a near tie."""
     docs_local = [_tickets(7, config)[i] for i in (2, 6)]  # T-1003 (annoyed, refund), T-1007 (late order)
     docs_http = [_tickets(7, config)[i] for i in (2, 6)]
-    local_tier = config.small.model_copy(update={"reuse_prompt_cache": False})
+    local_tier = config.small
     local_runtime = load_runtime(local_tier)
     try:
         predict(docs_local, LoadedTier(local_runtime), local_tier, config, "small")
