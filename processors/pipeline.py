@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from processors import sinks
@@ -26,6 +25,35 @@ from processors.tiers import TierOnDemand, answer_batch, needs_large, route_afte
 from schemas.config import Config
 from schemas.records import Document, Rejected, Tier
 from schemas.tables import RESULT_TABLES
+
+
+def _import_beam_inference():
+    """Beam's RunInference module, without the PyTorch and SciPy imports it does not need here.
+
+    Beam 2.77 imports its ModelManager eagerly, and that imports PyTorch and SciPy wherever they are installed
+    (the finetune extra): 6 s more for every run, CLI call and dask worker. We use no ModelManager (it is off
+    by default), and Beam imports it lazily when one is asked for. So the module is hidden for this one
+    import only; Beam then also sets its `resource` module (memory figures at model load) to None, restored here.
+    """
+    import resource
+    import sys
+
+    name = "apache_beam.ml.inference.model_manager"
+    hidden = name not in sys.modules
+    if hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import` raise ImportError
+    try:
+        from apache_beam.ml.inference import base
+    finally:
+        if hidden and sys.modules.get(name, 0) is None:
+            del sys.modules[name]
+    if base.resource is None:
+        base.resource = resource
+    return base
+
+
+_inference = _import_beam_inference()
+ModelHandler, RunInference = _inference.ModelHandler, _inference.RunInference
 
 NIGHT_INTERVAL = 30.0  # seconds between a tier's progress lines: a night runs for hours
 NAMESPACE = "sluicegate"
