@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +53,48 @@ def write_ticket_days(root: Path, days: list, per_day: int = 2) -> None:
         folder.mkdir(parents=True)
         chosen = good[per_day * i: per_day * (i + 1)]
         (folder / "export.jsonl").write_text("\n".join([*chosen, '{"broken": ']) + "\n")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory) -> Iterator[str]:
+    """One real Prefect server (its URL) for the tests' `sluicegate` subprocesses: each would otherwise start its
+    own embedded one (10-18 s each on a busy machine). Its own PREFECT_HOME and process group. The quick-start
+    test (tests/flows/test_nightly.py) keeps the embedded server, as the README runs it."""
+    from flows.deployments import wait_healthy
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    with open(home / "server.log", "wb") as log:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                   "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                  env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        try:
+            wait_healthy(url, timeout=300, server=server)
+        except (RuntimeError, TimeoutError) as e:
+            pytest.fail(f"{e}\n{(home / 'server.log').read_text()[-2000:]}")
+        yield url
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(server.pid, sig)
+                server.wait(timeout=20)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+
+
+@pytest.fixture(scope="module")
+def prefect_in_process(prefect_api: str) -> Iterator[str]:
+    """Flows called in this process report to the session's Prefect server: prefect_test_harness would start
+    one more server per module (20-26 s each on a loaded machine)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api}):
+        yield prefect_api
 
 
 @pytest.fixture(scope="session")

@@ -49,9 +49,11 @@ def without_training_stack() -> dict[str, str]:
             "SLUICEGATE_NOT_INSTALLED": ",".join(TRAINING_PACKAGES)}
 
 
-def _sluicegate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([SLUICEGATE, *args], env=without_training_stack(), cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, check=False)
+def _sluicegate(*args: str, api: str | None = None) -> subprocess.CompletedProcess:
+    """`sluicegate ...` without the training stack; api: a Prefect server (else the embedded one)."""
+    env = without_training_stack() | ({"PREFECT_API_URL": api} if api else {})
+    return subprocess.run([SLUICEGATE, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          check=False)
 
 
 def test_the_blocked_packages_really_cannot_be_imported():
@@ -60,14 +62,14 @@ def test_the_blocked_packages_really_cannot_be_imported():
     assert done.returncode == 1 and "No module named 'torch'" in done.stderr
 
 
-def test_evaluate_and_serve_run_without_the_training_stack(tmp_path):
+def test_evaluate_and_serve_run_without_the_training_stack(tmp_path, prefect_api):
     """A re-scoring evaluate (calibration, report, plots) and serve's modules; the nightly job itself runs this
     way in tests/flows/test_cli.py (the backfill through the console script, both tiers)."""
     from tests.conftest import FIXTURES
 
     outcomes = next((ROOT / "models" / "versions").glob("*/evaluation-bitext-validation/outcomes.parquet"))
     rescored = _sluicegate("evaluate", "--outcomes", str(outcomes), "--out", str(tmp_path / "eval"),
-                           "--config", str(FIXTURES / "sluicegate.toml"))
+                           "--config", str(FIXTURES / "sluicegate.toml"), api=prefect_api)
     assert rescored.returncode == 0, rescored.stdout[-2000:] + rescored.stderr[-3000:]
     assert (tmp_path / "eval" / "summary.json").exists()
     served = subprocess.run([sys.executable, "-c", "import flows.deployments, flows.nightly, flows.backfill"],

@@ -33,6 +33,7 @@ def test_the_own_data_example_configuration_runs(tmp_path):
     inbox.joinpath("export.jsonl").write_text("".join(json.dumps(
         {"ticket_id": r["ticket_id"], "title": r["subject"], "description": r["body"], "opened_at": r["created_at"]})
         + "\n" for r in rows))
+    # As a user types it: no Prefect server, so the run starts its embedded one (the one test that does).
     done = subprocess.run([str(Path(sys.executable).parent / "sluicegate"), "run", "--date", FIXTURE_DATE,
                            "--inbox", str(tmp_path / "inbox"), "--out", str(tmp_path / "out"), "--sources",
                            "tickets"], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)

@@ -1,4 +1,4 @@
-"""Backfill, idempotent reruns, reprocess and a failing date: the real flows (embedded Prefect), real models.
+"""Backfill, idempotent reruns, reprocess and a failing date: the real flows (the session's Prefect), real models.
 
 A tiny inbox keeps it quick: three tickets (one malformed) per date, one label task, no fields.
 """
@@ -16,9 +16,7 @@ DATES = [date(2026, 11, d) for d in (1, 2, 3, 4)]
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from prefect.testing.utilities import prefect_test_harness
-
+def setup(tmp_path_factory, prefect_in_process):
     root = tmp_path_factory.mktemp("backfill")
     write_ticket_days(root, DATES)
     config = root / "sluicegate.toml"
@@ -34,8 +32,7 @@ parallel_sequences = 2
 [tickets.columns."*"]
 id = "ticket_id"
 """)
-    with prefect_test_harness(server_startup_timeout=120):  # a loaded CI machine starts it slowly
-        yield root, str(config)
+    return root, str(config)
 
 
 def _results(root, day: date) -> pl.DataFrame:

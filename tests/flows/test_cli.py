@@ -30,7 +30,7 @@ def test_help_lists_the_commands():
 
 
 @pytest.mark.slow
-def test_backfill_prints_per_stage_progress_lines(tmp_path):
+def test_backfill_prints_per_stage_progress_lines(tmp_path, prefect_api):
     """A one-date backfill of two tickets and a malformed line: one stderr line per stage, stdout untouched.
     It runs as without the 'finetune' extra: the nightly path must not import PyTorch, transformers or PEFT."""
     import re
@@ -49,9 +49,9 @@ def test_backfill_prints_per_stage_progress_lines(tmp_path):
                       '[large]\nmodel = "qwen2.5-coder-1.5b-instruct"\nprompt_style = "chatml"\n'
                       'contextual_calibration = false\nparallel_sequences = 2\n'
                       '[tickets.columns."*"]\nid = "ticket_id"\n')
+    env = {**without_training_stack(), "PREFECT_API_URL": prefect_api}
     done = subprocess.run([SLUICEGATE, "backfill", "--start", "2026-11-05", "--end", "2026-11-05", "--config",
-                           str(config)], env=without_training_stack(), capture_output=True, text=True, timeout=600,
-                          check=False)
+                           str(config)], env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     progress = [line.split("  ", 1)[1] for line in done.stderr.splitlines()
                 if re.match(r"\d\d:\d\d:\d\d  \S", line)]

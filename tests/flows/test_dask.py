@@ -1,10 +1,10 @@
 """A night's shards on a real dask.distributed LocalCluster (2 worker processes on 127.0.0.1), against a
 local run of the same inbox: the same tables, a worker killed mid-shard, a shard that keeps failing.
 
-The inbox is the bundled fixtures (tickets, PDFs, broken and encrypted files) plus a generated day of 200
+The inbox is the bundled fixtures (tickets, PDFs, broken and encrypted files) plus a generated day of 48
 bitext tickets in 8 exports. One label task and no escalation keep the model time small: what is tested is
-where rows land, not what the model answers. Answers are not compared: llama.cpp's probabilities depend on
-which documents share a batch (issue 13), so ids, outcomes, error reasons and partitions are compared.
+where rows land. A document's answer depends on nothing but the document (issue 13), so the labels must be
+the same too, whichever worker and shard a document ran on.
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ from tests.conftest import FIXTURE_DATE, FIXTURES, SENTIMENT_RUN, SHARED_DATA
 
 DAY = date.fromisoformat(FIXTURE_DATE)
 # What must be equal between the runs, per table: the row's identity and outcome (not model answers).
-COMPARED = {"results": ["source", "uri", "doc_id", "source_id"], "labels": ["source", "uri", "task"],
+COMPARED = {"results": ["source", "uri", "doc_id", "source_id"], "labels": ["source", "uri", "task", "label"],
             "errors": ["source", "uri", "doc_id", "stage", "reason", "retriable"],
             "manifest": ["source", "uri", "doc_id", "outcome", "done"]}
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory):
+def night(tmp_path_factory, prefect_in_process):
     """(root, config path, local tables): the inbox, a dask configuration, and a local run's tables."""
-    from prefect.testing.utilities import prefect_test_harness
-
     from flows.engine import close_clients
     from processors.datasets import load_examples, sample, write_ticket_export
 
@@ -37,7 +35,7 @@ def night(tmp_path_factory):
     day = root / "inbox"
     for source in ("tickets", "pdf"):
         shutil.copytree(FIXTURES / "inbox" / source / FIXTURE_DATE, day / source / FIXTURE_DATE)
-    examples = sample(load_examples(SHARED_DATA / "tickets/bitext/validation.csv"), 200, stratify="category")
+    examples = sample(load_examples(SHARED_DATA / "tickets/bitext/validation.csv"), 48, stratify="category")
     write_ticket_export(examples, day / "tickets" / FIXTURE_DATE / "generated", files=8)
     config = root / "sluicegate.toml"
     # SENTIMENT_RUN ends in its [[tasks]] table: the first line below is the task's sources.
@@ -63,10 +61,9 @@ subject = "title"
 body = "message"
 created_at = "submitted"
 """)
-    with prefect_test_harness(server_startup_timeout=120):
-        local = _run(config, root / "local", engine="local")
-        assert local["invariant_ok"] and local["n_inputs"] > 200, local
-        yield root, config, _tables(root / "local")
+    local = _run(config, root / "local", engine="local")
+    assert local["invariant_ok"] and local["n_inputs"] > 48, local
+    yield root, config, _tables(root / "local")
     close_clients()
 
 

@@ -1,4 +1,4 @@
-"""`sluicegate evaluate` as a user runs it (a subprocess), with the real models and a real embedded Prefect."""
+"""`sluicegate evaluate` as a user runs it (a subprocess), with the real models and the session's real Prefect."""
 
 import os
 import subprocess
@@ -38,9 +38,12 @@ sources = ["tickets"]
 """
 
 
-def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def _run(*args: str, api: str | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`sluicegate ...`; api: the session's Prefect server (else the embedded one, as without a server)."""
     # The embedded Prefect server's 20 s start-up limit is too short on a loaded CI machine.
     env = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", **os.environ}
+    if api:
+        env["PREFECT_API_URL"] = api
     return subprocess.run([SLUICEGATE, *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
@@ -50,14 +53,14 @@ def test_targets_are_exclusive():
 
 
 @pytest.mark.slow
-def test_calibrate_stores_calibration_in_a_version_the_next_run_uses(tmp_path):
+def test_calibrate_stores_calibration_in_a_version_the_next_run_uses(tmp_path, prefect_api):
     data = tmp_path / "tiny.csv"
     data.write_text("id,text,sentiment\n" + "".join(f'{i},"{t}",{s}\n' for i, t, s in ROWS), encoding="utf-8")
     config = tmp_path / "sluicegate.toml"
     config.write_text(CONFIG, encoding="utf-8")
     out = tmp_path / "eval"
     done = _run("evaluate", "--data", str(data), "--config", str(config), "--out", str(out), "--calibrate",
-                "--target-escalation", "0.5")
+                "--target-escalation", "0.5", api=prefect_api)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sentiment" in done.stdout and "cascade" in done.stdout
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -65,12 +66,13 @@ def _config(tmp_path: Path) -> Path:
     return path
 
 
-def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path):
+def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path, prefect_api):
     config = _config(tmp_path)
+    env = dict(os.environ, PREFECT_API_URL=prefect_api)
     train, held = _csv(tmp_path / "train.csv", ROWS), _csv(tmp_path / "held.csv", HELD)
     done = subprocess.run([SLUICEGATE, "finetune", "--train", str(train), "--eval", str(held), "--epochs", "2",
                            "--force", "--config", str(config), "--json"], capture_output=True, text=True, timeout=1200,
-                          check=False)
+                          check=False, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout[done.stdout.index("{"):])
     version_id = result["version"]
@@ -90,7 +92,7 @@ def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path):
 
     # the next nightly run picks the promoted version up and names it in every row
     run = subprocess.run([SLUICEGATE, "run", "--date", FIXTURE_DATE, "--config", str(config), "--json"],
-                         capture_output=True, text=True, timeout=900, check=False)
+                         capture_output=True, text=True, timeout=900, check=False, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     results = pl.read_parquet(tmp_path / "out" / "results" / f"run_date={FIXTURE_DATE}" / "source=tickets")
     assert len(results) == 3

@@ -1,4 +1,4 @@
-"""End to end: the real nightly flow (embedded Prefect) with the real models on the bundled fixtures."""
+"""End to end: the real nightly flow (the session's Prefect server) with the real models on the bundled fixtures."""
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -23,18 +23,15 @@ LISTENERS = Watcher()
 
 
 @pytest.fixture(scope="module")
-def nightly_run(tmp_path_factory):
-    from prefect.testing.utilities import prefect_test_harness
-
+def nightly_run(tmp_path_factory, prefect_in_process):
     from flows.nightly import nightly
 
     out = tmp_path_factory.mktemp("out")
-    with prefect_test_harness(server_startup_timeout=120):  # a loaded CI machine starts it slowly
-        LISTENERS.start()  # every socket the run listens on, probed while the run lasts
-        try:
-            summary = nightly(run_date=FIXTURE_DATE, out=str(out), config_path=str(FIXTURES / "sluicegate.toml"))
-        finally:
-            LISTENERS.finish()
+    LISTENERS.start()  # every socket the run listens on, probed while the run lasts
+    try:
+        summary = nightly(run_date=FIXTURE_DATE, out=str(out), config_path=str(FIXTURES / "sluicegate.toml"))
+    finally:
+        LISTENERS.finish()
     return summary, out
 
 

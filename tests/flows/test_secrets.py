@@ -17,11 +17,8 @@ def _config(tmp_path, secret: str):
 
 
 @pytest.fixture(scope="module")
-def server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def server(prefect_in_process):
+    return prefect_in_process
 
 
 def test_pdf_passwords_come_from_a_secret_block_and_the_environment_wins(server, tmp_path, monkeypatch):

@@ -158,12 +158,11 @@ def test_fake_runtime_raising_mid_batch_keeps_the_small_answers(escalated):
 
 
 @pytest.mark.slow
-def test_nightly_with_a_dead_large_endpoint_then_a_working_one(tmp_path, monkeypatch):
+def test_nightly_with_a_dead_large_endpoint_then_a_working_one(tmp_path, monkeypatch, prefect_in_process):
     """The real flow and Beam pipeline: the large tier's endpoint is down, so the run completes with the
     small answers marked; the key comes from a Prefect Secret. When the endpoint is back (same URL, so
     the same version), the next run skips what was done and retries the failed escalations."""
     from prefect.blocks.system import Secret
-    from prefect.testing.utilities import prefect_test_harness
 
     from flows.nightly import nightly
 
@@ -206,31 +205,30 @@ id = "ticket_id"
     def table(name: str) -> pl.DataFrame:
         return pl.read_parquet(out / name / f"run_date={FIXTURE_DATE}" / "source=tickets" / "*.parquet")
 
-    with prefect_test_harness(server_startup_timeout=120):  # a loaded CI machine starts it slowly
-        Secret(value=KEY).save("sg-large-key", overwrite=True)
-        first = nightly(run_date=FIXTURE_DATE, config_path=str(config))
-        assert first["invariant_ok"] and first["n_inputs"] == 5 == first["n_results"] + first["n_errors"]
-        results = with_labels(table("results"), table("labels"))
-        assert results.height == 4 and results["escalation_failed"].all()
-        assert (results["sentiment_decided_by"] == "small").all()
-        # A field with no candidate in its text is null at the large tier without a call: the only
-        # large-tier answers a dead endpoint leaves.
-        assert results["decided_by"].is_in(["small", "large"]).all()
-        assert results["sentiment"].is_in(SENTIMENT.labels).all()
-        reasons = results["escalation_reasons"].explode()
-        assert reasons.str.starts_with("large:failed(").any()
-        assert not reasons.str.contains(KEY).any()
-        fields = table("fields")
-        assert fields.filter(pl.col("decided_by") != "small")["value"].is_null().all()
-        assert (fields.filter(pl.col("value").is_not_null())["decided_by"] == "small").all()
-        manifest = table("manifest")
-        assert manifest.filter(pl.col("outcome") == "result")["done"].not_().all()
+    Secret(value=KEY).save("sg-large-key", overwrite=True)
+    first = nightly(run_date=FIXTURE_DATE, config_path=str(config))
+    assert first["invariant_ok"] and first["n_inputs"] == 5 == first["n_results"] + first["n_errors"]
+    results = with_labels(table("results"), table("labels"))
+    assert results.height == 4 and results["escalation_failed"].all()
+    assert (results["sentiment_decided_by"] == "small").all()
+    # A field with no candidate in its text is null at the large tier without a call: the only
+    # large-tier answers a dead endpoint leaves.
+    assert results["decided_by"].is_in(["small", "large"]).all()
+    assert results["sentiment"].is_in(SENTIMENT.labels).all()
+    reasons = results["escalation_reasons"].explode()
+    assert reasons.str.starts_with("large:failed(").any()
+    assert not reasons.str.contains(KEY).any()
+    fields = table("fields")
+    assert fields.filter(pl.col("decided_by") != "small")["value"].is_null().all()
+    assert (fields.filter(pl.col("value").is_not_null())["decided_by"] == "small").all()
+    manifest = table("manifest")
+    assert manifest.filter(pl.col("outcome") == "result")["done"].not_().all()
 
-        server = start_llama_server(KEY, port=port)
-        try:
-            second = nightly(run_date=FIXTURE_DATE, config_path=str(config))
-        finally:
-            del server
+    server = start_llama_server(KEY, port=port)
+    try:
+        second = nightly(run_date=FIXTURE_DATE, config_path=str(config))
+    finally:
+        del server
     assert second["invariant_ok"] and second["n_skipped"] == 1  # only the malformed line was done
     results = with_labels(table("results"), table("labels"))
     assert results.height == 4 and not results["escalation_failed"].any()

@@ -1,5 +1,5 @@
 """The robustness suite: a day of hostile inputs of every kind, generated here (plus real PDFs from
-../shared/data/pdfs), through the real nightly flow (embedded Prefect, Beam, the real small model).
+../shared/data/pdfs), through the real nightly flow (the session's Prefect server, Beam, the real small model).
 
 The invariant must hold on the tables as written: n_inputs == n_results + n_errors, every input's uri
 in exactly one of them, and each hostile input ends where it should, with its specific reason.
@@ -76,9 +76,7 @@ def _toml_table(mapping: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def hostile_run(tmp_path_factory):
-    from prefect.testing.utilities import prefect_test_harness
-
+def hostile_run(tmp_path_factory, prefect_in_process):
     from flows.nightly import nightly
 
     root = tmp_path_factory.mktemp("hostile")
@@ -113,8 +111,7 @@ def hostile_run(tmp_path_factory):
     config = root / "sluicegate.toml"
     config.write_text(CONFIG.format(ocr=str(OCR).lower(), passwords=_toml_table(passwords)))
 
-    with prefect_test_harness(server_startup_timeout=120):  # a loaded CI machine starts it slowly
-        summary = nightly(run_date=DATE, config_path=str(config))
+    summary = nightly(run_date=DATE, config_path=str(config))
     return summary, root / "out", root / "inbox"
 
 
