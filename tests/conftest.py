@@ -58,8 +58,8 @@ def write_ticket_days(root: Path, days: list, per_day: int = 2) -> None:
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory) -> Iterator[str]:
     """One real Prefect server (its URL) for the tests' `sluicegate` subprocesses: each would otherwise start its
-    own embedded one (10-18 s each on a busy machine). Its own PREFECT_HOME and process group. The quick-start
-    test (tests/flows/test_nightly.py) keeps the embedded server, as the README runs it."""
+    own embedded one (10-18 s each on a busy machine). Its own PREFECT_HOME and process group. The README
+    example's run (tests/test_readme.py) keeps the embedded server, as a user types it."""
     from flows.deployments import wait_healthy
 
     home = tmp_path_factory.mktemp("prefect-home")

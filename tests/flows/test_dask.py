@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import FIXTURE_DATE, FIXTURES, SENTIMENT_RUN, SHARED_DATA
 
 DAY = date.fromisoformat(FIXTURE_DATE)
-# What must be equal between the runs, per table: the row's identity and outcome (not model answers).
+# What must be equal between the runs, per table: the row's identity and outcome, and each label.
 COMPARED = {"results": ["source", "uri", "doc_id", "source_id"], "labels": ["source", "uri", "task", "label"],
             "errors": ["source", "uri", "doc_id", "stage", "reason", "retriable"],
             "manifest": ["source", "uri", "doc_id", "outcome", "done"]}
