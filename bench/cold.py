@@ -11,7 +11,8 @@ In one run, on the same inputs (the shipped configuration, with its promoted mod
 - tokens: what the prompts hold against what llama.cpp computed (the rest came from the slot's cache);
 - determinism: for 24 documents, the largest probability difference between the nightly batch, each
   document alone, shuffled batches, and a rerun;
-- PDF text: pages/s of the parser (in-process pypdf) on ../shared/data/pdfs.
+- PDF text: pages/s of the parser (in-process pypdf) on ../shared/data/pdfs;
+- where each cold run's time goes: imports, ingest, each tier's model load and answers, and the rest.
 Prints a table and writes the figures to bench/cold.json (--json) for comparison across commits.
 """
 
@@ -48,18 +49,19 @@ def _peak_rss_mb() -> float:
 
 
 def child_pipeline(config_path: str, inbox: str, source: str, out: str) -> dict:
-    """One cold nightly run of the graph in this (fresh) process."""
+    """One cold nightly run of the graph in this (fresh) process: its time from the first import on."""
+    started = time.perf_counter()
     from processors.pipeline import RunSpec, run_pipeline
 
-    started = time.perf_counter()
+    imported = time.perf_counter()
     config = _config(config_path)
     inputs = [(str(p), source) for p in sorted(Path(inbox).rglob("*")) if p.is_file()]
     spec = RunSpec(run_id="bench", run_date=DATE, inputs=inputs, sources=[source], config=config,
                    config_hash="bench", out_root=out)
     counters = run_pipeline(spec)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "documents": counters.get("inputs", 0), "counters": counters,
-            "peak_rss_mb": _peak_rss_mb()}
+    return {"seconds": seconds, "import_seconds": imported - started, "documents": counters.get("inputs", 0),
+            "counters": counters, "peak_rss_mb": _peak_rss_mb()}
 
 
 def child_bound(config_path: str, tickets_file: str) -> dict:
@@ -146,6 +148,17 @@ def child_pdf_pages() -> dict:
     return {"pages": pages, "seconds": seconds, "pages_per_second": pages / seconds}
 
 
+def stage_seconds(run: dict) -> dict[str, float]:
+    """A pipeline run's time split by stage, from its counters (processors/pipeline.py's ms_* counters)."""
+    c = run["counters"]
+    stages = {"total": run["seconds"], "imports": run["import_seconds"], "ingest": c.get("ms_ingest", 0) / 1000}
+    for tier in ("small", "large"):
+        stages[f"{tier}_load"] = c.get(f"ms_{tier}_load", 0) / 1000
+        stages[tier] = c.get(f"ms_{tier}_answer", 0) / 1000
+    stages["rest"] = stages["total"] - sum(v for k, v in stages.items() if k != "total")
+    return stages
+
+
 def _child(*args: str) -> dict:
     done = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -204,6 +217,17 @@ def main() -> None:
         print(f"{source:10s} {results[-1]['documents']:5d} {statistics.median(rates):16.2f} "
               f"{', '.join(f'{r:.2f}' for r in rates):>22s} {figures[source]['peak_rss_mb']:12.0f} "
               f"{prompt:11d} {computed:9d}")
+    print("where a run's time goes, in seconds (the median run): imports, reading and parsing inputs, each "
+          "tier's model load and answers; rest = the Beam graph, routing and writing")
+    print(f"{'inputs':10s} {'total':>7s} {'imports':>8s} {'ingest':>7s} {'small load':>11s} {'small':>7s} "
+          f"{'large load':>11s} {'large':>7s} {'rest':>7s}")
+    for source, results in runs.items():
+        median = sorted(results, key=lambda r: r["seconds"])[len(results) // 2]
+        stages = stage_seconds(median)
+        figures[source]["stage_seconds"] = stages
+        print(f"{source:10s} " + " ".join(f"{stages[k]:{w}.1f}" for k, w in (
+            ("total", 7), ("imports", 8), ("ingest", 7), ("small_load", 11), ("small", 7), ("large_load", 11),
+            ("large", 7), ("rest", 7))))
     ratio = figures["tickets"]["docs_per_second"] / bound["per_second"]
     figures["tickets"]["share_of_bound"] = ratio
     print(f"raw bound: {bound['per_second']:.2f} tickets/s (one label, 8 sequences, prompt cache; "

@@ -9,6 +9,7 @@ the Prism runner from the network). The same graph runs on Dataflow/Flink/Spark 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -83,9 +84,12 @@ class RunSpec:
 
 def _read_counted(item: tuple[bytes, str], config: Config, inbox: str | None,
                   done: frozenset[tuple[str, str]]) -> Iterator[Document | Rejected | AlreadyDone]:
-    """The Ingest step: read_and_ingest, each record counted (per source too)."""
+    """The Ingest step: read_and_ingest, each record counted (per source too), and the time it took."""
     path, source = item
-    for record in read_and_ingest((os.fsdecode(path), source), config, inbox, done):
+    started = time.perf_counter()
+    records = read_and_ingest((os.fsdecode(path), source), config, inbox, done)
+    Metrics.counter(NAMESPACE, "ms_ingest").inc(round(1000 * (time.perf_counter() - started)))
+    for record in records:
         Metrics.counter(NAMESPACE, "inputs").inc()
         Metrics.counter(NAMESPACE, f"inputs_{source}").inc()
         yield record
@@ -117,7 +121,13 @@ class TierModelHandler(ModelHandler[Document, Document, TierOnDemand]):
         line = getattr(self, "_progress", None)
         if line is None:
             line = self._progress = Progress(f"{self._tier} tier", None, interval=NIGHT_INTERVAL)
-        answered = answer_batch(batch, model.get(), self._config, self._tier)
+        started = time.perf_counter()
+        loaded = model.get()  # the first batch loads the model
+        answering = time.perf_counter()
+        answered = answer_batch(batch, loaded, self._config, self._tier)
+        # Where a night's time goes, per tier (bench/cold.py prints it): loading, and answering.
+        Metrics.counter(NAMESPACE, f"ms_{self._tier}_load").inc(round(1000 * (answering - started)))
+        Metrics.counter(NAMESPACE, f"ms_{self._tier}_answer").inc(round(1000 * (time.perf_counter() - answering)))
         line.advance(len(batch))
         for doc in answered:  # the tier's token counts: the prompts' tokens, and those actually computed
             usage = doc.usage.get(self._tier)

@@ -78,3 +78,6 @@ def test_a_tier_loads_its_model_only_when_a_batch_reaches_it(config, tmp_path, t
     assert loads.get(_cache_key(run_config, "small")) == 1
     assert loads.get(_cache_key(run_config, "large"), 0) == large_loads
     assert counters["inputs"] == 3 and counters.get("decided_large", 0) == 2 * large_loads, counters
+    # Where the time went (bench/cold.py prints it): each tier's load and answers, only where it ran.
+    assert counters["ms_small_load"] > 0 and counters["ms_small_answer"] > 0 and "ms_ingest" in counters, counters
+    assert (counters.get("ms_large_load", 0) > 0) == bool(large_loads), counters
