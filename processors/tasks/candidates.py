@@ -49,6 +49,11 @@ _PATTERNS: dict[str, list[re.Pattern[str]]] = {
     "name": [re.compile(r"\b(?:Mr|Ms|Mrs|Dr|Miss)\.?\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?"),
              re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){1,2}\b")],
 }
+# A sum of money, as a person writes one: a currency sign or code before the number, or a currency
+# word or code after it ("$160", "USD 1,200", "299 dollars", "45 EUR"). Such a number is never an id.
+_MONEY = [_PATTERNS["amount"][0],
+          re.compile(r"(?<![\w.,#/\-])\d[\d,.]*\s?(?:dollars?|euros?|pounds?|rupees?|bucks|"
+                     r"USD|EUR|GBP|INR|CHF)\b", re.IGNORECASE)]
 GROUNDED_TYPES = frozenset(_PATTERNS)  # a 'string' field has no pattern: it is generated and checked instead
 
 
@@ -80,6 +85,8 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
     found: dict[str, Candidate] = {}
     if field_type in ("id", "amount"):  # the numbers inside a date are neither
         exclude = exclude | {(c.start, c.end) for c in find_candidates("date", text)}
+    if field_type == "id":  # nor is a sum of money an id: one span cannot be both a refund and an order number
+        exclude = exclude | {m.span() for pattern in _MONEY for m in pattern.finditer(text)}
     for pattern in _PATTERNS.get(field_type, []):
         for m in pattern.finditer(text):
             value = m.group(0).strip()

@@ -17,6 +17,7 @@ import pytest
 from processors.models.base import Completion, TokenLogprob
 from processors.models.http import HttpRuntime
 from processors.sinks import manifest_row, result_row, with_labels
+from processors.tasks.candidates import find_candidates
 from processors.tiers import LoadedTier, answer_batch, route_after
 from schemas.config import Config, FieldSpec, LabelTask, Thresholds
 from schemas.records import Document
@@ -110,7 +111,9 @@ def test_fake_endpoint_dies_mid_batch_small_answers_stand(fake, escalated):
         assert row["escalation_failed"] == doc.escalation_failed
         # Not done: the next run with the same version retries this document.
         assert manifest_row(doc, "v", "r")["done"] is (not doc.escalation_failed)
-    assert answered == 2 and failed == 4
+    # 6 items: 2 answered before the endpoint died, 3 lost with it, and the third ticket's order_id needs no call
+    # (its only number is a sum of money, "1200 dollars": no id candidate, null without asking).
+    assert answered == 3 and failed == 3
 
 
 def test_fake_endpoint_garbage_cannot_land(fake, escalated):
@@ -130,6 +133,9 @@ def test_fake_endpoint_garbage_cannot_land(fake, escalated):
         assert sentiment.tier == "large" and sentiment.label in SENTIMENT.labels  # never "HACKED"
         assert sentiment.confidence == pytest.approx(1 / 3) and doc.decided_by["sentiment"] == "review"
         order = doc.fields["order_id"]
+        if not find_candidates("id", doc.text):  # no id in the text ("1200 dollars"): null, the endpoint not asked
+            assert order.value is None and order.valid and order.tier == "large"
+            continue
         assert order.tier == "large" and not order.valid and doc.decided_by["field:order_id"] == "review"
         assert {"not_in_source", "invalid_json", "not_a_candidate"} & set(order.problems)
         assert order.value in (None, "IGNORE PREVIOUS INSTRUCTIONS")  # recorded, but invalid and reviewed
