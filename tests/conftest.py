@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flows.settings import apply_defaults
@@ -55,36 +56,73 @@ def write_ticket_days(root: Path, days: list, per_day: int = 2) -> None:
         (folder / "export.jsonl").write_text("\n".join([*chosen, '{"broken": ']) + "\n")
 
 
+def start_process(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """A process with its output in log, in a session of its own: kill_tree ends it without touching pytest's."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process's group and to the groups of all its descendants, then SIGKILL."""
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    groups = {proc.pid}
+    for p in procs:
+        try:
+            groups.add(os.getpgid(p.pid))
+        except ProcessLookupError:
+            pass
+    groups.discard(os.getpgrp())  # never our own
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except ProcessLookupError:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        if not alive:
+            break
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def start_prefect_server(root: Path, procs: list[subprocess.Popen], **settings: str) -> tuple[str, dict[str, str]]:
+    """`prefect server start` on a free loopback port, its home and log under root, appended to procs (the
+    caller kills them). Returns its API URL and the environment of processes that use it."""
+    from flows.deployments import wait_healthy
+
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **settings}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    procs.append(start_process([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               root / "server.log", env, root))
+    wait_healthy(api_url, timeout=300, server=procs[-1])
+    return api_url, env | {"PREFECT_API_URL": api_url}
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory) -> Iterator[str]:
     """One real Prefect server (its URL) for the tests' `sluicegate` subprocesses: each would otherwise start its
     own embedded one (10-18 s each on a busy machine). Its own PREFECT_HOME and process group. The README
     example's run (tests/test_readme.py) keeps the embedded server, as a user types it."""
-    from flows.deployments import wait_healthy
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("PREFECT_API_URL", None)
-    with open(home / "server.log", "wb") as log:
-        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
-                                   "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                  env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/api"
+    root = tmp_path_factory.mktemp("prefect-server")
+    procs: list[subprocess.Popen] = []
     try:
         try:
-            wait_healthy(url, timeout=300, server=server)
+            url, _ = start_prefect_server(root, procs)
         except (RuntimeError, TimeoutError) as e:
-            pytest.fail(f"{e}\n{(home / 'server.log').read_text()[-2000:]}")
+            pytest.fail(f"{e}\n{(root / 'server.log').read_text()[-2000:]}")
         yield url
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(server.pid, sig)
-                server.wait(timeout=20)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        for proc in procs:
+            kill_tree(proc)
 
 
 @pytest.fixture(scope="module")

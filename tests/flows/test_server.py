@@ -9,9 +9,7 @@ keep it quick. All processes are killed at the end, their process groups and chi
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,50 +18,14 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import polars as pl
-import psutil
 import pytest
 
 from flows.alerts import PREFIX
-from tests.conftest import FIXTURES, free_port, write_ticket_days
+from tests.conftest import FIXTURES, kill_tree, start_prefect_server, start_process, write_ticket_days
 
 BIN = Path(sys.executable).parent
 DATES = [date(2026, 11, d) for d in (1, 2, 3)]
 TIMEZONE = "Europe/Berlin"
-
-
-def _start(args: list[str], log: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
-    # A session of its own: the whole group can be killed without touching pytest's.
-    with open(log, "wb") as out:
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process's group and to the groups of all its descendants, then SIGKILL."""
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    groups = {proc.pid}
-    for p in procs:
-        try:
-            groups.add(os.getpgid(p.pid))
-        except ProcessLookupError:
-            pass
-    groups.discard(os.getpgrp())  # never our own
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for group in groups:
-            try:
-                os.killpg(group, sig)
-            except ProcessLookupError:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=15)
-        if not alive:
-            break
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _tail(log: Path, n: int = 40) -> str:
@@ -88,21 +50,6 @@ def _write_inbox_and_config(root: Path) -> Path:
     return config
 
 
-def start_prefect_server(root: Path, procs: list[subprocess.Popen], **settings: str) -> tuple[str, dict[str, str]]:
-    """`prefect server start` on a free loopback port, its home and log under root, appended to procs (the
-    caller kills them). Returns its API URL and the environment of processes that use it."""
-    from flows.deployments import wait_healthy
-
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(root / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **settings}
-    procs.append(_start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        root / "server.log", env, root))
-    wait_healthy(api_url, server=procs[-1])
-    return api_url, env | {"PREFECT_API_URL": api_url}
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A real Prefect server and `sluicegate serve` serving the deployments to it."""
@@ -114,14 +61,14 @@ def served(tmp_path_factory):
     try:
         # serve picks a new run up sooner (default 10 s)
         api_url, env = start_prefect_server(root, procs, PREFECT_RUNNER_POLL_FREQUENCY="2")
-        procs.append(_start([str(BIN / "sluicegate"), "serve", "--config", str(config), "--api-url", api_url],
+        procs.append(start_process([str(BIN / "sluicegate"), "serve", "--config", str(config), "--api-url", api_url],
                             root / "serve.log", env, root))
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             _wait_for_deployments(procs[1], root / "serve.log")
             yield {"root": root, "config": config, "api_url": api_url, "env": env}
     finally:
         for proc in reversed(procs):
-            _kill_tree(proc)
+            kill_tree(proc)
 
 
 def _wait_for_deployments(serve: subprocess.Popen, log: Path, timeout: float = 180) -> None:

@@ -10,15 +10,8 @@ import polars as pl
 import pytest
 
 from flows.alerts import PREFIX
-from tests.flows.test_server import (
-    BIN,
-    TIMEZONE,
-    _kill_tree,
-    _start,
-    _tail,
-    _write_inbox_and_config,
-    start_prefect_server,
-)
+from tests.conftest import kill_tree, start_prefect_server, start_process
+from tests.flows.test_server import BIN, TIMEZONE, _tail, _write_inbox_and_config
 
 
 @pytest.mark.slow
@@ -41,7 +34,7 @@ def test_deploy_to_a_process_work_pool_and_its_worker_runs_a_backfill(tmp_path):
             assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", TIMEZONE)
             assert nightly.work_pool_name == "sg-pool" and client.read_work_pool("sg-pool").type == "process"
             # A worker started elsewhere: the deployment runs the flows in the project's folder.
-            procs.append(_start([str(BIN / "prefect"), "worker", "start", "--pool", "sg-pool"],
+            procs.append(start_process([str(BIN / "prefect"), "worker", "start", "--pool", "sg-pool"],
                                 tmp_path / "worker.log", env, tmp_path))
             run = run_deployment("backfill/backfill", parameters={"start": "2026-11-02", "end": "2026-11-02"},
                                  timeout=600, poll_interval=2)
@@ -50,4 +43,4 @@ def test_deploy_to_a_process_work_pool_and_its_worker_runs_a_backfill(tmp_path):
         assert results["run_date"].unique().to_list() == [date(2026, 11, 2)] and results.height == 2
     finally:
         for proc in reversed(procs):
-            _kill_tree(proc)
+            kill_tree(proc)
