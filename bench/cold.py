@@ -4,7 +4,7 @@
 
 In one run, on the same inputs (the shipped configuration, with its promoted model version):
 - cold runs: each a fresh process that runs the nightly's Beam graph (processors.pipeline.run_pipeline,
-  its batching and order, model load included) on N bitext validation tickets in one export, and on
+  its batching and order; imports and model loads included) on N bitext validation tickets in one export, and on
   the fixture PDFs; the median of --repeat runs, and the peak RSS of the process;
 - the raw bound: one label decision per ticket (the sentiment prompt plus one token) straight through
   llama.cpp, 8 parallel sequences with prompt-cache reuse, the same model and adapter, the same tickets;
@@ -218,7 +218,7 @@ def main() -> None:
               f"{', '.join(f'{r:.2f}' for r in rates):>22s} {figures[source]['peak_rss_mb']:12.0f} "
               f"{prompt:11d} {computed:9d}")
     print("where a run's time goes, in seconds (the median run): imports, reading and parsing inputs, each "
-          "tier's model load and answers; rest = the Beam graph, routing and writing")
+          "tier's model load and answers; rest = configuration, graph set-up, routing and writing")
     print(f"{'inputs':10s} {'total':>7s} {'imports':>8s} {'ingest':>7s} {'small load':>11s} {'small':>7s} "
           f"{'large load':>11s} {'large':>7s} {'rest':>7s}")
     for source, results in runs.items():

@@ -10,7 +10,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from flows.settings import apply_defaults
@@ -65,6 +64,7 @@ def start_process(args: list[str], log: Path, env: dict[str, str], cwd: Path) ->
 
 def kill_tree(proc: subprocess.Popen) -> None:
     """SIGTERM to the process's group and to the groups of all its descendants, then SIGKILL."""
+    import psutil  # installed with dask.distributed, not a dependency of its own
     try:
         procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:

@@ -49,11 +49,19 @@ _PATTERNS: dict[str, list[re.Pattern[str]]] = {
     "name": [re.compile(r"\b(?:Mr|Ms|Mrs|Dr|Miss)\.?\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?"),
              re.compile(r"\b[A-Z][a-z]+(?:[ \t]+[A-Z][a-z]+){1,2}\b")],
 }
-# A sum of money, as a person writes one: a currency sign or code before the number, or a currency
-# word or code after it ("$160", "USD 1,200", "299 dollars", "45 EUR"). Such a number is never an id.
-_MONEY = [_PATTERNS["amount"][0],
-          re.compile(r"(?<![\w.,#/\-])\d[\d,.]*\s?(?:dollars?|euros?|pounds?|rupees?|bucks|"
-                     r"USD|EUR|GBP|INR|CHF)\b", re.IGNORECASE)]
+# A sum of money, as a person writes one: a currency sign or code before the number ("$160", "USD 1,200"),
+# or a currency word or code after it ("1200 dollars", "450 EUR"). Its number is not an id. Only where that is
+# clear: on one line, at most 7 digits before the decimals (a 15-digit number is an id), and not a code between
+# two numbers ("Order 12345 EUR 20": either could own it), nor a code that starts a reference ("USD-INV-0042").
+# Case-sensitive ("Bucks County", "Dollar General" are no money). An unclear number stays a candidate: a
+# wrongly excluded id would be a null that nobody reviews.
+_MONEY_NUMBER = r"(?P<number>(?:\d{1,3}(?:[,.]\d{3})+|\d{1,7})(?:[.,]\d{1,2})?)(?![\d,.]\d)(?!\d)"
+_MONEY = [
+    re.compile(r"(?<!\d[ \t])(?<!\d)(?:[$€£¥₹]|\b(?:USD|EUR|GBP|INR|CHF|Rs\.?))[^\S\r\n]?" + _MONEY_NUMBER),
+    re.compile(r"(?<![\w.,#/\-])" + _MONEY_NUMBER
+               + r"[^\S\r\n]?(?:[Dd]ollars|[Ee]uros|[Pp]ounds|[Rr]upees|dollar|euro|pound|rupee|bucks"
+                 r"|USD|EUR|GBP|INR|CHF)\b(?![\-/])(?![^\S\r\n]?[\d$€£¥₹])"),
+]
 GROUNDED_TYPES = frozenset(_PATTERNS)  # a 'string' field has no pattern: it is generated and checked instead
 
 
@@ -86,7 +94,7 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
     if field_type in ("id", "amount"):  # the numbers inside a date are neither
         exclude = exclude | {(c.start, c.end) for c in find_candidates("date", text)}
     if field_type == "id":  # nor is a sum of money an id: one span cannot be both a refund and an order number
-        exclude = exclude | {m.span() for pattern in _MONEY for m in pattern.finditer(text)}
+        exclude = exclude | {m.span("number") for pattern in _MONEY for m in pattern.finditer(text)}
     for pattern in _PATTERNS.get(field_type, []):
         for m in pattern.finditer(text):
             value = m.group(0).strip()

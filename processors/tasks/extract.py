@@ -31,8 +31,8 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
-TASK_VERSION = "sluicegate.extract.v6"  # v6: a sum of money is no id candidate; v5: one sequence per document
-# (batch-free); v4: grounded values
+# v6: a sum of money is no id candidate; v5: one sequence per document (batch-free); v4: grounded values
+TASK_VERSION = "sluicegate.extract.v6"
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}

@@ -44,6 +44,22 @@ def test_numbers_beside_money_stay_ids():
     assert _texts("id", "order 55501 cost $20, invoice INV-2023-7 for 30 dollars") == ["55501", "INV-2023-7"]
 
 
+@pytest.mark.parametrize("text", [
+    "Order 12345 EUR 20", "Order\t12345\tEUR\t20.00", "Order ID Currency Amount\n12345 USD 99.00",
+    "Order number: 12345\nEUR 20.00 was charged", "Payment 20 EUR\n12345 is the order", "Order 12345, EUR 20.00",
+    "My order number is 12345. Euros were taken", "order 12345 USD-INV-0042", "12345 Bucks County",
+    "12345 Dollar General"])
+def test_a_number_that_only_may_be_money_stays_an_id(text):
+    """A code between two numbers, across a line, or starting a reference: unclear, so the id is still offered
+    (an id excluded by mistake would be a certain null that nobody reviews)."""
+    assert "12345" in _texts("id", text)
+
+
+def test_a_long_number_beside_a_currency_is_an_id():
+    assert _texts("id", "order 113542617735902 USD") == ["113542617735902"]
+    assert _texts("id", "USD 113542617735902") == ["113542617735902"]
+
+
 def test_month_names_of_other_languages_are_dates():
     assert _texts("date", "Kundennr.30064443 7. Mai 2014 Rechnung") == ["7. Mai 2014"]
     assert _texts("date", "29 maart 2014Factuurdatum") == ["29 maart 2014"]
