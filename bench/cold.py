@@ -8,6 +8,7 @@ In one run, on the same inputs (the shipped configuration, with its promoted mod
   the fixture PDFs; the median of --repeat runs, and the peak RSS of the process;
 - the raw bound: one label decision per ticket (the sentiment prompt plus one token) straight through
   llama.cpp, 8 parallel sequences with prompt-cache reuse, the same model and adapter, the same tickets;
+  and the same one at a time on one slot, each afresh (the model's own prompt tokens/s);
 - tokens: what the prompts hold against what llama.cpp computed (the rest came from the slot's cache);
 - determinism: for 24 documents, the largest probability difference between the nightly batch, each
   document alone, shuffled batches, and a rerun;
@@ -64,8 +65,10 @@ def child_pipeline(config_path: str, inbox: str, source: str, out: str) -> dict:
             "counters": counters, "peak_rss_mb": _peak_rss_mb()}
 
 
-def child_bound(config_path: str, tickets_file: str) -> dict:
-    """The raw bound: one label decision per ticket, prompt plus one token, 8 sequences at a time."""
+def child_bound(config_path: str, tickets_file: str, sequences: str = "8") -> dict:
+    """The raw bound: one label decision per ticket, prompt plus one token, 8 sequences at a time with the
+    prompt cache. sequences "1": the same one at a time on one slot, each afresh, as the nightly evaluates a
+    document (the model's own prompt speed, without what 8 sequences per decode add)."""
     import xllamacpp
 
     from processors.models.llamacpp import server_params
@@ -75,19 +78,27 @@ def child_bound(config_path: str, tickets_file: str) -> dict:
     task = next(t for t in config.tasks if t.name == "sentiment")
     texts = json.loads(Path(tickets_file).read_text())
     prompts = [label.build_prompt(task, config.small.prompt_style, "tickets", t) for t in texts]
+    n = int(sequences)
     params = server_params(config.small)
-    params.n_parallel = 8
-    params.n_ctx = config.small.context_per_sequence * 8
-    params.cache_ram_mib = xllamacpp.CommonParams().cache_ram_mib  # llama.cpp's default host cache (8 GiB)
+    if n > 1:
+        params.n_parallel = n
+        params.n_ctx = config.small.context_per_sequence * n
+        params.cache_ram_mib = xllamacpp.CommonParams().cache_ram_mib  # llama.cpp's default host cache (8 GiB)
     started = time.perf_counter()
     server = xllamacpp.Server(params)
     loaded = time.perf_counter()
-    for i in range(0, len(prompts), 8):
-        server.handle_completions({"prompt": prompts[i:i + 8], "max_tokens": 1, "temperature": 0.0, "n_probs": 20,
-                                   "cache_prompt": True})
+    tokens = milliseconds = 0.0
+    for i in range(0, len(prompts), n):
+        batch = prompts[i:i + n]
+        response = server.handle_completions({"prompt": batch if n > 1 else batch[0], "max_tokens": 1,
+                                              "temperature": 0.0, "n_probs": 20, "cache_prompt": n > 1})
+        for one in response if isinstance(response, list) else [response]:
+            tokens += (one.get("timings") or {}).get("prompt_n", 0)
+            milliseconds += (one.get("timings") or {}).get("prompt_ms", 0.0)
     done = time.perf_counter()
-    return {"tickets": len(prompts), "seconds": done - loaded, "load_seconds": loaded - started,
-            "per_second": len(prompts) / (done - loaded), "peak_rss_mb": _peak_rss_mb()}
+    return {"tickets": len(prompts), "sequences": n, "seconds": done - loaded, "load_seconds": loaded - started,
+            "per_second": len(prompts) / (done - loaded), "peak_rss_mb": _peak_rss_mb(),
+            "prompt_tokens_per_second": tokens / (milliseconds / 1000) if n == 1 and milliseconds else None}
 
 
 def child_determinism(config_path: str, n: int) -> dict:
@@ -196,12 +207,14 @@ def main() -> None:
                 out = work / f"out-{source}-{len(runs[source])}"
                 runs[source].append(_child("pipeline", args.config, str(work / source), source, str(out)))
         bound = _child("bound", args.config, str(work / "texts.json"))
+        one_sequence = _child("bound", args.config, str(work / "texts.json"), "1")
         determinism = _child("determinism", args.config, str(args.determinism))
         pdf_pages = _child("pdf_pages")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    figures: dict = {"tickets": args.tickets, "repeat": args.repeat, "bound": bound, "determinism": determinism,
+    figures: dict = {"tickets": args.tickets, "repeat": args.repeat, "bound": bound, "one_sequence": one_sequence,
+                     "determinism": determinism,
                      "pdf_pages": pdf_pages}
     print(f"{'inputs':10s} {'docs':>5s} {'docs/s (median)':>16s} {'runs':>22s} {'peak RSS MB':>12s} "
           f"{'prompt tok':>11s} {'computed':>9s}")
@@ -232,6 +245,8 @@ def main() -> None:
     figures["tickets"]["share_of_bound"] = ratio
     print(f"raw bound: {bound['per_second']:.2f} tickets/s (one label, 8 sequences, prompt cache; "
           f"{bound['tickets']} tickets in {bound['seconds']:.1f} s); nightly tickets at {ratio:.1%} of it")
+    print(f"the same one at a time on one slot, each afresh: {one_sequence['per_second']:.2f} tickets/s; the small "
+          f"model computes {one_sequence['prompt_tokens_per_second']:.0f} prompt tokens/s")
     print(f"determinism: {determinism['documents']} documents, largest probability difference "
           f"{determinism['max_difference']:.2e} (batch vs alone vs shuffled vs rerun), "
           f"{determinism['documents_over_1e-6']} over 1e-6")
