@@ -194,7 +194,8 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
         if not batch:
             continue
         prompts = [label.build_prompt(task, style, d.source, model_text(d),
-                                      [(s.text, s.labels[task.name]) for s in shots(d, task.name)]) for d in batch]
+                                      [(s.text, s.labels[task.name]) for s in shots(d, task.name)],
+                                      label.asks_options(task, tier_cfg)) for d in batch]
         targets = label.targets_for(task, style)
         scores = label.score_labels(loaded.runtime, prompts, targets, tier_cfg.top_logprobs)
         for doc, score in zip(batch, scores, strict=False):
@@ -317,7 +318,9 @@ def _content_free(loaded: LoadedTier, tier_cfg: TierModel, task, source: str) ->
     Keyed by the task's whole definition: a dask worker keeps its models across runs whose tasks change."""
     key = (task.model_dump_json(), source)
     if key not in loaded.content_free:
-        prompts = [label.build_prompt(task, tier_cfg.prompt_style, source, t) for t in label.CONTENT_FREE_INPUTS]
+        listed = label.asks_options(task, tier_cfg)
+        prompts = [label.build_prompt(task, tier_cfg.prompt_style, source, t, options=listed)
+                   for t in label.CONTENT_FREE_INPUTS]
         scores = [s for s in label.score_labels(loaded.runtime, prompts, label.targets_for(task, tier_cfg.prompt_style),
                                                  tier_cfg.top_logprobs) if s.probabilities]
         if not scores:

@@ -126,6 +126,10 @@ class TierModel(Strict):
     prompt_style: Literal["base", "chatml"] = "base"
     # Divide label probabilities by those of content-free inputs ("N/A" ...): base models need it.
     contextual_calibration: bool = True
+    # Label tasks asked without their option list: the model version's adapter learned these label sets, so
+    # listing them (77 labels: hundreds of tokens per prompt) buys nothing. Set from the version, not by hand:
+    # a model that did not learn a task needs its options.
+    tasks_without_options: list[str] = Field(default_factory=list)
     # Keep threads x parallel model workers <= cores: llama.cpp threads spin while waiting.
     threads: int = 2
     parallel_sequences: int = 8  # documents handed to the tier per batch (an http tier: per request wave)

@@ -34,6 +34,9 @@ class ModelVersion(Strict):
     prompt_style: Literal["base", "chatml"] = "base"
     # A fine-tuned adapter answers in the label set directly; content-free calibration is for base models.
     contextual_calibration: bool = False
+    # Whether the adapter's label prompts list the options. Versions trained since 2026-12 learn their label
+    # sets without the list (shorter prompts: cheaper training and runs); older versions were trained with it.
+    label_options: bool = True
     tasks: list[LabelTask] = Field(default_factory=list)
     fields: dict[str, list[FieldSpec]] = Field(default_factory=dict)
     task_versions: dict[str, str] = Field(default_factory=dict)
@@ -146,6 +149,7 @@ def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config
     config.small.adapter = str(version_file(folder, version, "adapter", version.adapter)) if version.adapter else None
     config.small.prompt_style = version.prompt_style
     config.small.contextual_calibration = version.contextual_calibration
+    config.small.tasks_without_options = [] if version.label_options else [t.name for t in version.tasks]
     notes = []
     configured = {t.name: t for t in config.tasks}
     tasks = []

@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from processors.datasets import LabelledExample, data_hash, load_examples, sample, split
-from processors.finetune.pairs import build_pairs, training_tasks
+from processors.finetune.pairs import LABEL_OPTIONS, build_pairs, training_tasks
 from processors.finetune.train import TrainOptions
 from processors.progress import LOGGER as progress_log
 from processors.progress import duration
@@ -146,7 +146,8 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     version = ModelVersion(
         id=new_version_id(hashlib.sha256((digest + json.dumps(asdict(req.options))).encode()).hexdigest()),
         parent=read_registry(req.registry).promoted, base_model=config.small.model,
-        prompt_style=config.small.prompt_style, contextual_calibration=False, tasks=tasks,
+        prompt_style=config.small.prompt_style, contextual_calibration=False, label_options=LABEL_OPTIONS,
+        tasks=tasks,
         fields={k: list(v) for k, v in config.fields.items()},
         task_versions={"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}, data_hash=digest,
     )
@@ -185,6 +186,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
         "seconds_per_100_examples": round(report.seconds_per_100_examples, 1),
         "loss_first": round(report.loss_first, 4), "loss_last": round(report.loss_last, 4),
         "rank": req.options.rank, "epochs": req.options.epochs, "lr": req.options.learning_rate,
+        "dropout": req.options.dropout,
         "target_modules": list(req.options.target_modules), "adapter_tensors": n_tensors,
         "agreement_base_top1": before["top1"], "agreement_adapter_top1": after["top1"],
         "agreement_adapter_max_abs_diff": round(after["max_abs_diff"], 4),

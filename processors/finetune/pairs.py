@@ -21,6 +21,11 @@ from schemas.records import Source
 
 _SOURCES = set(get_args(Source))
 
+# A new adapter learns its label sets without the option list in the prompt (the version records it, and the
+# small tier then asks without it). The list costs hundreds of tokens per prompt with many labels, in
+# training and in every run (bench/finetune_labels.py measures the training side).
+LABEL_OPTIONS = False
+
 # Questions for label tasks that come from the data rather than the configuration.
 _QUESTIONS = {
     "intent": "What does the customer want to do?",
@@ -60,8 +65,9 @@ def training_tasks(config: Config, examples: list[LabelledExample]) -> tuple[lis
 
 
 def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledExample], seed: int = 0,
-                null_fields_per_example: int = 1) -> list[Pair]:
-    """Pairs for every labelled task of every example, and its fields.
+                null_fields_per_example: int = 1, label_options: bool = LABEL_OPTIONS) -> list[Pair]:
+    """Pairs for every labelled task of every example, and its fields. label_options: whether label
+    prompts list the options (the trained version records it as its `label_options`).
 
     Fields: every known field with a value that occurs in the text (a value the model cannot copy
     from the text would teach it to invent), plus up to `null_fields_per_example` absent fields so
@@ -77,7 +83,7 @@ def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledE
             gold = ex.labels.get(task.name)
             if gold is None or gold not in task.labels or ex.source not in task.sources:
                 continue
-            pairs.append(Pair(label.build_prompt(task, style, ex.source, text),
+            pairs.append(Pair(label.build_prompt(task, style, ex.source, text, options=label_options),
                               label.targets_for(task, style)[gold], task.name, ex.example_id))
         specs = config.fields.get(ex.source, [])
         present, absent = [], []

@@ -14,22 +14,38 @@ from dataclasses import dataclass
 
 from processors.models.base import Runtime, usage_of
 from processors.tasks.prompts import Style, answer_lead, frame
-from schemas.config import LabelTask
+from schemas.config import LabelTask, TierModel
 from schemas.records import LabelPrediction, Tier, Usage
 
-TASK_VERSION = "sluicegate.label.v3"  # v3: each document evaluated as its own sequence (batch-free); v2: inert markers
+# v4: trie branches under 1 % not read further; v3: each document evaluated as its own sequence (batch-free);
+# v2: inert markers
+TASK_VERSION = "sluicegate.label.v4"
 CONTENT_FREE_INPUTS = ("N/A", "", "[document]")  # for contextual calibration (Zhao et al., 2021)
 _MAX_DEPTH = 6
+# A branch of the trie (labels sharing the tokens read so far) with less probability than this is not read
+# further: its labels share its mass evenly. Every label in it is below 1 %, so the top label and its
+# probability stay exact, while a large label set with shared prefixes no longer costs a model call for
+# every unlikely branch.
+_EXPAND_MIN = 0.01
 
 
 def build_prompt(task: LabelTask, style: Style, source: str, text: str,
-                 shots: Sequence[tuple[str, str]] = ()) -> str:
+                 shots: Sequence[tuple[str, str]] = (), options: bool = True) -> str:
     """The document, the question and the options, ending where the label starts. shots: (text, label)
-    demonstrations shown first, answered."""
-    options = ", ".join(task.verbalizer(label) for label in task.labels)
+    demonstrations shown first, answered. options=False: no option list, for a model that learned the
+    label set (the answer is still scored over exactly the labels)."""
+    listed = ", ".join(task.verbalizer(label) for label in task.labels) if options else ""
     answered = [(t, answer_lead(style) + task.verbalizer(label)) for t, label in shots]
-    return frame(style, source, text, f"{task.question}\nOptions: {options}\nAnswer:" if style == "base"
-                 else f"{task.question}\nAnswer with one of: {options}", answered)
+    if style == "base":
+        request = f"{task.question}\nOptions: {listed}\nAnswer:" if options else f"{task.question}\nAnswer:"
+    else:
+        request = f"{task.question}\nAnswer with one of: {listed}" if options else task.question
+    return frame(style, source, text, request, answered)
+
+
+def asks_options(task: LabelTask, tier: TierModel) -> bool:
+    """Whether this tier's prompts for the task list its options (not for a task its adapter learned)."""
+    return task.name not in tier.tasks_without_options
 
 
 @dataclass
@@ -70,7 +86,8 @@ def split_candidates(top: dict[str, float], remaining: dict[str, str]) -> list[t
 
 def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                  top_logprobs: int) -> list[LabelScores]:
-    """Distributions over the label set for a batch of prompts (one call per trie depth)."""
+    """Distributions over the label set for a batch of prompts: one call per trie depth, for each branch that
+    holds at least _EXPAND_MIN of a prompt's mass."""
     probs = [dict.fromkeys(targets, 0.0) for _ in prompts]
     errors: list[str | None] = [None] * len(prompts)
     usage = [Usage() for _ in prompts]
@@ -94,7 +111,7 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                 share = weight * mass / total
                 if len(members) == 1:
                     probs[i][next(iter(members))] += share
-                elif depth == _MAX_DEPTH - 1:  # labels identical this deep: split evenly
+                elif depth == _MAX_DEPTH - 1 or share < _EXPAND_MIN:  # identical this deep, or too unlikely
                     for label in members:
                         probs[i][label] += share / len(members)
                 else:

@@ -67,6 +67,25 @@ def test_a_version_only_task_keeps_the_version_sources(tmp_path):
     assert tasks["intent"].sources == ["tickets"]  # learned from tickets: not run on PDFs
     assert tasks["category"].sources == ["tickets"]  # configured: the configuration's sources win
 
+def test_tasks_the_adapter_learned_without_options_are_asked_without_them_by_the_small_tier_only(tmp_path):
+    from processors.tasks import label
+
+    tasks = [LabelTask(name="category", labels=["ORDER", "REFUND"], question="Topic?"),
+             LabelTask(name="intent", labels=["cancel_order", "get_refund"], question="Want?")]
+    base = load_config(_config_file(tmp_path, 'registry = "models"'))
+    old = ModelVersion(id="ft-old", tasks=tasks)  # trained with the option list (before label_options)
+    assert old.label_options and apply_version(base, old, tmp_path).small.tasks_without_options == []
+    new = ModelVersion(id="ft-new", tasks=tasks, label_options=False)
+    config = apply_version(base, new, tmp_path)
+    assert config.small.tasks_without_options == ["category", "intent"]
+    by_name = {t.name: t for t in config.tasks}
+    # sentiment is configured but not in the version: the adapter never learned it, so it keeps its options
+    assert not label.asks_options(by_name["intent"], config.small)
+    assert label.asks_options(by_name["sentiment"], config.small)
+    assert all(label.asks_options(t, config.large) for t in config.tasks)  # the large tier learned nothing
+    assert ModelVersion.model_validate_json(new.model_dump_json()).label_options is False  # stored in version.json
+
+
 def test_a_pinned_version_wins_and_a_missing_one_is_an_error(tmp_path):
     registry = tmp_path / "models"
     write_version(registry, ModelVersion(id="ft-a"))

@@ -21,8 +21,13 @@ def test_pairs_use_the_runtime_prompts_and_answers(config):
     pairs = build_pairs(config, tasks, examples, null_fields_per_example=1)
     by_kind = {(p.example_id, p.kind): p for p in pairs}
     category = next(t for t in tasks if t.name == "category")
-    expected = label.build_prompt(category, config.small.prompt_style, "tickets", "Please refund order 12345 now")
-    assert by_kind[("a", "category")].prompt == expected
+    # A new adapter learns its label sets without the option list, and its version says so.
+    expected = label.build_prompt(category, config.small.prompt_style, "tickets", "Please refund order 12345 now",
+                                  options=False)
+    assert by_kind[("a", "category")].prompt == expected and "Options:" not in expected
+    listed = build_pairs(config, tasks, examples, label_options=True)
+    assert listed[0].prompt == label.build_prompt(category, config.small.prompt_style, "tickets",
+                                                  "Please refund order 12345 now")
     assert by_kind[("a", "category")].answer == " refund"
     assert ("b", "category") not in by_kind
     assert by_kind[("b", "sentiment")].answer == " positive"

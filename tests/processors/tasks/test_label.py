@@ -64,6 +64,55 @@ def test_score_labels_walks_the_trie_and_normalizes():
     assert len(runtime.calls) == 2  # one batched call per trie depth
 
 
+def test_a_branch_under_one_percent_is_not_read_further_and_its_labels_share_its_mass():
+    runtime = _ScriptedRuntime({
+        ":": {" check": 0.995, " get": 0.004, " track": 0.001},
+        ": check": {" invoice": 0.3, " refund": 0.1},
+    })
+    intents = INTENTS.model_copy(update={"labels": [*INTENTS.labels, "get_invoice"]})  # " get" is a branch now
+    [scores] = label.score_labels(runtime, ["Q:"], label.targets_for(intents, "base"), top_logprobs=10)
+    assert [len(c) for c in runtime.calls] == [1, 1]  # " check" read further; " get" (0.4 %) not
+    assert scores.probabilities["check_invoice"] == pytest.approx(0.995 * 0.75)  # the top label: exact
+    assert scores.probabilities["get_refund"] == pytest.approx(0.002) == scores.probabilities["get_invoice"]
+
+
+def test_real_model_many_labels_fewer_calls_and_the_same_top_label_as_reading_every_branch(small_runtime,
+                                                                                            monkeypatch):
+    from processors.datasets import load_examples
+    from tests.conftest import SHARED_DATA
+
+    examples = load_examples(SHARED_DATA / "tickets" / "bitext" / "validation.csv")
+    # 81 labels that share their first words three by three, as a user's fine-grained label set may
+    labels = sorted({ex.labels["intent"] + suffix for ex in examples for suffix in ("", "_by_phone", "_by_email")})
+    task = LabelTask(name="intent_channel", labels=labels, question="What does the customer want to do?")
+    prompts = [label.build_prompt(task, "base", "tickets", ex.text, options=False) for ex in examples[:40:8]]
+    targets = label.targets_for(task, "base")
+    sent = []
+    complete = small_runtime.complete
+
+    def counted(batch, **kw):
+        sent.extend(batch)
+        return complete(batch, **kw)
+    monkeypatch.setattr(small_runtime, "complete", counted)
+
+    def scores() -> list[label.LabelScores]:  # as the small tier asks: each document one sequence
+        out = []
+        for prompt in prompts:
+            with small_runtime.sequence():
+                out += label.score_labels(small_runtime, [prompt], targets, 40)
+        return out
+    pruned = scores()
+    pruned_calls, sent[:] = len(sent), []
+    monkeypatch.setattr(label, "_EXPAND_MIN", 0.0)  # every branch read to the end
+    full = scores()
+    assert pruned_calls < len(sent)
+    for a, b in zip(pruned, full, strict=True):
+        top = max(b.probabilities, key=b.probabilities.get)
+        assert max(a.probabilities, key=a.probabilities.get) == top
+        assert a.probabilities[top] == pytest.approx(b.probabilities[top], abs=1e-9)
+        assert sum(a.probabilities.values()) == pytest.approx(1.0)
+
+
 def test_calibration_removes_a_default_preference():
     raw = {"negative": 0.2, "neutral": 0.7, "positive": 0.1}
     content_free = {"negative": 0.1, "neutral": 0.8, "positive": 0.1}
@@ -87,6 +136,15 @@ def test_prompt_has_document_first_and_all_options():
     assert prompt.endswith("Answer:")
     chat = label.build_prompt(SENTIMENT, "chatml", "tickets", "x")
     assert chat.endswith("<|im_start|>assistant\n") and label.targets_for(SENTIMENT, "chatml")["neutral"] == "neutral"
+
+
+def test_a_prompt_without_options_keeps_the_question_and_leaves_out_every_label():
+    for style in ("base", "chatml"):
+        listed = label.build_prompt(SENTIMENT, style, "tickets", "my order is late")
+        bare = label.build_prompt(SENTIMENT, style, "tickets", "my order is late", options=False)
+        assert "negative" in listed and not any(label_ in bare for label_ in ("negative", "neutral", "positive"))
+        assert SENTIMENT.question in bare and len(bare) < len(listed)
+    assert label.build_prompt(SENTIMENT, "base", "tickets", "x", options=False).endswith("\nAnswer:")
 
 
 def test_label_real_model_gives_a_distribution_over_exactly_the_label_set(small_runtime, config):
