@@ -77,7 +77,8 @@ def child_bound(config_path: str, tickets_file: str, sequences: str = "8") -> di
     config = _config(config_path)
     task = next(t for t in config.tasks if t.name == "sentiment")
     texts = json.loads(Path(tickets_file).read_text())
-    prompts = [label.build_prompt(task, config.small.prompt_style, "tickets", t) for t in texts]
+    prompts = [label.build_prompt(task, config.small.prompt_style, "tickets", t,
+                                  options=label.asks_options(task, config.small)) for t in texts]  # as the tier asks
     n = int(sequences)
     params = server_params(config.small)
     if n > 1:

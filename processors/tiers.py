@@ -197,7 +197,8 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
                                       [(s.text, s.labels[task.name]) for s in shots(d, task.name)],
                                       label.asks_options(task, tier_cfg)) for d in batch]
         targets = label.targets_for(task, style)
-        scores = label.score_labels(loaded.runtime, prompts, targets, tier_cfg.top_logprobs)
+        scores = label.score_labels(loaded.runtime, prompts, targets, tier_cfg.top_logprobs,
+                                    _expand_min(tier_cfg))
         for doc, score in zip(batch, scores, strict=False):
             usage[doc.doc_id + doc.uri].add(score.usage)
             if keeps_previous and score.error:  # e.g. the endpoint died: the small answer stands
@@ -313,6 +314,11 @@ def _decide_linear(batch: list[Document], task, labeler: LinearLabeler, threshol
     return rest
 
 
+def _expand_min(tier_cfg: TierModel) -> float:
+    """Every trie branch is read under contextual calibration (label.EXPAND_MIN says why)."""
+    return 0.0 if tier_cfg.contextual_calibration else label.EXPAND_MIN
+
+
 def _content_free(loaded: LoadedTier, tier_cfg: TierModel, task, source: str) -> dict[str, float] | None:
     """Mean label distribution over content-free inputs; computed once per task and source per worker.
     Keyed by the task's whole definition: a dask worker keeps its models across runs whose tasks change."""
@@ -322,7 +328,7 @@ def _content_free(loaded: LoadedTier, tier_cfg: TierModel, task, source: str) ->
         prompts = [label.build_prompt(task, tier_cfg.prompt_style, source, t, options=listed)
                    for t in label.CONTENT_FREE_INPUTS]
         scores = [s for s in label.score_labels(loaded.runtime, prompts, label.targets_for(task, tier_cfg.prompt_style),
-                                                 tier_cfg.top_logprobs) if s.probabilities]
+                                                 tier_cfg.top_logprobs, _expand_min(tier_cfg)) if s.probabilities]
         if not scores:
             return None
         loaded.content_free[key] = {k: sum(s.probabilities[k] for s in scores) / len(scores) for k in task.labels}

@@ -126,9 +126,10 @@ class TierModel(Strict):
     prompt_style: Literal["base", "chatml"] = "base"
     # Divide label probabilities by those of content-free inputs ("N/A" ...): base models need it.
     contextual_calibration: bool = True
-    # Label tasks asked without their option list: the model version's adapter learned these label sets, so
-    # listing them (77 labels: hundreds of tokens per prompt) buys nothing. Set from the version, not by hand:
-    # a model that did not learn a task needs its options.
+    # Label tasks asked without their option list: the adapter learned these label sets, so listing them (77
+    # labels: hundreds of tokens per prompt) buys nothing. Set from the active model version (replacing any
+    # value here); by hand only for an adapter trained that way elsewhere. A model that did not learn a task
+    # needs its options, so [large] refuses it.
     tasks_without_options: list[str] = Field(default_factory=list)
     # Keep threads x parallel model workers <= cores: llama.cpp threads spin while waiting.
     threads: int = 2
@@ -379,6 +380,8 @@ class Config(Strict):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique: {names}")
+        if self.large.tasks_without_options:
+            raise ValueError("[large] tasks_without_options: the large tier is not fine-tuned, it needs the options")
         return self
 
     def thresholds_for(self, task: str) -> Thresholds:

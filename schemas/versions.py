@@ -34,9 +34,10 @@ class ModelVersion(Strict):
     prompt_style: Literal["base", "chatml"] = "base"
     # A fine-tuned adapter answers in the label set directly; content-free calibration is for base models.
     contextual_calibration: bool = False
-    # Whether the adapter's label prompts list the options. Versions trained since 2026-12 learn their label
-    # sets without the list (shorter prompts: cheaper training and runs); older versions were trained with it.
-    label_options: bool = True
+    # The label tasks the adapter learned without the option list (the tasks it had training pairs for; a
+    # version stores configured tasks it saw no example of too). Versions trained since 2026-12 learn their
+    # label sets without it (shorter prompts: cheaper training and runs); older versions list every option.
+    tasks_without_options: list[str] = Field(default_factory=list)
     tasks: list[LabelTask] = Field(default_factory=list)
     fields: dict[str, list[FieldSpec]] = Field(default_factory=dict)
     task_versions: dict[str, str] = Field(default_factory=dict)
@@ -149,7 +150,7 @@ def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config
     config.small.adapter = str(version_file(folder, version, "adapter", version.adapter)) if version.adapter else None
     config.small.prompt_style = version.prompt_style
     config.small.contextual_calibration = version.contextual_calibration
-    config.small.tasks_without_options = [] if version.label_options else [t.name for t in version.tasks]
+    config.small.tasks_without_options = [t.name for t in version.tasks if t.name in version.tasks_without_options]
     notes = []
     configured = {t.name: t for t in config.tasks}
     tasks = []

@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from processors.datasets import LabelledExample, data_hash, load_examples, sample, split
-from processors.finetune.pairs import LABEL_OPTIONS, build_pairs, training_tasks
+from processors.finetune.pairs import LABEL_OPTIONS, build_pairs, label_tasks_learned, training_tasks
 from processors.finetune.train import TrainOptions
 from processors.progress import LOGGER as progress_log
 from processors.progress import duration
@@ -138,7 +138,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     train, held, stats, files = gather_examples(req, config)
     tasks, outside = training_tasks(config, train + held)
     stats.update({f"outside_label_set:{k}": v for k, v in outside.items() if v})
-    pairs = build_pairs(config, tasks, train, req.seed)
+    pairs = build_pairs(config, tasks, train, req.seed, label_options=LABEL_OPTIONS)
     stats["pairs"] = len(pairs)
     if not pairs:
         raise ValueError("no training pairs: the examples carry no label or field the configuration can use")
@@ -146,8 +146,9 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     version = ModelVersion(
         id=new_version_id(hashlib.sha256((digest + json.dumps(asdict(req.options))).encode()).hexdigest()),
         parent=read_registry(req.registry).promoted, base_model=config.small.model,
-        prompt_style=config.small.prompt_style, contextual_calibration=False, label_options=LABEL_OPTIONS,
-        tasks=tasks,
+        prompt_style=config.small.prompt_style, contextual_calibration=False, tasks=tasks,
+        # only the tasks it has pairs for: a configured task without examples is new to it and keeps its options
+        tasks_without_options=[] if LABEL_OPTIONS else label_tasks_learned(pairs),
         fields={k: list(v) for k, v in config.fields.items()},
         task_versions={"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}, data_hash=digest,
     )

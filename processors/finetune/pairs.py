@@ -21,8 +21,8 @@ from schemas.records import Source
 
 _SOURCES = set(get_args(Source))
 
-# A new adapter learns its label sets without the option list in the prompt (the version records it, and the
-# small tier then asks without it). The list costs hundreds of tokens per prompt with many labels, in
+# A new adapter learns its label sets without the option list in the prompt (the version records which tasks,
+# and the small tier then asks those without it). The list costs hundreds of tokens per prompt with many labels, in
 # training and in every run (bench/finetune_labels.py measures the training side).
 LABEL_OPTIONS = False
 
@@ -64,10 +64,15 @@ def training_tasks(config: Config, examples: list[LabelledExample]) -> tuple[lis
     return tasks, outside
 
 
+def label_tasks_learned(pairs: list[Pair]) -> list[str]:
+    """The label tasks the pairs teach (a configured task with no labelled example is not among them)."""
+    return sorted({p.kind for p in pairs if not p.kind.startswith("field:")})
+
+
 def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledExample], seed: int = 0,
                 null_fields_per_example: int = 1, label_options: bool = LABEL_OPTIONS) -> list[Pair]:
     """Pairs for every labelled task of every example, and its fields. label_options: whether label
-    prompts list the options (the trained version records it as its `label_options`).
+    prompts list the options (the trained version records the tasks without as `tasks_without_options`).
 
     Fields: every known field with a value that occurs in the text (a value the model cannot copy
     from the text would teach it to invent), plus up to `null_fields_per_example` absent fields so

@@ -23,10 +23,11 @@ TASK_VERSION = "sluicegate.label.v4"
 CONTENT_FREE_INPUTS = ("N/A", "", "[document]")  # for contextual calibration (Zhao et al., 2021)
 _MAX_DEPTH = 6
 # A branch of the trie (labels sharing the tokens read so far) with less probability than this is not read
-# further: its labels share its mass evenly. Every label in it is below 1 %, so the top label and its
+# further: its labels share its mass evenly. Every label in it is below 1 %, so the top label and its raw
 # probability stay exact, while a large label set with shared prefixes no longer costs a model call for
-# every unlikely branch.
-_EXPAND_MIN = 0.01
+# every unlikely branch. Not under contextual calibration, which divides each label by its own content-free
+# probability: an evenly shared value could change which label wins (the tiers pass expand_min=0 then).
+EXPAND_MIN = 0.01
 
 
 def build_prompt(task: LabelTask, style: Style, source: str, text: str,
@@ -85,9 +86,9 @@ def split_candidates(top: dict[str, float], remaining: dict[str, str]) -> list[t
 
 
 def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
-                 top_logprobs: int) -> list[LabelScores]:
+                 top_logprobs: int, expand_min: float = EXPAND_MIN) -> list[LabelScores]:
     """Distributions over the label set for a batch of prompts: one call per trie depth, for each branch that
-    holds at least _EXPAND_MIN of a prompt's mass."""
+    holds at least expand_min of a prompt's mass (0: every branch)."""
     probs = [dict.fromkeys(targets, 0.0) for _ in prompts]
     errors: list[str | None] = [None] * len(prompts)
     usage = [Usage() for _ in prompts]
@@ -111,7 +112,7 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                 share = weight * mass / total
                 if len(members) == 1:
                     probs[i][next(iter(members))] += share
-                elif depth == _MAX_DEPTH - 1 or share < _EXPAND_MIN:  # identical this deep, or too unlikely
+                elif depth == _MAX_DEPTH - 1 or share < expand_min:  # identical this deep, or too unlikely
                     for label in members:
                         probs[i][label] += share / len(members)
                 else:

@@ -84,7 +84,8 @@ def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path, p
     version = read_version(registry, version_id)
     assert version.adapter == "adapter.gguf" and (registry / "versions" / version_id / "adapter.gguf").exists()
     assert "urgency" in [t.name for t in version.tasks]  # a label set the configuration does not name
-    assert version.label_options is False  # learned without the option list; the nightly below asks without it
+    # every label task of the CSV learned without the option list; the nightly below asks them without it
+    assert version.tasks_without_options == ["category", "sentiment", "urgency"]
     assert version.training["loss_last"] < version.training["loss_first"]
     assert version.training["agreement_adapter_top1"] >= 0.75
     assert version.data_hash and version.metrics["candidate_small"]["score"] >= 0

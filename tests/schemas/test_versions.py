@@ -73,17 +73,28 @@ def test_tasks_the_adapter_learned_without_options_are_asked_without_them_by_the
     tasks = [LabelTask(name="category", labels=["ORDER", "REFUND"], question="Topic?"),
              LabelTask(name="intent", labels=["cancel_order", "get_refund"], question="Want?")]
     base = load_config(_config_file(tmp_path, 'registry = "models"'))
-    old = ModelVersion(id="ft-old", tasks=tasks)  # trained with the option list (before label_options)
-    assert old.label_options and apply_version(base, old, tmp_path).small.tasks_without_options == []
-    new = ModelVersion(id="ft-new", tasks=tasks, label_options=False)
+    old = ModelVersion(id="ft-old", tasks=tasks)  # trained with the option list (before tasks_without_options)
+    assert apply_version(base, old, tmp_path).small.tasks_without_options == []
+    # category is stored with the version (configured) but had no training example: it keeps its options
+    new = ModelVersion(id="ft-new", tasks=tasks, tasks_without_options=["intent"])
     config = apply_version(base, new, tmp_path)
-    assert config.small.tasks_without_options == ["category", "intent"]
+    assert config.small.tasks_without_options == ["intent"]
     by_name = {t.name: t for t in config.tasks}
-    # sentiment is configured but not in the version: the adapter never learned it, so it keeps its options
     assert not label.asks_options(by_name["intent"], config.small)
-    assert label.asks_options(by_name["sentiment"], config.small)
+    assert label.asks_options(by_name["category"], config.small)
+    assert label.asks_options(by_name["sentiment"], config.small)  # configured, not in the version
     assert all(label.asks_options(t, config.large) for t in config.tasks)  # the large tier learned nothing
-    assert ModelVersion.model_validate_json(new.model_dump_json()).label_options is False  # stored in version.json
+    assert ModelVersion.model_validate_json(new.model_dump_json()).tasks_without_options == ["intent"]
+
+
+def test_the_large_tier_cannot_be_told_to_leave_out_options(tmp_path):
+    from pydantic import ValidationError
+
+    path = _config_file(tmp_path, 'registry = "models"')
+    text = open(path).read().replace('[large]', '[large]\ntasks_without_options = ["category"]', 1)
+    open(path, "w").write(text)
+    with pytest.raises(ValidationError, match="the large tier is not fine-tuned"):
+        load_config(path)
 
 
 def test_a_pinned_version_wins_and_a_missing_one_is_an_error(tmp_path):

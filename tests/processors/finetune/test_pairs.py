@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from processors.datasets import LabelledExample
-from processors.finetune.pairs import build_pairs, training_tasks
+from processors.finetune.pairs import build_pairs, label_tasks_learned, training_tasks
 from processors.tasks import extract, label
 
 
@@ -31,6 +31,9 @@ def test_pairs_use_the_runtime_prompts_and_answers(config):
     assert by_kind[("a", "category")].answer == " refund"
     assert ("b", "category") not in by_kind
     assert by_kind[("b", "sentiment")].answer == " positive"
+    # what the version records as learned without options: not the configured tasks no example carries
+    assert label_tasks_learned(pairs) == ["category", "intent", "sentiment"]
+    assert label_tasks_learned(build_pairs(config, tasks, examples[1:])) == ["intent", "sentiment"]
     order = by_kind[("a", "field:order_id")]
     specs = config.fields["tickets"]
     spec = next(s for s in specs if s.name == "order_id")
