@@ -35,12 +35,13 @@ def build_prompt(task: LabelTask, style: Style, source: str, text: str,
     """The document, the question and the options, ending where the label starts. shots: (text, label)
     demonstrations shown first, answered. options=False: no option list, for a model that learned the
     label set (the answer is still scored over exactly the labels)."""
-    listed = ", ".join(task.verbalizer(label) for label in task.labels) if options else ""
-    answered = [(t, answer_lead(style) + task.verbalizer(label)) for t, label in shots]
+    request = task.question
+    if options:
+        listed = ", ".join(task.verbalizer(label) for label in task.labels)
+        request += f"\nOptions: {listed}" if style == "base" else f"\nAnswer with one of: {listed}"
     if style == "base":
-        request = f"{task.question}\nOptions: {listed}\nAnswer:" if options else f"{task.question}\nAnswer:"
-    else:
-        request = f"{task.question}\nAnswer with one of: {listed}" if options else task.question
+        request += "\nAnswer:"
+    answered = [(t, answer_lead(style) + task.verbalizer(label)) for t, label in shots]
     return frame(style, source, text, request, answered)
 
 
