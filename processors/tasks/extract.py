@@ -31,8 +31,10 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
-# v6: a sum of money is no id candidate; v5: one sequence per document (batch-free); v4: grounded values
-TASK_VERSION = "sluicegate.extract.v6"
+# v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains
+# a 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
+# v4: grounded values
+TASK_VERSION = "sluicegate.extract.v7"
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}
@@ -43,14 +45,32 @@ def value_schema(spec: FieldSpec) -> dict:
     return {"type": ["string", "null"], "maxLength": MAX_VALUE_CHARS.get(spec.type, 80)}
 
 
+# Grammars are llama.cpp's own GBNF, not llguidance (%llguidance): llama.cpp keeps one llguidance tokenizer per
+# process and rebuilds it whenever another model's vocabulary asks (3-4 s for Gemma's 262k tokens, 2 s for
+# Qwen's), so a night that alternates small and large tier batches paid that at every switch. GBNF needs no
+# tokenizer, and any llama.cpp server takes it (llguidance is an optional build there).
+_VALUE_END = 'root ::= " "? value end?\nend ::= "," | "}"\n'
+# One character of a JSON string: anything but a quote, a backslash or a control character, or an escape.
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})' + "\n"
+
+
+def gbnf_literal(text: str) -> str:
+    """A GBNF string literal that matches exactly `text` (quotes, backslashes and control characters escaped)."""
+    escaped = "".join("\\" + ch if ch in '"\\' else f"\\x{ord(ch):02X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+                      for ch in text)
+    return f'"{escaped}"'
+
+
 def grammar(spec: FieldSpec) -> str:
-    """llama.cpp (llguidance) grammar for the value: the JSON schema, plus what tokenizers glue to it.
+    """llama.cpp grammar (GBNF) for the value: `value_schema` (null or a bounded JSON string), plus what
+    tokenizers glue to it.
 
     Tokenizers merge the space after the colon with the quote (' "') and the closing quote with the
     next comma ('",'). A grammar that forbids those tokens makes the model pick null or run on inside
     the string, so an optional leading space and one trailing ',' or '}' are allowed; parse strips them.
     """
-    return '%llguidance {}\nstart: " "? value end?\nend: "," | "}"\nvalue: %json ' + json.dumps(value_schema(spec))
+    longest = value_schema(spec)["maxLength"]
+    return _VALUE_END + f'value ::= "null" | "\\"" char{{0,{longest}}} "\\""\n' + _JSON_CHAR
 
 
 def is_grounded(spec: FieldSpec) -> bool:
@@ -71,10 +91,9 @@ def _literals(values: Iterable[str]) -> list[str]:
 
 
 def candidate_grammar(values: Iterable[str]) -> str:
-    """llama.cpp (llguidance) grammar: null or one of these values, with the tokenizer-glued space and end
-    that `grammar` allows."""
-    options = " | ".join(json.dumps(lit, ensure_ascii=False) for lit in _literals(values))
-    return '%llguidance {}\nstart: " "? value end?\nend: "," | "}"\nvalue: ' + options
+    """llama.cpp grammar (GBNF): null or one of these values as a JSON string, with the tokenizer-glued space
+    and end that `grammar` allows."""
+    return _VALUE_END + "value ::= " + " | ".join(gbnf_literal(lit) for lit in _literals(values)) + "\n"
 
 
 def candidate_max_tokens(values: Iterable[str], limit: int) -> int:

@@ -98,3 +98,33 @@ def test_a_document_gets_identical_answers_alone_in_any_batch_and_on_a_rerun(con
     random.Random(7).shuffle(order)
     for batches in ([list(reversed(range(6)))], [[i] for i in range(6)], [order[:4], order[4:]], [[0, 1, 2, 3, 4, 5]]):
         assert answers(batches) == together, batches
+
+
+@pytest.mark.parametrize("value", ["#37777", 'say "hi"', "€ 5,00", "C:\\temp\\x", "tab\there"])
+def test_llamacpp_reads_a_grammar_literal_as_the_value_it_stands_for(small_runtime, value):
+    """extract's grammars are GBNF: a value pinned as the only answer comes back exactly, however it is
+    escaped (JSON inside a GBNF literal). A grammar llama.cpp cannot read would be an error here."""
+    from processors.tasks import extract
+
+    literal = json.dumps(value, ensure_ascii=False)
+    [c] = small_runtime.complete(['The value is written here. JSON: {"v":'], max_tokens=len(literal) + 2,
+                                 top_logprobs=10, grammar="root ::= " + extract.gbnf_literal(literal))
+    assert c.error is None and json.loads(c.text) == value
+
+
+def test_field_grammars_constrain_the_real_model(small_runtime):
+    """A grounded field answers null or one of its candidates; a 'string' field null or a JSON string within
+    its type's length."""
+    from processors.tasks import extract
+    from schemas.config import FieldSpec
+
+    prompt = 'Order #37777 of Ann Lee was refunded. JSON: {"order_id":'
+    [c] = small_runtime.complete([prompt], max_tokens=extract.candidate_max_tokens(["#37777"], 40), top_logprobs=10,
+                                 grammar=extract.candidate_grammar(["#37777"]))
+    assert c.error is None and json.loads(c.text.strip().rstrip(",}")) in (None, "#37777")
+    spec = FieldSpec(name="note", type="string", description="what happened")
+    [c] = small_runtime.complete(['Order #37777 was refunded. JSON: {"note":'],
+                                 max_tokens=extract.max_tokens(spec, 100), top_logprobs=10,
+                                 grammar=extract.grammar(spec))
+    written = c.text.strip().removesuffix(",").removesuffix("}")
+    assert c.error is None and (written == "null" or isinstance(json.loads(written), str))

@@ -72,9 +72,10 @@ def test_parse_strips_what_the_grammar_allows_around_the_value():
     assert extract.parse(Completion('"null"', [], 1, 1), FIELDS[0], DOC, "small").value is None
 
 
-def test_grammar_wraps_the_value_schema():
+def test_grammar_is_the_value_schema_in_gbnf():
     g = extract.grammar(FIELDS[2])
-    assert g.startswith("%llguidance") and '"maxLength": 20' in g and 'end: "," | "}"' in g
+    assert "%llguidance" not in g and g.startswith('root ::= " "? value end?')
+    assert 'value ::= "null" | "\\"" char{0,20} "\\""' in g and 'end ::= "," | "}"' in g
 
 
 def test_currency_code_is_evidenced_by_its_symbol():
@@ -156,9 +157,13 @@ def test_a_value_outside_the_candidates_is_never_accepted():
 
 def test_candidate_grammar_allows_only_null_and_the_candidates():
     g = extract.candidate_grammar(["#37777", 'say "hi"', "€ 5"])
-    assert g.startswith("%llguidance") and 'value: "null" | "\\"#37777\\"" | ' in g
+    assert "%llguidance" not in g and 'value ::= "null" | "\\"#37777\\"" | ' in g
     assert '"\\"say \\\\\\"hi\\\\\\"\\""' in g and "€ 5" in g  # JSON inside a grammar literal, unicode as is
     assert extract.candidate_max_tokens(["#37777"], 40) == len('"#37777"') + 2
+
+
+def test_gbnf_literal_escapes_quotes_backslashes_and_control_characters():
+    assert extract.gbnf_literal('a"b\\c\td€') == '"a\\"b\\\\c\\x09d€"'
 
 
 def test_a_field_without_candidates_is_absent_without_a_model_call():
