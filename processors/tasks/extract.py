@@ -50,8 +50,9 @@ def value_schema(spec: FieldSpec) -> dict:
 # Qwen's), so a night that alternates small and large tier batches paid that at every switch. GBNF needs no
 # tokenizer, and any llama.cpp server takes it (llguidance is an optional build there).
 _VALUE_END = 'root ::= " "? value end?\nend ::= "," | "}"\n'
-# One character of a JSON string: anything but a quote, a backslash or a control character, or an escape.
-_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})' + "\n"
+# One character of a JSON string: anything but a quote, a backslash or a control character, or the escapes
+# JSON needs (\u only for control characters: a lone surrogate such as \ud800 could not be written to Parquet).
+_JSON_CHAR = r'char ::= [^"\\\x00-\x1F] | "\\" (["\\bfnrt] | "u00" [01] [0-9a-fA-F])' + "\n"
 
 
 def gbnf_literal(text: str) -> str:
@@ -212,6 +213,8 @@ def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier,
         return invalid("invalid_json")  # e.g. cut off at the token limit
     if raw is not None and not isinstance(raw, str):
         return invalid("not_a_string")
+    if raw and any("\ud800" <= ch <= "\udfff" for ch in raw):
+        return invalid("invalid_json")  # a lone surrogate (an endpoint without grammars): no table can hold it
     if allowed is not None and raw is not None and raw not in allowed:
         return invalid("not_a_candidate")  # the grammar holds it; an endpoint without grammars may not
     confidence = (_value_confidence(completion, literal) if allowed is None

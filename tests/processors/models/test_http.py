@@ -276,7 +276,7 @@ def test_masked_text_leaves_the_machine_and_values_come_back_real(http_runtime, 
     # restore path is checked with the value pinned by a grammar: real tokens, real log-probabilities.
     masked, masks = privacy.mask(doc.text)
     prompt = extract.build_prompt([spec], spec, "base", "tickets", masked)
-    pinned = '%llguidance {}\nstart: " "? value end?\nend: "," | "}"\nvalue: %json {"const": "[EMAIL_1]"}'
+    pinned = 'root ::= " "? value end?\nend ::= "," | "}"\nvalue ::= ' + extract.gbnf_literal('"[EMAIL_1]"')
     [completion] = http_runtime.complete([prompt], max_tokens=12, top_logprobs=10, grammar=pinned)
     assert "[EMAIL_1]" in completion.text and len(completion.tokens) > 1
     field = extract.parse(privacy.unmask_completion(completion, masks), spec, doc, "large")

@@ -59,7 +59,7 @@ def test_confidence_does_not_shrink_with_length():
 
 @pytest.mark.parametrize("text, problem", [("", "invalid_json"), ("not json", "invalid_json"),
                                            ('"4218', "invalid_json"), ("[1, 2]", "not_a_string"),
-                                           ("12", "not_a_string")])
+                                           ("12", "not_a_string"), ('"\\ud800"', "invalid_json")])
 def test_parse_never_raises_on_garbage(text, problem):
     out = extract.parse(Completion(text, [], 0, 0), FIELDS[0], DOC, "small")
     assert not out.valid and out.problems == [problem] and out.field == "invoice_number"
@@ -76,6 +76,7 @@ def test_grammar_is_the_value_schema_in_gbnf():
     g = extract.grammar(FIELDS[2])
     assert "%llguidance" not in g and g.startswith('root ::= " "? value end?')
     assert 'value ::= "null" | "\\"" char{0,20} "\\""' in g and 'end ::= "," | "}"' in g
+    assert '"u00" [01]' in g  # \\u escapes only for control characters: never a lone surrogate
 
 
 def test_currency_code_is_evidenced_by_its_symbol():
