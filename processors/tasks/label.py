@@ -9,6 +9,7 @@ exactly the configured labels, so no output can fall outside the label set.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -160,8 +161,6 @@ def to_prediction(task: LabelTask, scores: LabelScores, content_free: dict[str, 
 
 # --- scoring against gold labels (evaluation) ----------------------------------------------------
 
-INVALID = "\x00invalid"  # how an invalid answer (no label) counts in macro-F1: a class of its own
-
 
 @dataclass(frozen=True)
 class LabelMetrics:
@@ -177,12 +176,15 @@ class LabelMetrics:
 
 
 def label_metrics(gold: list[str], predicted: list[str | None]) -> LabelMetrics:
-    """Accuracy and macro-F1 (over the gold and predicted labels; an invalid answer is always wrong)."""
-    from sklearn.metrics import f1_score
+    """Accuracy and macro-F1 (over the gold and predicted labels; an invalid answer is always wrong).
 
+    Per label F1 = 2 tp / (2 tp + fp + fn), as scikit-learn's f1_score(average="macro", zero_division=0),
+    counted directly: promotion bootstraps it hundreds of times (processors/finetune/compare.py)."""
     if not gold:
         return LabelMetrics(float("nan"), float("nan"))
     acc = sum(g == p for g, p in zip(gold, predicted, strict=True)) / len(gold)
-    shown = [INVALID if p is None else p for p in predicted]
-    labels = sorted(set(gold) | {p for p in predicted if p is not None})
-    return LabelMetrics(acc, float(f1_score(gold, shown, labels=labels, average="macro", zero_division=0)))
+    labels = set(gold) | {p for p in predicted if p is not None}
+    hits = Counter(g for g, p in zip(gold, predicted, strict=True) if g == p)
+    golds, answers = Counter(gold), Counter(p for p in predicted if p is not None)
+    f1 = [2 * hits[lab] / (golds[lab] + answers[lab]) for lab in labels]  # 2tp+fp+fn = gold + predicted counts
+    return LabelMetrics(acc, sum(f1) / len(f1))

@@ -156,3 +156,20 @@ def test_label_real_model_gives_a_distribution_over_exactly_the_label_set(small_
     assert set(scores.probabilities) == set(category.labels)
     assert sum(scores.probabilities.values()) == pytest.approx(1.0)
     assert scores.usage.prompt_tokens > 0
+
+
+def test_macro_f1_is_scikit_learns_with_an_invalid_answer_always_wrong():
+    import random
+
+    from sklearn.metrics import f1_score
+
+    rng = random.Random(0)
+    for _ in range(100):
+        labels = list("abcde")[: rng.randint(1, 5)]
+        gold = [rng.choice(labels) for _ in range(rng.randint(1, 25))]
+        predicted = [rng.choice([*labels, None, "other"]) for _ in gold]
+        shown = ["\x00invalid" if p is None else p for p in predicted]  # a class of its own, never averaged
+        expected = f1_score(gold, shown, labels=sorted(set(gold) | set(predicted) - {None}), average="macro",
+                            zero_division=0)
+        assert abs(label.label_metrics(gold, predicted).macro_f1 - expected) < 1e-12
+    assert label.label_metrics(["a", "b"], [None, None]).macro_f1 == 0.0
