@@ -54,7 +54,7 @@ class LabelledExample:
         return self.fields_complete, None
 
 
-def _id(text: str) -> str:
+def text_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -128,7 +128,7 @@ def _generic(path: Path) -> list[LabelledExample]:
             elif key not in _RESERVED and (label := _clean(value)) and not isinstance(value, dict | list):
                 labels[key] = label
         source = _clean(row.get("source")) or "tickets"
-        out.append(LabelledExample(_clean(row.get("id")) or _id(text), text, source, labels, fields))
+        out.append(LabelledExample(_clean(row.get("id")) or text_id(text), text, source, labels, fields))
     return out
 
 
@@ -142,7 +142,7 @@ def _bitext(path: Path) -> list[LabelledExample]:
         entity, value = _clean(row.get("entity_type")), _clean(row.get("entity_value"))
         # One entity per utterance is annotated: every other field is absent.
         fields = {entity: value} if entity and value else {}
-        out.append(LabelledExample(_id(text), text, "tickets", labels, fields, fields_complete=True))
+        out.append(LabelledExample(text_id(text), text, "tickets", labels, fields, fields_complete=True))
     return out
 
 
@@ -151,7 +151,7 @@ def _sentiment(path: Path, text_col: str, label_col: str) -> list[LabelledExampl
     for row in _rows(path):
         text, label = _clean(row.get(text_col)), _clean(row.get(label_col))
         if text and label:
-            key = _clean(row.get("tweet_id")) or _clean(row.get("id")) or _id(text)
+            key = _clean(row.get("tweet_id")) or _clean(row.get("id")) or text_id(text)
             out.append(LabelledExample(f"{path.stem}:{key}", text, "tickets", {"sentiment": label.lower()}))
     return out
 

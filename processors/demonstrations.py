@@ -1,10 +1,12 @@
-"""Few-shot demonstrations for the large tier: the k labelled training examples nearest to a document.
+"""A model version's stored examples: few-shot demonstrations for the large tier, rehearsal and held-out data.
 
 A model version stores a sample of its training examples (`demonstrations.jsonl`: text, source, labels,
-fields). When the large tier is asked an item, the k examples labelled for that item whose TF-IDF
-vectors are nearest to the document's are shown first, as earlier questions answered correctly
-(processors/tasks/prompts.py: frame's shots). The index is built when the tier loads (seconds for a
-few thousand texts) and used read-only.
+fields) and its held-out examples (`heldout.jsonl`, the same format). When the large tier is asked an item,
+the k training examples labelled for that item whose TF-IDF vectors are nearest to the document's are shown
+first, as earlier questions answered correctly (processors/tasks/prompts.py: frame's shots). The index is
+built when the tier loads (seconds for a few thousand texts) and used read-only. The next fine-tuning run
+reads both files back (`read_examples`): it rehearses the training sample, so the new adapter keeps what
+this one knew, and judges every task this version serves on its held-out examples (processors/finetune/job.py).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from processors.datasets import LabelledExample
+from processors.datasets import LabelledExample, text_id
 
-MAX_STORED = 2000  # examples a version keeps for demonstrations
-SHOT_CHARS = 400  # a demonstration's text is cut to this many characters: shots stay short
+MAX_STORED = 2000  # examples a version keeps for demonstrations (and rehearsal)
+STORED_CHARS = 2000  # a stored text is cut to this many characters (the small tier's default max_doc_chars)
+SHOT_CHARS = 400  # a demonstration's text is cut to this many characters when shown: shots stay short
 
 
 @dataclass(frozen=True)
@@ -30,20 +33,32 @@ class Demonstration:
 
 
 def write_demonstrations(examples: Iterable[LabelledExample], path: str | Path,
-                         field_names: dict[str, list[str]] | None = None, seed: int = 0) -> Path:
-    """A reproducible sample of at most MAX_STORED training examples as JSONL (texts cut to SHOT_CHARS), with
-    their labels and the known values of their source's fields (field_names: source -> field names)."""
+                         field_names: dict[str, list[str]] | None = None, seed: int = 0,
+                         limit: int | None = MAX_STORED) -> Path:
+    """A reproducible sample of at most `limit` examples as JSONL (texts cut to STORED_CHARS), with their
+    labels and the known values of their source's fields (field_names: source -> field names)."""
     demos = []
     for ex in examples:
         names = (field_names or {}).get(ex.source, [])
         known = {n: ex.field_value(n)[1] for n in names if ex.field_value(n)[0]}
         if ex.labels or known:
-            demos.append(Demonstration(ex.text[:SHOT_CHARS], ex.source, dict(ex.labels), known))
-    if len(demos) > MAX_STORED:
-        demos = random.Random(seed).sample(demos, MAX_STORED)
+            demos.append(Demonstration(ex.text[:STORED_CHARS], ex.source, dict(ex.labels), known))
+    if limit is not None and len(demos) > limit:
+        demos = random.Random(seed).sample(demos, limit)
     path = Path(path)
     path.write_text("".join(json.dumps(asdict(d), ensure_ascii=False) + "\n" for d in demos), encoding="utf-8")
     return path
+
+
+def read_demonstrations(path: str | Path) -> list[Demonstration]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [Demonstration(**json.loads(line)) for line in lines if line.strip()]
+
+
+def read_examples(path: str | Path) -> list[LabelledExample]:
+    """A stored file as labelled examples again: a field counts as known only where the file lists it."""
+    return [LabelledExample(text_id(d.text), d.text, d.source, dict(d.labels), dict(d.fields))
+            for d in read_demonstrations(path)]
 
 
 class DemonstrationIndex:
@@ -58,8 +73,7 @@ class DemonstrationIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> DemonstrationIndex:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        return cls([Demonstration(**json.loads(line)) for line in lines if line.strip()])
+        return cls(read_demonstrations(path))
 
     def nearest(self, text: str, item: str, source: str, k: int) -> list[Demonstration]:
         """The k examples of this source labelled for the item, most similar first (fewer if fewer exist)."""
@@ -72,4 +86,5 @@ class DemonstrationIndex:
             return []
         scores = (self._matrix[usable] @ self._vectorizer.transform([text]).T).toarray().ravel()
         order = sorted(range(len(usable)), key=lambda j: (-scores[j], usable[j]))[:k]
-        return [self.demos[usable[j]] for j in reversed(order)]  # the nearest last, next to the document
+        # the nearest last, next to the document; cut, so shots stay short
+        return [replace(self.demos[usable[j]], text=self.demos[usable[j]].text[:SHOT_CHARS]) for j in reversed(order)]

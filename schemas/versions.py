@@ -47,7 +47,8 @@ class ModelVersion(Strict):
     calibration: dict[str, TaskCalibration] = Field(default_factory=dict)  # '<tier>:<task>' -> calibration
     thresholds: dict[str, Thresholds] = Field(default_factory=dict)
     linear: dict[str, LinearTier] = Field(default_factory=dict)  # task -> tier 0, path inside the folder
-    demonstrations: str | None = None  # file name inside the folder: training examples for few-shot
+    demonstrations: str | None = None  # file name inside the folder: training examples for few-shot and rehearsal
+    heldout: str | None = None  # file name inside the folder: the held-out examples it was judged on
 
 
 class Registry(Strict):

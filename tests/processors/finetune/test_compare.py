@@ -4,17 +4,72 @@ from __future__ import annotations
 
 import math
 
+import polars as pl
+
+from processors.datasets import LabelledExample
 from processors.evaluate import ALL_FIELDS, ItemSummary, Summary, TierQuality
-from processors.finetune.compare import decide_promotion, flat_metrics, linear_threshold, quality_score
+from processors.finetune.compare import (
+    decide_promotion,
+    flat_metrics,
+    learning_curve_markdown,
+    linear_threshold,
+    paired_noise,
+    quality_score,
+    tier0_learning_curve,
+)
+from schemas.config import LabelTask
 
 
 def test_promotion_needs_a_better_held_out_score():
-    assert decide_promotion(0.80, None)[0]  # nothing promoted yet
-    assert decide_promotion(0.80, 0.75)[0]
-    promoted, why = decide_promotion(0.74, 0.75)
+    assert decide_promotion({"category.macro_f1": 0.8}, {})[0]  # nothing promoted yet
+    assert decide_promotion({"category.macro_f1": 0.8}, {"category.macro_f1": 0.75})[0]
+    promoted, why = decide_promotion({"category.macro_f1": 0.74}, {"category.macro_f1": 0.75})
     assert not promoted and "0.740 <= promoted 0.750" in why
-    assert not decide_promotion(0.75, 0.75)[0]  # a tie keeps the version that is running
-    assert not decide_promotion(float("nan"), 0.5)[0]
+    assert not decide_promotion({"category.macro_f1": 0.75}, {"category.macro_f1": 0.75})[0]  # a tie keeps it
+    assert not decide_promotion({"category.macro_f1": float("nan")}, {"category.macro_f1": 0.5})[0]
+    # accuracy is not what is compared, and a fields' F1 counts like a task
+    assert decide_promotion({"category.accuracy": 0.1, "category.macro_f1": 0.8, "fields.f1": 0.9},
+                            {"category.accuracy": 0.9, "category.macro_f1": 0.8, "fields.f1": 0.85})[0]
+
+
+def test_a_new_label_set_must_not_cost_a_task_the_promoted_version_serves():
+    before = {"category.macro_f1": 0.90, "intent.macro_f1": 0.73}
+    # the issue's case: a new 77-label task, trained on its own data, loses intent altogether
+    promoted, why = decide_promotion({"category.macro_f1": 0.92, "team.macro_f1": 0.32}, before,
+                                     served=["category", "intent"])
+    assert not promoted and "no held-out example labels intent" in why
+    # judged on intent's held-out data too: worse by more than the tolerance is refused, naming the task
+    promoted, why = decide_promotion({"category.macro_f1": 0.95, "intent.macro_f1": 0.60, "team.macro_f1": 0.5},
+                                     before, served=["category", "intent"])
+    assert not promoted and "intent 0.600 < promoted 0.730 - 0.020" in why and "category" not in why
+    # within the tolerance, a task the promoted version cannot answer is worth promoting
+    promoted, why = decide_promotion({"category.macro_f1": 0.89, "intent.macro_f1": 0.72, "team.macro_f1": 0.5},
+                                     before, served=["category", "intent"])
+    assert promoted and why.startswith("adds team")
+    # nothing new and not better: the running version stays
+    assert not decide_promotion({"category.macro_f1": 0.89, "intent.macro_f1": 0.72}, before)[0]
+
+
+def _outcomes(preds: list[str | None], gold: list[str]) -> pl.DataFrame:
+    correct = [p == g for p, g in zip(preds, gold, strict=True)]
+    return pl.DataFrame({"example_id": [str(i) for i in range(len(gold))], "kind": "label", "item": "intent",
+                         "gold": gold, "small_pred": preds, "small_correct": correct, "split": "judge"})
+
+
+def test_a_drop_within_the_comparisons_noise_is_no_regression():
+    gold = ["a", "b", "c", "d"] * 10
+    same = paired_noise(_outcomes(gold, gold), _outcomes(gold, gold))
+    assert same == {"intent": 0.0}  # the same answers: no noise
+    flipped = [g if i % 5 else "a" for i, g in enumerate(gold)]  # 6 of 40 answers changed, all wrong now
+    noise = paired_noise(_outcomes(flipped, gold), _outcomes(gold, gold))["intent"]
+    assert 0.01 < noise < 0.2
+    assert paired_noise(_outcomes(flipped, gold), _outcomes(gold, gold)) == {"intent": noise}  # seeded: the same
+    before, after = {"intent.macro_f1": 0.80}, {"intent.macro_f1": 0.76}
+    assert not decide_promotion(after, before, ["intent"])[0]  # 0.04 worse: beyond the 0.02 tolerance
+    promoted, why = decide_promotion(after, before, ["intent"], noise={"intent": 0.03})
+    assert not promoted and "<= promoted" in why  # within 1.64 x 0.03: not a regression, just not better
+    promoted, why = decide_promotion({"intent.macro_f1": 0.70}, before, ["intent"], noise={"intent": 0.03})
+    assert not promoted and "intent 0.700 < promoted 0.800 - 0.049" in why
 
 
 def test_quality_score_averages_macro_f1_and_field_f1():
@@ -37,3 +92,26 @@ def test_tier0_is_kept_only_where_quality_holds():
     assert threshold == 0.6 and share == 0.8 and with_t0 >= without  # one gained, one lost: equal
     # tier 0 wrong where the cascade is right: dropped
     assert linear_threshold([0.99, 0.99], [False, False], [True, True])[0] is None
+    # tier 0 at least as good as the cascade on every item: it carries the whole task (threshold 0)
+    assert linear_threshold([0.2, 0.3, 0.9], [True, True, True], [False, True, True])[:2] == (0.0, 1.0)
+
+
+def _examples(per_label: int, offset: int = 0) -> list[LabelledExample]:
+    words = {"billing": "invoice payment charge refund money", "shipping": "parcel delivery courier late box",
+             "account": "password login profile email sign"}
+    return [LabelledExample(f"{lab}-{i + offset}", f"{words[lab].split()[i % 5]} {words[lab].split()[(i + 2) % 5]} "
+                            f"ticket {i + offset}", labels={"team": lab})
+            for lab in words for i in range(per_label)]
+
+
+def test_tier0_learning_curve_grows_with_examples_per_label_and_is_reported_beside_the_adapter():
+    task = LabelTask(name="team", labels=["billing", "shipping", "account"], question="Which team?")
+    curve = tier0_learning_curve(task, _examples(10), _examples(5, offset=100))
+    assert curve["team.examples_per_label"] == 10
+    assert [k for k in curve if "@" in k] == ["team.tier0@1", "team.tier0@2", "team.tier0@4", "team.tier0@8",
+                                              "team.tier0@all"]  # as far as the data goes
+    assert curve["team.tier0@all"] == 1.0 and curve["team.tier0@1"] < curve["team.tier0@all"]
+    assert tier0_learning_curve(task, _examples(10), []) == {}  # nothing held out: no curve
+    table = learning_curve_markdown(curve, {"team.macro_f1": 0.5})
+    assert "| team | " in table and "| 1.000 | 10.0 | 0.500 |" in table and "k=128" in table
+    assert learning_curve_markdown({}, {}) == ""
