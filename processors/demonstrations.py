@@ -34,15 +34,15 @@ class Demonstration:
 
 def write_demonstrations(examples: Iterable[LabelledExample], path: str | Path,
                          field_names: dict[str, list[str]] | None = None, seed: int = 0,
-                         limit: int | None = MAX_STORED) -> Path:
-    """A reproducible sample of at most `limit` examples as JSONL (texts cut to STORED_CHARS), with their
+                         limit: int | None = MAX_STORED, max_chars: int | None = STORED_CHARS) -> Path:
+    """A reproducible sample of at most `limit` examples as JSONL (texts cut to `max_chars`), with their
     labels and the known values of their source's fields (field_names: source -> field names)."""
     demos = []
     for ex in examples:
         names = (field_names or {}).get(ex.source, [])
         known = {n: ex.field_value(n)[1] for n in names if ex.field_value(n)[0]}
         if ex.labels or known:
-            demos.append(Demonstration(ex.text[:STORED_CHARS], ex.source, dict(ex.labels), known))
+            demos.append(Demonstration(ex.text[:max_chars], ex.source, dict(ex.labels), known))
     if limit is not None and len(demos) > limit:
         demos = random.Random(seed).sample(demos, limit)
     path = Path(path)
@@ -55,9 +55,16 @@ def read_demonstrations(path: str | Path) -> list[Demonstration]:
     return [Demonstration(**json.loads(line)) for line in lines if line.strip()]
 
 
+def match_id(text: str) -> str:
+    """Which texts count as the same example across stored files and new data: the id of the first SHOT_CHARS
+    characters (files store texts cut, the shortest to SHOT_CHARS), so a cut copy matches its whole text."""
+    return text_id(text[:SHOT_CHARS])
+
+
 def read_examples(path: str | Path) -> list[LabelledExample]:
-    """A stored file as labelled examples again: a field counts as known only where the file lists it."""
-    return [LabelledExample(text_id(d.text), d.text, d.source, dict(d.labels), dict(d.fields))
+    """A stored file as labelled examples again (ids: match_id): a field counts as known only where the file
+    lists it. PDF page texts are not stored: evidence pages are not scored on them."""
+    return [LabelledExample(match_id(d.text), d.text, d.source, dict(d.labels), dict(d.fields))
             for d in read_demonstrations(path)]
 
 

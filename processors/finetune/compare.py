@@ -17,7 +17,6 @@ import polars as pl
 
 from processors.datasets import LabelledExample
 from processors.evaluate import ALL_FIELDS, Evaluation, Summary, cascade_at_thresholds, evaluate, outcomes_by_task
-from processors.evaluate.fitting import judged_rows
 from processors.routing import FIELDS_KEY
 from processors.tasks.extract import field_metrics
 from processors.tasks.label import label_metrics
@@ -77,12 +76,6 @@ def quality_score(metrics: dict[str, float]) -> float:
     return sum(parts) / len(parts) if parts else float("nan")
 
 
-def _quality_keys(metrics: dict[str, float]) -> dict[str, float]:
-    """Per task and for fields together, the figure promotion compares: macro-F1, the fields' F1."""
-    return {k.removesuffix(".macro_f1").removesuffix(".f1"): v for k, v in metrics.items()
-            if (k.endswith(".macro_f1") or k == "fields.f1") and not math.isnan(v)}
-
-
 def _figure(kind: str, gold: list, predicted: list, correct: list) -> float:
     """The figure promotion compares: a label task's macro-F1, the fields' F1 over present values."""
     if kind == "label":
@@ -90,66 +83,76 @@ def _figure(kind: str, gold: list, predicted: list, correct: list) -> float:
     return field_metrics(gold, predicted, correct).f1
 
 
-def paired_noise(candidate: pl.DataFrame, promoted: pl.DataFrame, seed: int = 0,
-                 samples: int = BOOTSTRAP_SAMPLES) -> dict[str, float]:
-    """Per task (and 'fields'), the standard error of the candidate's figure minus the promoted version's,
-    by a paired bootstrap over the held-out examples both answered (their judged outcome rows: the rows the
-    metrics are measured on). candidate / promoted: each evaluation's outcomes."""
+def paired_comparison(candidate: pl.DataFrame, promoted: pl.DataFrame | None, seed: int = 0,
+                      samples: int = BOOTSTRAP_SAMPLES) -> dict[str, float]:
+    """The small tiers' figures for promotion, per task and 'fields' (macro-F1; fields: F1 over present values):
+    '<key>.candidate' on every held-out row the candidate answered; where the promoted version answered the same
+    rows, '<key>.promoted' and '<key>.noise', the standard error of the difference by a paired bootstrap over
+    examples, both on exactly those rows. Every row, not only the judged half: neither small tier was fitted on
+    the other half, so halving would only add noise. candidate / promoted: each evaluation's outcomes."""
     import numpy as np
 
     keep = ["example_id", "kind", "item", "gold", "small_pred", "small_correct"]
-    pairs = (judged_rows(candidate).filter(pl.col("small_correct").is_not_null()).select(keep)
-             .join(judged_rows(promoted).filter(pl.col("small_correct").is_not_null()).select(keep),
-                   on=["example_id", "kind", "item"], suffix="_promoted"))
+    mine = candidate.filter(pl.col("small_correct").is_not_null()).select(keep)
+    theirs = (promoted.filter(pl.col("small_correct").is_not_null()).select(keep) if promoted is not None
+              else mine.clear())
+    pairs = mine.join(theirs, on=["example_id", "kind", "item"], suffix="_promoted")
+    paired = outcomes_by_task(pairs)
     rng = np.random.default_rng(seed)
-    noise: dict[str, float] = {}
-    for key, frame in outcomes_by_task(pairs).items():
+    out: dict[str, float] = {}
+    for key, frame in outcomes_by_task(mine).items():
         kind = "label" if key != FIELDS_KEY else "field"
-        examples = frame["example_id"].unique(maintain_order=True).to_list()
-        rows = {ex: [] for ex in examples}
-        for i, ex in enumerate(frame["example_id"].to_list()):
-            rows[ex].append(i)
-        gold = frame["gold"].to_list()
-        mine, theirs = frame["small_pred"].to_list(), frame["small_pred_promoted"].to_list()
-        right, right_before = frame["small_correct"].to_list(), frame["small_correct_promoted"].to_list()
+        out[f"{key}.candidate"] = _figure(kind, frame["gold"].to_list(), frame["small_pred"].to_list(),
+                                          frame["small_correct"].to_list())
+        both = paired.get(key)
+        if both is None or both.is_empty():
+            continue
+        gold = both["gold"].to_list()
+        new, old = both["small_pred"].to_list(), both["small_pred_promoted"].to_list()
+        right, right_before = both["small_correct"].to_list(), both["small_correct_promoted"].to_list()
+        out[f"{key}.candidate"] = _figure(kind, gold, new, right)  # on the rows both answered
+        out[f"{key}.promoted"] = _figure(kind, gold, old, right_before)
+        examples = both["example_id"].unique(maintain_order=True).to_list()
+        rows: dict[str, list[int]] = {ex: [] for ex in examples}
+        for i, ex in enumerate(both["example_id"].to_list()):
+            rows[ex].append(i)  # an example's fields are resampled together
         diffs = []
         for _ in range(samples):
             idx = [i for j in rng.integers(0, len(examples), len(examples)) for i in rows[examples[j]]]
-            diff = (_figure(kind, [gold[i] for i in idx], [mine[i] for i in idx], [right[i] for i in idx])
-                    - _figure(kind, [gold[i] for i in idx], [theirs[i] for i in idx], [right_before[i] for i in idx]))
+            diff = (_figure(kind, [gold[i] for i in idx], [new[i] for i in idx], [right[i] for i in idx])
+                    - _figure(kind, [gold[i] for i in idx], [old[i] for i in idx], [right_before[i] for i in idx]))
             if not math.isnan(diff):
                 diffs.append(diff)
-        if len(diffs) > 1:
-            noise[key] = float(np.std(diffs, ddof=1))
-    return noise
+        out[f"{key}.noise"] = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+    return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
-def decide_promotion(candidate: dict[str, float], promoted: dict[str, float], served: Iterable[str] = (),
-                     tolerance: float = REGRESSION_TOLERANCE, noise: dict[str, float] | None = None
-                     ) -> tuple[bool, str]:
-    """Promote a candidate (pure) when, on the same held-out data:
-    - every task the promoted version serves (`served`: its learned label tasks) has held-out labels to be
-      judged on, and no task or the fields got worse than the promoted version by more than `tolerance` and
-      by more than NOISE_Z times the difference's standard error (`noise`, from paired_noise);
-    - and the candidate is better on average over what both answer, or answers a task the promoted one cannot.
-    candidate / promoted: flat_metrics of each one's small tier."""
-    mine, theirs = _quality_keys(candidate), _quality_keys(promoted)
+def decide_promotion(comparison: dict[str, float], served: Iterable[str] = (),
+                     tolerance: float = REGRESSION_TOLERANCE) -> tuple[bool, str]:
+    """Promote a candidate (pure) when, on the same held-out rows (`comparison`, from paired_comparison):
+    - every label task the promoted version learned (`served`) has held-out labels to be judged on;
+    - no task both answer, nor the fields, is worse than the promoted version by more than a margin:
+      `tolerance`, or NOISE_Z standard errors of the difference where that is more;
+    - and the candidate is better on average over what both answer, or answers a task the promoted one cannot."""
+    def by(suffix: str) -> dict[str, float]:
+        return {k.removesuffix(suffix): v for k, v in comparison.items() if k.endswith(suffix)}
+    mine, theirs, noise = by(".candidate"), by(".promoted"), by(".noise")
     if not mine:
         return False, "the candidate has no held-out score"
     unjudged = sorted(set(served) - set(mine))
     if unjudged:
-        return False, (f"no held-out example labels {', '.join(unjudged)}, which the promoted version serves: "
+        return False, (f"no held-out example labels {', '.join(unjudged)}, which the promoted version learned: "
                        "it cannot be judged (add labelled examples with --eval, or --force)")
-    margin = {k: max(tolerance, NOISE_Z * (noise or {}).get(k, 0.0)) for k in mine}
-    worse = [f"{k} {mine[k]:.3f} < promoted {theirs[k]:.3f} - {margin[k]:.3f}" for k in sorted(set(mine) & set(theirs))
+    both = sorted(set(mine) & set(theirs))
+    margin = {k: max(tolerance, NOISE_Z * noise.get(k, 0.0)) for k in both}
+    worse = [f"{k} {mine[k]:.3f} < promoted {theirs[k]:.3f} - {margin[k]:.3f}" for k in both
              if mine[k] < theirs[k] - margin[k]]
     if worse:
         return False, f"worse than the promoted version on held-out data: {'; '.join(worse)}"
-    both = sorted(set(mine) & set(theirs))
-    ours, before = (sum(d[k] for k in both) / len(both) if both else float("nan") for d in (mine, theirs))
-    added = sorted(set(mine) - set(theirs))
     if not both:
         return True, f"no promoted version to beat; held-out score {sum(mine.values()) / len(mine):.3f}"
+    ours, before = (sum(d[k] for k in both) / len(both) for d in (mine, theirs))
+    added = sorted(set(mine) - set(theirs))
     if ours > before:
         return True, f"held-out score {ours:.3f} > promoted {before:.3f} on {', '.join(both)}"
     if added:
@@ -199,7 +202,10 @@ def tier0_learning_curve(task: LabelTask, train: list[LabelledExample], held: li
         rng.shuffle(texts)  # each k takes the first k: the samples are nested
 
     def macro_f1(pairs: list[tuple[str, str]]) -> float:
-        labeler = LinearLabeler.fit([t for t, _ in pairs], [g for _, g in pairs], seed)
+        try:
+            labeler = LinearLabeler.fit([t for t, _ in pairs], [g for _, g in pairs], seed)
+        except ValueError:  # e.g. too few texts for the character n-grams' min_df: no point, not a failed run
+            return float("nan")
         predicted = [p.label for p in labeler.predict(task, [t for t, _ in judged])]
         return label_metrics([g for _, g in judged], predicted).macro_f1
 
@@ -209,22 +215,25 @@ def tier0_learning_curve(task: LabelTask, train: list[LabelledExample], held: li
             break
         curve[f"{task.name}.tier0@{k}"] = macro_f1([(t, gold) for gold, texts in by_label.items() for t in texts[:k]])
     curve[f"{task.name}.tier0@all"] = macro_f1(rows)
-    return curve
+    return {k: v for k, v in curve.items() if not math.isnan(v)}
 
 
-def learning_curve_markdown(curve: dict[str, float], candidate_small: dict[str, float]) -> str:
-    """The report's section: per label task, tier 0's macro-F1 by examples per label, beside the adapter's."""
+def learning_curve_markdown(curve: dict[str, float], comparison: dict[str, float]) -> str:
+    """The report's section: per label task, tier 0's macro-F1 by examples per label, beside the adapter's
+    (comparison: paired_comparison's figures, on every held-out row, as the curve)."""
     tasks = sorted({k.split(".", 1)[0] for k in curve})
     if not tasks:
         return ""
     lines = ["## Learning curve (held-out macro-F1 by training examples per label)", "",
              "Tier 0 (TF-IDF) refitted on k examples per label; the small tier (this version's adapter) was "
-             "trained on all of them. Where tier 0 is better, it decides the task (tier 0 threshold 0).", "",
+             "trained on all of them. Both on every held-out example of the task. Where tier 0 alone is as good as "
+             "the cascade (within half a point, on at least 30 items), its threshold is 0 and it decides the "
+             "task.", "",
              "| task | " + " | ".join(f"k={k}" for k in CURVE_PER_LABEL) + " | tier 0, all | examples per label | "
              "small tier, all |", "|---|" + "---|" * (len(CURVE_PER_LABEL) + 3)]
     for task in tasks:
         cells = [f"{curve[f'{task}.tier0@{k}']:.3f}" if f"{task}.tier0@{k}" in curve else "–" for k in CURVE_PER_LABEL]
-        small = candidate_small.get(f"{task}.macro_f1")
+        small = comparison.get(f"{task}.candidate")
         lines.append(f"| {task} | " + " | ".join(cells) + f" | {curve.get(f'{task}.tier0@all', float('nan')):.3f} | "
                      f"{curve.get(f'{task}.examples_per_label', float('nan')):.1f} | "
                      + (f"{small:.3f}" if small is not None else "–") + " |")
@@ -232,8 +241,9 @@ def learning_curve_markdown(curve: dict[str, float], candidate_small: dict[str, 
 
 
 def compare_versions(config: Config, version: ModelVersion, folder: Path, held: list[LabelledExample],
-                     registry: str) -> dict:
-    """Metrics, calibration, thresholds, tier-0 thresholds and the promotion decision for a candidate."""
+                     registry: str, served: Iterable[str] = ()) -> dict:
+    """Metrics, calibration, thresholds, tier-0 thresholds and the promotion decision for a candidate.
+    served: the label tasks the promoted version learned (each must be judged)."""
     candidate_cfg = apply_version(config, version, folder)
     candidate_cfg.linear = {}  # the language models alone first; tier 0 is judged on top of them
     ev = evaluate(candidate_cfg, held, tiers=("small", "large"), stage="finetune candidate")
@@ -245,10 +255,8 @@ def compare_versions(config: Config, version: ModelVersion, folder: Path, held: 
     promoted_cfg.linear = {}
     promoted_ev = evaluate(promoted_cfg, held, tiers=("small",), stage="finetune promoted")
     metrics["promoted_small"] = flat_metrics(promoted_ev.summary, "small")
-    served = [t.name for t in found[0].tasks] if found else []  # the base model has learned nothing to keep
-    noise = paired_noise(ev.outcomes, promoted_ev.outcomes)
-    metrics["noise"] = noise  # the standard errors the regression check allowed for
-    better, why = decide_promotion(metrics["candidate_small"], metrics["promoted_small"], served, noise=noise)
+    metrics["promotion"] = paired_comparison(ev.outcomes, promoted_ev.outcomes)
+    better, why = decide_promotion(metrics["promotion"], served)
     kept = _linear_decisions(ev, version, folder, held, metrics)
     sizes = {key: len(frame) for key, frame in outcomes_by_task(ev.outcomes).items()}
     enough = {key for key, n in sizes.items() if n >= MIN_FIT_ITEMS}
@@ -284,6 +292,7 @@ def _linear_decisions(ev: Evaluation, version: ModelVersion, folder: Path, held:
                       f"{task}.quality_with_linear": with_t0, f"{task}.quality_without_linear": without})
         if threshold is not None:
             kept[task] = threshold
-        log.info("tier 0 %s: %s", task, f"kept at >= {threshold} ({share:.0%} of items)" if threshold else "dropped")
+        log.info("tier 0 %s: %s", task,
+                 f"kept at >= {threshold} ({share:.0%} of items)" if threshold is not None else "dropped")
     metrics["linear"] = stats
     return kept

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from processors.datasets import LabelledExample, data_hash, load_examples, sample, split, text_id
-from processors.demonstrations import read_examples, write_demonstrations
+from processors.datasets import LabelledExample, data_hash, label_sets, load_examples, sample, split
+from processors.demonstrations import match_id, read_examples, write_demonstrations
 from processors.finetune.pairs import LABEL_OPTIONS, build_pairs, label_tasks_learned, training_tasks
 from processors.finetune.train import TrainOptions
 from processors.progress import LOGGER as progress_log
@@ -134,32 +134,60 @@ class Inherited:
     """What the promoted version passes on to the next one."""
     version: ModelVersion | None = None
     tasks: list[LabelTask] = field(default_factory=list)  # its label tasks the configuration does not name
+    learned: list[str] = field(default_factory=list)  # the label tasks its adapter learned: each must be judged
     rehearsal: list[LabelledExample] = field(default_factory=list)  # a sample of its training examples
     heldout: list[LabelledExample] = field(default_factory=list)  # the held-out examples it was judged on
+    seen: set[str] = field(default_factory=set)  # match_ids of its stored training examples
+
+
+def sample_per_task(examples: list[LabelledExample], n: int, seed: int = 0) -> list[LabelledExample]:
+    """n examples, every label task given an even share first (each share stratified by its labels), the rest
+    stratified as `sample` does: a task with few examples keeps them, not a share proportional to its size, so
+    an old task is not thinned out generation after generation. An example that carries several tasks counts
+    for each; order kept."""
+    tasks = sorted({task for ex in examples for task in ex.labels})
+    if len(examples) <= n or not tasks:
+        return sample(examples, n, seed)
+    chosen: set[int] = set()
+    position = {id(ex): i for i, ex in enumerate(examples)}
+    for task in tasks:
+        quota = n // len(tasks) - sum(1 for i in chosen if task in examples[i].labels)
+        pool = [ex for ex in examples if task in ex.labels and position[id(ex)] not in chosen]
+        chosen.update(position[id(ex)] for ex in sample(pool, max(quota, 0), seed, stratify=task))
+    rest = [ex for i, ex in enumerate(examples) if i not in chosen]  # the seats shares left over
+    chosen.update(position[id(ex)] for ex in sample(rest, max(n - len(chosen), 0), seed, stratify=_stratify_key(rest)))
+    return [ex for i, ex in enumerate(examples) if i in chosen]
 
 
 def inherit(registry: str, config: Config, train: list[LabelledExample], held: list[LabelledExample],
             eval_limit: int, seed: int = 0) -> Inherited:
-    """The promoted version's label tasks, its training examples to rehearse (REHEARSAL_PER_EXAMPLE per new
-    training example) and its held-out examples (at most eval_limit). An example whose text is in the new
-    training data is not held out, nor is one that judges (new or inherited held-out) rehearsed: nothing is
-    judged on what the candidate learned."""
+    """The promoted version's label tasks (their label sets grown by labels the new data adds), its training
+    examples to rehearse (REHEARSAL_PER_EXAMPLE per new training example) and its held-out examples (about
+    eval_limit), each sampled with an even share per task. Examples match by match_id (stored texts are cut):
+    one the candidate trains on, or one already among the new held-out examples, is not inherited as held
+    out; one that judges (new or inherited) is not rehearsed."""
     found = resolve(registry, None)
     if found is None:
         return Inherited()
     version, folder = found
     configured = {t.name for t in config.tasks}
-    train_ids, held_ids = {text_id(ex.text) for ex in train}, {text_id(ex.text) for ex in held}
+    train_ids, held_ids = {match_id(ex.text) for ex in train}, {match_id(ex.text) for ex in held}
 
     def stored(name: str, file: str | None) -> list[LabelledExample]:
         return read_examples(version_file(folder, version, name, file)) if file else []
-    heldout = [ex for ex in stored("heldout", version.heldout) if ex.example_id not in train_ids]
+    trained = stored("demonstrations", version.demonstrations)
+    heldout = [ex for ex in stored("heldout", version.heldout) if ex.example_id not in train_ids | held_ids]
     judging = held_ids | {ex.example_id for ex in heldout}
-    rehearsal = [ex for ex in stored("demonstrations", version.demonstrations) if ex.example_id not in judging]
-    wanted = math.ceil(REHEARSAL_PER_EXAMPLE * len(train))
-    return Inherited(version, [t for t in version.tasks if t.name not in configured],
-                     sample(rehearsal, wanted, seed, stratify=_stratify_key(rehearsal)),
-                     sample(heldout, eval_limit, seed, stratify=_stratify_key(heldout)))
+    rehearsal = [ex for ex in trained if ex.example_id not in judging]
+    # its learned tasks: those its training sample labels (a version without an adapter learned none)
+    learned = sorted({task for ex in trained for task in ex.labels} & {t.name for t in version.tasks}
+                     if version.adapter else set())
+    found_labels = label_sets(train + held)
+    tasks = [t.model_copy(update={"labels": t.labels + sorted(set(found_labels.get(t.name, [])) - set(t.labels))})
+             for t in version.tasks if t.name not in configured]
+    return Inherited(version, tasks, learned,
+                     sample_per_task(rehearsal, math.ceil(REHEARSAL_PER_EXAMPLE * len(train)), seed),
+                     sample_per_task(heldout, eval_limit, seed), {ex.example_id for ex in trained})
 
 
 def new_version_id(data: str) -> str:
@@ -179,10 +207,14 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     train, held, stats, files = gather_examples(req, config)
     inherited = inherit(req.registry, config, train, held, req.eval_limit, req.seed)
     if inherited.version is not None:
+        # a held-out example the promoted version trained on would judge in its favour
+        kept = [ex for ex in held if match_id(ex.text) not in inherited.seen]
+        stats["heldout:seen_by_promoted"] = len(held) - len(kept)
         stats["examples:rehearsal"], stats["heldout:inherited"] = len(inherited.rehearsal), len(inherited.heldout)
         progress_log.info("finetune: %d training examples of %s rehearsed, %d of its held-out examples judge it "
-                          "again", len(inherited.rehearsal), inherited.version.id, len(inherited.heldout))
-        train, held = train + inherited.rehearsal, held + inherited.heldout
+                          "again (%d new held-out examples it trained on left out)", len(inherited.rehearsal),
+                          inherited.version.id, len(inherited.heldout), len(held) - len(kept))
+        train, held = train + inherited.rehearsal, kept + inherited.heldout
         stats["train_examples"], stats["heldout_examples"] = len(train), len(held)
     # the promoted version's tasks stay served; a label column neither names becomes a task too
     base_tasks = config.model_copy(update={"tasks": [*config.tasks, *inherited.tasks]})
@@ -253,24 +285,27 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     field_names = {source: [s.name for s in specs] for source, specs in config.fields.items()}
     write_demonstrations(train, folder / DEMONSTRATIONS_FILE, field_names, seed=req.seed)
     version.demonstrations = DEMONSTRATIONS_FILE
-    write_demonstrations(held, folder / HELDOUT_FILE, field_names, limit=None)  # the next version is judged on it too
+    # the next version is judged on these too: whole texts
+    write_demonstrations(held, folder / HELDOUT_FILE, field_names, limit=None, max_chars=None)
     version.heldout = HELDOUT_FILE
     evaluate_fn = evaluate_fn or _default_evaluate
     progress_log.info("finetune: evaluating the candidate and the promoted version on %d held-out examples",
                       len(held))
-    result = evaluate_fn(config, version, folder, held, req)
+    result = evaluate_fn(config, version, folder, held, req, inherited.learned)
     version.metrics = {name: {k: v for k, v in values.items() if not math.isnan(v)}
                        for name, values in result["metrics"].items()}
     from processors.finetune.compare import learning_curve_markdown, tier0_learning_curve
 
-    progress_log.info("finetune: tier 0's learning curve for %d label tasks", len(tasks))
-    curve = {k: v for task in tasks for k, v in tier0_learning_curve(task, train, held, req.seed).items()}
-    version.metrics["learning_curve"] = curve
+    curve: dict[str, float] = {}
+    if req.linear:
+        progress_log.info("finetune: tier 0's learning curve for %d label tasks", len(tasks))
+        curve = {k: v for task in tasks for k, v in tier0_learning_curve(task, train, held, req.seed).items()}
+        version.metrics["learning_curve"] = curve
     if result.get("evaluation") is not None:  # the held-out report and plots, kept with the version
         from processors.evaluate import write_report
 
         report = write_report(result["evaluation"], folder / "evaluation")["report"]
-        section = learning_curve_markdown(curve, version.metrics.get("candidate_small", {}))
+        section = learning_curve_markdown(curve, version.metrics.get("promotion", {}))
         if section:
             report.write_text(report.read_text(encoding="utf-8") + "\n" + section, encoding="utf-8")
     version.calibration = result.get("calibration", {})
@@ -304,8 +339,8 @@ def _fit_linear(version: ModelVersion, folder: Path, train: list[LabelledExample
 
 
 def _default_evaluate(config: Config, version: ModelVersion, folder: Path, held: list[LabelledExample],
-                      req: FinetuneRequest) -> dict:
+                      req: FinetuneRequest, served: list[str]) -> dict:
     from processors.finetune.compare import compare_versions
 
-    return compare_versions(config, version, folder, held, req.registry)
+    return compare_versions(config, version, folder, held, req.registry, served)
 

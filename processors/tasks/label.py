@@ -186,5 +186,5 @@ def label_metrics(gold: list[str], predicted: list[str | None]) -> LabelMetrics:
     labels = set(gold) | {p for p in predicted if p is not None}
     hits = Counter(g for g, p in zip(gold, predicted, strict=True) if g == p)
     golds, answers = Counter(gold), Counter(p for p in predicted if p is not None)
-    f1 = [2 * hits[lab] / (golds[lab] + answers[lab]) for lab in labels]  # 2tp+fp+fn = gold + predicted counts
+    f1 = [2 * hits[lab] / (golds[lab] + answers[lab]) for lab in sorted(labels)]
     return LabelMetrics(acc, sum(f1) / len(f1))

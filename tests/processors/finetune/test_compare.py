@@ -13,62 +13,72 @@ from processors.finetune.compare import (
     flat_metrics,
     learning_curve_markdown,
     linear_threshold,
-    paired_noise,
+    paired_comparison,
     quality_score,
     tier0_learning_curve,
 )
 from schemas.config import LabelTask
 
 
+def _cmp(candidate: dict[str, float], promoted: dict[str, float] | None = None,
+         noise: dict[str, float] | None = None) -> dict[str, float]:
+    """paired_comparison's shape: '<key>.candidate', '<key>.promoted', '<key>.noise'."""
+    return {**{f"{k}.candidate": v for k, v in candidate.items()},
+            **{f"{k}.promoted": v for k, v in (promoted or {}).items()},
+            **{f"{k}.noise": v for k, v in (noise or {}).items()}}
+
+
 def test_promotion_needs_a_better_held_out_score():
-    assert decide_promotion({"category.macro_f1": 0.8}, {})[0]  # nothing promoted yet
-    assert decide_promotion({"category.macro_f1": 0.8}, {"category.macro_f1": 0.75})[0]
-    promoted, why = decide_promotion({"category.macro_f1": 0.74}, {"category.macro_f1": 0.75})
+    assert decide_promotion(_cmp({"category": 0.8}))[0]  # nothing promoted yet
+    assert decide_promotion(_cmp({"category": 0.8}, {"category": 0.75}))[0]
+    promoted, why = decide_promotion(_cmp({"category": 0.74}, {"category": 0.75}))
     assert not promoted and "0.740 <= promoted 0.750" in why
-    assert not decide_promotion({"category.macro_f1": 0.75}, {"category.macro_f1": 0.75})[0]  # a tie keeps it
-    assert not decide_promotion({"category.macro_f1": float("nan")}, {"category.macro_f1": 0.5})[0]
-    # accuracy is not what is compared, and a fields' F1 counts like a task
-    assert decide_promotion({"category.accuracy": 0.1, "category.macro_f1": 0.8, "fields.f1": 0.9},
-                            {"category.accuracy": 0.9, "category.macro_f1": 0.8, "fields.f1": 0.85})[0]
+    assert not decide_promotion(_cmp({"category": 0.75}, {"category": 0.75}))[0]  # a tie keeps the running one
+    assert not decide_promotion({})[0]
+    assert decide_promotion(_cmp({"category": 0.8, "fields": 0.9}, {"category": 0.8, "fields": 0.85}))[0]
 
 
-def test_a_new_label_set_must_not_cost_a_task_the_promoted_version_serves():
-    before = {"category.macro_f1": 0.90, "intent.macro_f1": 0.73}
+def test_a_new_label_set_must_not_cost_a_task_the_promoted_version_learned():
+    before = {"category": 0.90, "intent": 0.73}
     # the issue's case: a new 77-label task, trained on its own data, loses intent altogether
-    promoted, why = decide_promotion({"category.macro_f1": 0.92, "team.macro_f1": 0.32}, before,
+    promoted, why = decide_promotion(_cmp({"category": 0.92, "team": 0.32}, {"category": 0.90}),
                                      served=["category", "intent"])
     assert not promoted and "no held-out example labels intent" in why
     # judged on intent's held-out data too: worse by more than the tolerance is refused, naming the task
-    promoted, why = decide_promotion({"category.macro_f1": 0.95, "intent.macro_f1": 0.60, "team.macro_f1": 0.5},
-                                     before, served=["category", "intent"])
+    promoted, why = decide_promotion(_cmp({"category": 0.95, "intent": 0.60, "team": 0.5}, before),
+                                     served=["category", "intent"])
     assert not promoted and "intent 0.600 < promoted 0.730 - 0.020" in why and "category" not in why
     # within the tolerance, a task the promoted version cannot answer is worth promoting
-    promoted, why = decide_promotion({"category.macro_f1": 0.89, "intent.macro_f1": 0.72, "team.macro_f1": 0.5},
-                                     before, served=["category", "intent"])
+    promoted, why = decide_promotion(_cmp({"category": 0.89, "intent": 0.72, "team": 0.5}, before),
+                                     served=["category", "intent"])
     assert promoted and why.startswith("adds team")
     # nothing new and not better: the running version stays
-    assert not decide_promotion({"category.macro_f1": 0.89, "intent.macro_f1": 0.72}, before)[0]
+    assert not decide_promotion(_cmp({"category": 0.89, "intent": 0.72}, before))[0]
 
 
-def _outcomes(preds: list[str | None], gold: list[str]) -> pl.DataFrame:
+def _outcomes(preds: list[str | None], gold: list[str], item: str = "intent") -> pl.DataFrame:
     correct = [p == g for p, g in zip(preds, gold, strict=True)]
-    return pl.DataFrame({"example_id": [str(i) for i in range(len(gold))], "kind": "label", "item": "intent",
+    return pl.DataFrame({"example_id": [str(i) for i in range(len(gold))], "kind": "label", "item": item,
                          "gold": gold, "small_pred": preds, "small_correct": correct, "split": "judge"})
 
 
 def test_a_drop_within_the_comparisons_noise_is_no_regression():
     gold = ["a", "b", "c", "d"] * 10
-    same = paired_noise(_outcomes(gold, gold), _outcomes(gold, gold))
-    assert same == {"intent": 0.0}  # the same answers: no noise
+    same = paired_comparison(_outcomes(gold, gold), _outcomes(gold, gold))
+    assert same == {"intent.candidate": 1.0, "intent.promoted": 1.0, "intent.noise": 0.0}  # no noise
     flipped = [g if i % 5 else "a" for i, g in enumerate(gold)]  # 6 of 40 answers changed, all wrong now
-    noise = paired_noise(_outcomes(flipped, gold), _outcomes(gold, gold))["intent"]
-    assert 0.01 < noise < 0.2
-    assert paired_noise(_outcomes(flipped, gold), _outcomes(gold, gold)) == {"intent": noise}  # seeded: the same
-    before, after = {"intent.macro_f1": 0.80}, {"intent.macro_f1": 0.76}
-    assert not decide_promotion(after, before, ["intent"])[0]  # 0.04 worse: beyond the 0.02 tolerance
-    promoted, why = decide_promotion(after, before, ["intent"], noise={"intent": 0.03})
+    got = paired_comparison(_outcomes(flipped, gold), _outcomes(gold, gold))
+    assert got["intent.candidate"] < got["intent.promoted"] == 1.0 and 0.01 < got["intent.noise"] < 0.2
+    assert paired_comparison(_outcomes(flipped, gold), _outcomes(gold, gold)) == got  # seeded: the same
+    # only the rows both answered are compared; a task only the candidate answers has no promoted figure
+    half = paired_comparison(pl.concat([_outcomes(flipped, gold), _outcomes(gold, gold, item="team")]),
+                             _outcomes(gold[:20], gold[:20]))
+    assert half["intent.promoted"] == 1.0 and "team.promoted" not in half and half["team.candidate"] == 1.0
+    before, after = {"intent": 0.80}, {"intent": 0.76}
+    assert not decide_promotion(_cmp(after, before), ["intent"])[0]  # 0.04 worse: beyond the 0.02 tolerance
+    promoted, why = decide_promotion(_cmp(after, before, {"intent": 0.03}), ["intent"])
     assert not promoted and "<= promoted" in why  # within 1.64 x 0.03: not a regression, just not better
-    promoted, why = decide_promotion({"intent.macro_f1": 0.70}, before, ["intent"], noise={"intent": 0.03})
+    promoted, why = decide_promotion(_cmp({"intent": 0.70}, before, {"intent": 0.03}), ["intent"])
     assert not promoted and "intent 0.700 < promoted 0.800 - 0.049" in why
 
 
@@ -112,6 +122,6 @@ def test_tier0_learning_curve_grows_with_examples_per_label_and_is_reported_besi
                                               "team.tier0@all"]  # as far as the data goes
     assert curve["team.tier0@all"] == 1.0 and curve["team.tier0@1"] < curve["team.tier0@all"]
     assert tier0_learning_curve(task, _examples(10), []) == {}  # nothing held out: no curve
-    table = learning_curve_markdown(curve, {"team.macro_f1": 0.5})
+    table = learning_curve_markdown(curve, {"team.candidate": 0.5})
     assert "| team | " in table and "| 1.000 | 10.0 | 0.500 |" in table and "k=128" in table
     assert learning_curve_markdown({}, {}) == ""

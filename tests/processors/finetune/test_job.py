@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 from processors.datasets import LabelledExample
-from processors.demonstrations import write_demonstrations
-from processors.finetune.job import inherit
+from processors.demonstrations import SHOT_CHARS, match_id, write_demonstrations
+from processors.finetune.job import inherit, sample_per_task
 from schemas.config import LabelTask
 from schemas.versions import ModelVersion, promote, write_version
 
 INTENT = LabelTask(name="intent", labels=["cancel_order", "track_order"], question="What?", sources=["tickets"])
+LONG = "my order never came " * 40  # longer than a stored demonstration's text
 
 
 def _ticket(text: str, **labels: str) -> LabelledExample:
     return LabelledExample(text, text, "tickets", labels, {"order_id": None}, fields_complete=True)
 
 
-def _promoted(registry, config) -> None:
+def _promoted(registry, config, adapter: str | None = "adapter.gguf") -> None:
     version = ModelVersion(id="ft-old", tasks=[*config.tasks, INTENT], demonstrations="demonstrations.jsonl",
-                           heldout="heldout.jsonl")
+                           heldout="heldout.jsonl", adapter=adapter)
     folder = write_version(registry, version)
     trained = [_ticket(f"cancel order {i}", intent="cancel_order") for i in range(6)]
     trained.append(_ticket("track it", intent="track_order"))  # also held out (an older version's sample had both)
     trained += [_ticket(f"where is order {i}", intent="track_order", category="DELIVERY") for i in range(6)]
-    write_demonstrations(trained, folder / "demonstrations.jsonl", {"tickets": ["order_id"]})
+    trained.append(_ticket(LONG, intent="track_order"))  # stored cut, as the shipped version's 400 characters
+    write_demonstrations(trained, folder / "demonstrations.jsonl", {"tickets": ["order_id"]}, max_chars=SHOT_CHARS)
     held = [_ticket("please cancel my order", intent="cancel_order"), _ticket("track it", intent="track_order"),
-            _ticket("the new data has this one too", intent="track_order")]
+            _ticket("the new data has this one too", intent="track_order"),
+            _ticket(LONG + " again", intent="cancel_order")]
     write_demonstrations(held, folder / "heldout.jsonl", {"tickets": ["order_id"]}, limit=None)
     promote(registry, "ft-old", "test")
 
@@ -37,18 +40,42 @@ def test_the_promoted_version_passes_on_its_learned_tasks_rehearsal_and_held_out
     registry = str(tmp_path / "models")
     _promoted(registry, config)
     new = [_ticket(f"team ticket {i}", team="billing") for i in range(3)]
-    new.append(_ticket("the new data has this one too", team="billing"))
+    new.append(_ticket("the new data has this one too", team="billing", intent="refund"))
     held = [_ticket("cancel order 3", team="ops")]  # also in the old version's training sample
     got = inherit(registry, config, new, held, eval_limit=10)
     assert got.version is not None and got.version.id == "ft-old"
-    assert [t.name for t in got.tasks] == ["intent"]  # configured tasks stay the configuration's
+    # configured tasks stay the configuration's; the inherited one grows by a label the new data adds
+    assert [t.name for t in got.tasks] == ["intent"] and got.tasks[0].labels == ["cancel_order", "track_order",
+                                                                                 "refund"]
+    assert got.learned == ["category", "intent"]  # what its training sample labels: each must be judged
+    assert match_id("cancel order 3") in got.seen  # a new held-out example it trained on: the job leaves it out
     # one old training example per new one, never one the new held-out data judges
     assert len(got.rehearsal) == 4
     many = inherit(registry, config, new + [_ticket(f"more {i}", team="ops") for i in range(20)], held, 10)
-    assert len(many.rehearsal) == 11  # all 13 stored but the two that judge: "cancel order 3" and "track it"
-    assert not {"cancel order 3", "track it"} & {ex.text for ex in many.rehearsal}
+    # all 14 stored but the three that judge: "cancel order 3", "track it" and the long one, whose first
+    # SHOT_CHARS characters are those of an inherited held-out text (matched as the same example)
+    assert len(many.rehearsal) == 11
+    assert not {"cancel order 3", "track it", LONG[:SHOT_CHARS]} & {ex.text for ex in many.rehearsal}
     assert {ex.labels["intent"] for ex in got.rehearsal} == {"cancel_order", "track_order"}  # both kept in mix
     assert all(ex.field_value("order_id") == (True, None) for ex in got.rehearsal)  # known fields come along
     # its held-out examples judge the candidate too, except one the candidate now trains on
-    assert sorted(ex.text for ex in got.heldout) == ["please cancel my order", "track it"]
+    assert sorted(ex.text for ex in got.heldout) == sorted([LONG + " again", "please cancel my order", "track it"])
     assert len(inherit(registry, config, new, held, eval_limit=1).heldout) == 1
+    # a stored text is cut: its whole text in the new data is the same example (not held out, not rehearsed)
+    whole = inherit(registry, config, [_ticket(LONG + " again")], [_ticket(LONG)], eval_limit=10)
+    assert LONG + " again" not in {ex.text for ex in whole.heldout}
+    assert not [ex for ex in whole.rehearsal if ex.text.startswith("my order never came")]
+
+
+def test_a_version_without_an_adapter_learned_nothing_it_must_be_judged_on(tmp_path, config):
+    registry = str(tmp_path / "models")
+    _promoted(registry, config, adapter=None)  # e.g. calibration stored for the base model
+    assert inherit(registry, config, [_ticket("a", team="x")], [], 10).learned == []
+
+
+def test_every_task_keeps_a_share_when_one_task_has_most_examples():
+    examples = [_ticket(f"s {i}", sentiment="positive" if i % 2 else "negative") for i in range(90)]
+    examples += [_ticket(f"i {i}", intent="track_order" if i % 2 else "cancel_order") for i in range(10)]
+    picked = sample_per_task(examples, 20, seed=0)
+    assert len(picked) == 20 and sum("intent" in ex.labels for ex in picked) == 10  # not 2, its share by size
+    assert sample_per_task(examples, 200) == examples
