@@ -62,9 +62,9 @@ def match_id(text: str) -> str:
 
 
 def read_examples(path: str | Path) -> list[LabelledExample]:
-    """A stored file as labelled examples again (ids: match_id): a field counts as known only where the file
-    lists it. PDF page texts are not stored: evidence pages are not scored on them."""
-    return [LabelledExample(match_id(d.text), d.text, d.source, dict(d.labels), dict(d.fields))
+    """A stored file as labelled examples again (ids from the stored text; match with match_id): a field counts
+    as known only where the file lists it. PDF page texts are not stored: evidence pages are not scored."""
+    return [LabelledExample(text_id(d.text), d.text, d.source, dict(d.labels), dict(d.fields))
             for d in read_demonstrations(path)]
 
 

@@ -96,7 +96,8 @@ def paired_comparison(candidate: pl.DataFrame, promoted: pl.DataFrame | None, se
     mine = candidate.filter(pl.col("small_correct").is_not_null()).select(keep)
     theirs = (promoted.filter(pl.col("small_correct").is_not_null()).select(keep) if promoted is not None
               else mine.clear())
-    pairs = mine.join(theirs, on=["example_id", "kind", "item"], suffix="_promoted")
+    # sorted: the seeded bootstrap indexes rows, and a join keeps no order
+    pairs = mine.join(theirs, on=["example_id", "kind", "item"], suffix="_promoted").sort(["example_id", "item"])
     paired = outcomes_by_task(pairs)
     rng = np.random.default_rng(seed)
     out: dict[str, float] = {}
@@ -110,8 +111,11 @@ def paired_comparison(candidate: pl.DataFrame, promoted: pl.DataFrame | None, se
         gold = both["gold"].to_list()
         new, old = both["small_pred"].to_list(), both["small_pred_promoted"].to_list()
         right, right_before = both["small_correct"].to_list(), both["small_correct_promoted"].to_list()
-        out[f"{key}.candidate"] = _figure(kind, gold, new, right)  # on the rows both answered
-        out[f"{key}.promoted"] = _figure(kind, gold, old, right_before)
+        ours, theirs_figure = _figure(kind, gold, new, right), _figure(kind, gold, old, right_before)
+        if math.isnan(ours) or math.isnan(theirs_figure):  # e.g. fields with no value present nor given
+            out.pop(f"{key}.candidate")  # not comparable: neither a regression nor a task only one answers
+            continue
+        out[f"{key}.candidate"], out[f"{key}.promoted"] = ours, theirs_figure  # on the rows both answered
         examples = both["example_id"].unique(maintain_order=True).to_list()
         rows: dict[str, list[int]] = {ex: [] for ex in examples}
         for i, ex in enumerate(both["example_id"].to_list()):
@@ -150,9 +154,10 @@ def decide_promotion(comparison: dict[str, float], served: Iterable[str] = (),
     if worse:
         return False, f"worse than the promoted version on held-out data: {'; '.join(worse)}"
     if not both:
-        return True, f"no promoted version to beat; held-out score {sum(mine.values()) / len(mine):.3f}"
+        return True, (f"nothing the promoted version answered to compare with; held-out score "
+                      f"{sum(mine.values()) / len(mine):.3f}")
     ours, before = (sum(d[k] for k in both) / len(both) for d in (mine, theirs))
-    added = sorted(set(mine) - set(theirs))
+    added = sorted(set(mine) - set(theirs) - set(served))
     if ours > before:
         return True, f"held-out score {ours:.3f} > promoted {before:.3f} on {', '.join(both)}"
     if added:
@@ -226,9 +231,10 @@ def learning_curve_markdown(curve: dict[str, float], comparison: dict[str, float
         return ""
     lines = ["## Learning curve (held-out macro-F1 by training examples per label)", "",
              "Tier 0 (TF-IDF) refitted on k examples per label; the small tier (this version's adapter) was "
-             "trained on all of them. Both on every held-out example of the task. Where tier 0 alone is as good as "
-             "the cascade (within half a point, on at least 30 items), its threshold is 0 and it decides the "
-             "task.", "",
+             "trained on all of them: tier 0 on the task's held-out examples with a label in its set, the small "
+             "tier on the rows both versions answered (promotion's figure). Where tier 0 alone is as good as the "
+             "cascade (within half a point, on at least 30 items), its threshold is 0 and it decides the task.",
+             "",
              "| task | " + " | ".join(f"k={k}" for k in CURVE_PER_LABEL) + " | tier 0, all | examples per label | "
              "small tier, all |", "|---|" + "---|" * (len(CURVE_PER_LABEL) + 3)]
     for task in tasks:

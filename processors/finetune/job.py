@@ -140,23 +140,31 @@ class Inherited:
     seen: set[str] = field(default_factory=set)  # match_ids of its stored training examples
 
 
+def _share_groups(ex: LabelledExample) -> list[str]:
+    """The groups an example counts for in sample_per_task: its label tasks, or its source's fields when it
+    carries no label (an invoice with known fields)."""
+    return list(ex.labels) or ([f"fields:{ex.source}"] if ex.fields else [])
+
+
 def sample_per_task(examples: list[LabelledExample], n: int, seed: int = 0) -> list[LabelledExample]:
-    """n examples, every label task given an even share first (each share stratified by its labels), the rest
-    stratified as `sample` does: a task with few examples keeps them, not a share proportional to its size, so
-    an old task is not thinned out generation after generation. An example that carries several tasks counts
-    for each; order kept."""
-    tasks = sorted({task for ex in examples for task in ex.labels})
-    if len(examples) <= n or not tasks:
+    """n examples, every label task (and every source's fields-only examples) given an even share first, each
+    share stratified by its labels, the finest-grained task first; the rest stratified as `sample` does. A task
+    with few examples keeps them, not a share proportional to its size, so an old task is not thinned out
+    generation after generation. An example that carries several tasks counts for each; order kept."""
+    groups = {g for ex in examples for g in _share_groups(ex)}
+    if len(examples) <= n or not groups:
         return sample(examples, n, seed)
+    distinct = {g: len({ex.labels.get(g) for ex in examples if g in _share_groups(ex)}) for g in groups}
     chosen: set[int] = set()
-    position = {id(ex): i for i, ex in enumerate(examples)}
-    for task in tasks:
-        quota = n // len(tasks) - sum(1 for i in chosen if task in examples[i].labels)
-        pool = [ex for ex in examples if task in ex.labels and position[id(ex)] not in chosen]
-        chosen.update(position[id(ex)] for ex in sample(pool, max(quota, 0), seed, stratify=task))
-    rest = [ex for i, ex in enumerate(examples) if i not in chosen]  # the seats shares left over
-    chosen.update(position[id(ex)] for ex in sample(rest, max(n - len(chosen), 0), seed, stratify=_stratify_key(rest)))
-    return [ex for i, ex in enumerate(examples) if i in chosen]
+    for group in sorted(groups, key=lambda g: (-distinct[g], g)):  # intent before category: its share by intent
+        quota = n // len(groups) - sum(1 for i in chosen if group in _share_groups(examples[i]))
+        pool = [i for i, ex in enumerate(examples) if group in _share_groups(ex) and i not in chosen]
+        picked = {id(ex) for ex in sample([examples[i] for i in pool], max(quota, 0), seed,
+                                          stratify=None if group.startswith("fields:") else group)}
+        chosen.update(i for i in pool if id(examples[i]) in picked)
+    rest = [examples[i] for i in range(len(examples)) if i not in chosen]  # the seats the shares left over
+    picked = {id(ex) for ex in sample(rest, max(n - len(chosen), 0), seed, stratify=_stratify_key(rest))}
+    return [ex for i, ex in enumerate(examples) if i in chosen or id(ex) in picked]
 
 
 def inherit(registry: str, config: Config, train: list[LabelledExample], held: list[LabelledExample],
@@ -176,18 +184,21 @@ def inherit(registry: str, config: Config, train: list[LabelledExample], held: l
     def stored(name: str, file: str | None) -> list[LabelledExample]:
         return read_examples(version_file(folder, version, name, file)) if file else []
     trained = stored("demonstrations", version.demonstrations)
-    heldout = [ex for ex in stored("heldout", version.heldout) if ex.example_id not in train_ids | held_ids]
-    judging = held_ids | {ex.example_id for ex in heldout}
-    rehearsal = [ex for ex in trained if ex.example_id not in judging]
+    heldout = [ex for ex in stored("heldout", version.heldout) if match_id(ex.text) not in train_ids | held_ids]
+    judging = held_ids | {match_id(ex.text) for ex in heldout}
+    # not one that judges, nor a copy of a new training example (a rerun on the same file)
+    rehearsal = [ex for ex in trained if match_id(ex.text) not in judging | train_ids]
     # its learned tasks: those its training sample labels (a version without an adapter learned none)
     learned = sorted({task for ex in trained for task in ex.labels} & {t.name for t in version.tasks}
                      if version.adapter else set())
-    found_labels = label_sets(train + held)
-    tasks = [t.model_copy(update={"labels": t.labels + sorted(set(found_labels.get(t.name, [])) - set(t.labels))})
-             for t in version.tasks if t.name not in configured]
+    tasks = []
+    for task in version.tasks:
+        if task.name not in configured:  # its label set grows by labels the new data adds, from its sources
+            found = label_sets([ex for ex in train + held if ex.source in task.sources]).get(task.name, [])
+            tasks.append(task.model_copy(update={"labels": task.labels + sorted(set(found) - set(task.labels))}))
     return Inherited(version, tasks, learned,
                      sample_per_task(rehearsal, math.ceil(REHEARSAL_PER_EXAMPLE * len(train)), seed),
-                     sample_per_task(heldout, eval_limit, seed), {ex.example_id for ex in trained})
+                     sample_per_task(heldout, eval_limit, seed), {match_id(ex.text) for ex in trained})
 
 
 def new_version_id(data: str) -> str:
@@ -207,7 +218,9 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     train, held, stats, files = gather_examples(req, config)
     inherited = inherit(req.registry, config, train, held, req.eval_limit, req.seed)
     if inherited.version is not None:
-        # a held-out example the promoted version trained on would judge in its favour
+        # a new held-out example the promoted version trained on would judge in its favour (its own held-out
+        # examples are not filtered: a version's stored training sample never holds them, except the shipped
+        # version's later re-sample, which shares 35 of its 115)
         kept = [ex for ex in held if match_id(ex.text) not in inherited.seen]
         stats["heldout:seen_by_promoted"] = len(held) - len(kept)
         stats["examples:rehearsal"], stats["heldout:inherited"] = len(inherited.rehearsal), len(inherited.heldout)

@@ -54,6 +54,9 @@ def test_a_new_label_set_must_not_cost_a_task_the_promoted_version_learned():
     assert promoted and why.startswith("adds team")
     # nothing new and not better: the running version stays
     assert not decide_promotion(_cmp({"category": 0.89, "intent": 0.72}, before))[0]
+    # a learned task the promoted version did not answer on these rows is no new task
+    assert not decide_promotion(_cmp({"category": 0.89, "intent": 0.72}, {"category": 0.90}),
+                                served=["category", "intent"])[0]
 
 
 def _outcomes(preds: list[str | None], gold: list[str], item: str = "intent") -> pl.DataFrame:
@@ -74,6 +77,11 @@ def test_a_drop_within_the_comparisons_noise_is_no_regression():
     half = paired_comparison(pl.concat([_outcomes(flipped, gold), _outcomes(gold, gold, item="team")]),
                              _outcomes(gold[:20], gold[:20]))
     assert half["intent.promoted"] == 1.0 and "team.promoted" not in half and half["team.candidate"] == 1.0
+    # fields with nothing present on the rows: one side's F1 is undefined, so fields are not compared at all
+    absent = pl.DataFrame({"example_id": ["1", "2"], "kind": "field", "item": "order_id", "gold": [None, None],
+                           "small_pred": ["123", None], "small_correct": [False, True], "split": "judge"})
+    assert paired_comparison(absent, absent.with_columns(pl.lit(None, pl.String).alias("small_pred"),
+                                                         pl.lit(True).alias("small_correct"))) == {}
     before, after = {"intent": 0.80}, {"intent": 0.76}
     assert not decide_promotion(_cmp(after, before), ["intent"])[0]  # 0.04 worse: beyond the 0.02 tolerance
     promoted, why = decide_promotion(_cmp(after, before, {"intent": 0.03}), ["intent"])

@@ -79,3 +79,22 @@ def test_every_task_keeps_a_share_when_one_task_has_most_examples():
     picked = sample_per_task(examples, 20, seed=0)
     assert len(picked) == 20 and sum("intent" in ex.labels for ex in picked) == 10  # not 2, its share by size
     assert sample_per_task(examples, 200) == examples
+    # invoices with known fields and no label get a share too (their extraction is rehearsed and judged)
+    invoices = [LabelledExample(f"inv {i}", f"inv {i}", "pdf", {}, {"total": "4.11"}) for i in range(50)]
+    assert sum(ex.source == "pdf" for ex in sample_per_task(examples + invoices, 30)) == 10
+    # the finest task takes its share first: tickets that carry category and intent are stratified by intent
+    both = [_ticket(f"b {i}", category="ORDER" if i % 2 else "REFUND", intent=f"intent_{i % 5}") for i in range(50)]
+    picked = sample_per_task(both + examples, 20)
+    assert {ex.labels["intent"] for ex in picked if "intent" in ex.labels and ex.text.startswith("b ")} >= {
+        f"intent_{i}" for i in range(5)}
+
+
+def test_a_rerun_on_the_same_file_rehearses_old_examples_not_copies_of_the_new_ones(tmp_path, config):
+    registry = str(tmp_path / "models")
+    _promoted(registry, config)
+    again = [_ticket(f"cancel order {i}", intent="cancel_order") for i in range(6)]  # its own training rows
+    got = inherit(registry, config, again, [], eval_limit=10)
+    assert not {ex.text for ex in got.rehearsal} & {ex.text for ex in again}
+    # a label the new data adds to an inherited task, from a source the task does not run on, is not added
+    other = [LabelledExample("p", "invoice text", "pdf", {"intent": "pay_invoice"})]
+    assert inherit(registry, config, other, [], 10).tasks[0].labels == ["cancel_order", "track_order"]
