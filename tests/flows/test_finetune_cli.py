@@ -109,7 +109,9 @@ def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path, p
     # A second run on a CSV with a new label set only (the 77-label case, small): the new version
     # still serves what the promoted one learned, rehearses its training examples and is judged on its held-out.
     team, team_held = tmp_path / "team.csv", tmp_path / "team_held.csv"
-    for path, rows in ((team, [(text, "money" if cat in ("REFUND", "INVOICE") else "ops") for text, cat, _, _ in ROWS]),
+    # new texts: a copy of a row the first version trained on would be trained on anew, not rehearsed
+    for path, rows in ((team, [(f"Team ticket: {text.lower()}", "money" if cat in ("REFUND", "INVOICE") else "ops")
+                               for text, cat, _, _ in ROWS]),
                        (team_held, [("I need my refund today", "money"), ("My parcel is lost", "ops")])):
         with path.open("w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([("text", "team"), *rows])
