@@ -90,7 +90,7 @@ def main() -> None:
         print(f"{task:18s} {cells[0]} {cells[1][1:]} {margin if theirs is not None else float('nan'):7.3f}")
     print(f"\n{'promoted' if result['promoted'] else 'not promoted'}: {result['why']}")
     print(f"finetune: {seconds:.0f} s in all; training {version.training.get('seconds')} s for "
-          f"{version.training.get('pairs')} pairs")
+          f"{version.training.get('pairs')} pairs, from {version.training.get('started_from', 'base')}")
     curve = report[report.find("## Learning curve"):] if "## Learning curve" in report else "(no learning curve)"
     print("\n" + curve)
     Path(args.json).write_text(json.dumps({

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--corrections", help="CSV of doc_id + corrected labels / field.<name> values")
     ft.add_argument("--force", action="store_true", help="promote even if not better than the promoted version")
     ft.add_argument("--no-linear", action="store_true", help="do not fit tier 0 (TF-IDF linear models)")
+    ft.add_argument("--from-base", action="store_true",
+                    help="train from the base model, not from the promoted version's adapter")
     ft.add_argument("--config")
     ft.add_argument("--json", action="store_true")
 
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                               eval_limit=args.eval_limit, epochs=args.epochs, distill_out=args.distill_out,
                               distill_start=args.distill_start, distill_end=args.distill_end,
                               corrections=args.corrections, force=args.force, linear=not args.no_linear,
-                              config_path=args.config)
+                              from_base=args.from_base, config_path=args.config)
             print(json.dumps(result, indent=2, default=str) if args.json else
                   f"version {result['version']}: {'promoted' if result['promoted'] else 'not promoted'}"
                   f" ({result['why']})\n  folder {result['folder']}")

@@ -19,7 +19,8 @@ from schemas.config import load_config
 def finetune(train: list[str], eval: str | None = None, format: str | None = None, limit: int | None = None,
              eval_limit: int = 150, epochs: float = 1.0, distill_out: str | None = None,
              distill_start: date | None = None, distill_end: date | None = None, corrections: str | None = None,
-             force: bool = False, linear: bool = True, config_path: str | None = None) -> dict:
+             force: bool = False, linear: bool = True, from_base: bool = False,
+             config_path: str | None = None) -> dict:
     """Trains a LoRA adapter (and tier 0) on `train` files, evaluates it, promotes it if better.
 
     distill_*: also learn from the large tier's decisions in that date range of an output root;
@@ -40,7 +41,7 @@ def finetune(train: list[str], eval: str | None = None, format: str | None = Non
         train=list(train), registry=config.models.registry, eval=eval, format=format, limit=limit,
         eval_limit=eval_limit, distill_out=distill_out or (config.output.root if distill_start else None),
         distill_start=distill_start, distill_end=distill_end or distill_start, corrections=corrections,
-        force=force, linear=linear, options=TrainOptions(epochs=epochs),
+        force=force, linear=linear, from_base=from_base, options=TrainOptions(epochs=epochs),
     )
     outcome = run_finetune(config, request)
     logger.info("version %s: %s (%s)", outcome.version_id, "promoted" if outcome.promoted else "not promoted",

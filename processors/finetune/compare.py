@@ -231,7 +231,8 @@ def learning_curve_markdown(curve: dict[str, float], comparison: dict[str, float
         return ""
     lines = ["## Learning curve (held-out macro-F1 by training examples per label)", "",
              "Tier 0 (TF-IDF) refitted on k examples per label; the small tier (this version's adapter) was "
-             "trained on all of them: tier 0 on the task's held-out examples with a label in its set, the small "
+             "trained on all of them (on from the promoted version's adapter, when it started from one): tier 0 "
+             "on the task's held-out examples with a label in its set, the small "
              "tier on the rows both versions answered (promotion's figure). Where tier 0 alone is as good as the "
              "cascade (within half a point, on at least 30 items), its threshold is 0 and it decides the task.",
              "",

@@ -53,6 +53,58 @@ def export_gguf_lora(peft_model, path: Path, architecture: str = "gemma3") -> in
     return len(tensors)
 
 
+def describe_gguf_lora(path: Path) -> tuple[float | None, int | None, set[str]]:
+    """(alpha, rank, PEFT module names) of an adapter export_gguf_lora wrote; from its header only."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    alpha_field = reader.fields.get(gguf.Keys.Adapter.LORA_ALPHA)
+    alpha = float(alpha_field.parts[alpha_field.data[0]][0]) if alpha_field else None
+    peft_names = {name: module for module, name in GGUF_NAMES.items()}
+    ranks = {int(t.data.shape[0]) for t in reader.tensors if t.name.endswith(".lora_a")}
+    modules = {peft_names.get(t.name.split(".")[2], t.name.split(".")[2]) for t in reader.tensors}
+    return alpha, (ranks.pop() if len(ranks) == 1 else None), modules
+
+
+def load_gguf_lora(peft_model, path: Path) -> int:
+    """Loads an adapter that export_gguf_lora wrote into a PEFT model, so training starts from it (a new
+    version from the promoted one's adapter). Returns the number of tensors loaded. Raises ValueError when
+    the adapter does not fit the model: another rank, alpha or set of adapted modules."""
+    import gguf
+    import numpy as np
+    import torch
+
+    reader = gguf.GGUFReader(str(path))
+    alpha_field = reader.fields.get(gguf.Keys.Adapter.LORA_ALPHA)
+    alpha = float(alpha_field.parts[alpha_field.data[0]][0]) if alpha_field else None
+    wanted = float(peft_model.peft_config["default"].lora_alpha)
+    if alpha != wanted:
+        raise ValueError(f"{path}: LoRA alpha {alpha} is not the model's {wanted}")
+    stored = {t.name: t.data for t in reader.tensors}
+    state = {}
+    for key, value in peft_model.state_dict().items():
+        match = _KEY.search(key)
+        if not match:
+            continue
+        layer, module, which = match.groups()
+        name = f"blk.{layer}.{GGUF_NAMES[module]}.weight.lora_{which.lower()}"
+        array = stored.pop(name, None)
+        if array is None:
+            raise ValueError(f"{path}: no tensor {name} for the model's {key}")
+        if array.dtype != np.float32:  # what export_gguf_lora writes; a converted f16 adapter is not
+            raise ValueError(f"{path}: {name} is {array.dtype}, not float32")
+        if tuple(array.shape) != tuple(value.shape):
+            raise ValueError(f"{path}: {name} has shape {tuple(array.shape)}, the model's {tuple(value.shape)} "
+                             "(another LoRA rank)")
+        state[key] = torch.from_numpy(array.copy()).to(value.dtype)
+    if stored:
+        raise ValueError(f"{path}: {len(stored)} tensors adapt modules the model does not (e.g. {min(stored)})")
+    missing = peft_model.load_state_dict(state, strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"{path}: unexpected keys {missing.unexpected_keys[:3]}")
+    return len(state)
+
+
 def compare_runtimes(torch_top: list[dict[str, float]], llama_top: list[dict[str, float]]) -> dict[str, float]:
     """Top-1 agreement and the largest probability difference on shared top-k tokens."""
     from processors.finetune.torch import agreement

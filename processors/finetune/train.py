@@ -47,6 +47,9 @@ class TrainOptions:
     seed: int = 0
     threads: int = 0  # 0: torch's default (all cores)
     stop_after_steps: int | None = None  # stop this run early, checkpointed; rerun to resume
+    # A GGUF LoRA adapter of the same rank and modules to start from (the promoted version's), so the
+    # new adapter keeps what that one learned; None: from zero (the base model).
+    start_from: str | None = None
 
 
 @dataclass
@@ -124,6 +127,8 @@ def _fingerprint(tokenized: list[tuple[list[int], int]], options: TrainOptions) 
     # what changes the result; threads, checkpoints and early stops do not
     ignored = ("threads", "checkpoint_every", "stop_after_steps")
     relevant = {k: v for k, v in asdict(options).items() if k not in ignored}
+    if options.start_from:  # the adapter's content, not where it lies: a replaced file is another start
+        relevant["start_from"] = hashlib.sha256(Path(options.start_from).read_bytes()).hexdigest()
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     for ids, start in tokenized:
         digest.update(f"{start}:{','.join(map(str, ids))};".encode())
@@ -170,6 +175,11 @@ def train_lora(model, tokenizer, pairs: list[Pair], options: TrainOptions, workd
             log.info("resuming training at step %d of %d", start_step, total_steps)
         else:
             log.info("checkpoint is for other data or options: starting over")
+    if options.start_from and start_step == 0:
+        from processors.finetune.export import load_gguf_lora
+
+        log.info("starting from the adapter %s (%d tensors)", options.start_from,
+                 load_gguf_lora(peft_model, Path(options.start_from)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     started = time.perf_counter()
     line = Progress("finetune training", total_steps, unit="steps", done=start_step, enabled=progress)

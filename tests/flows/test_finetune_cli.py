@@ -122,7 +122,7 @@ def test_finetune_on_a_csv_then_the_nightly_run_uses_the_new_version(tmp_path, p
     second = json.loads(done.stdout[done.stdout.index("{"):])
     assert second["stats"]["examples:rehearsal"] == 8 and second["stats"]["heldout:inherited"] == 2
     after = read_version(registry, second["version"])
-    assert after.parent == version_id
+    assert after.parent == version_id and after.training["started_from"] == version_id  # trained on from its adapter
     assert {t.name for t in after.tasks} == {"category", "sentiment", "urgency", "team"}  # urgency is not lost
     assert set(after.tasks_without_options) == {"category", "sentiment", "urgency", "team"}  # rehearsed: learned
     # promotion judged every task the promoted version serves, on its held-out examples too

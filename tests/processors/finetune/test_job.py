@@ -98,3 +98,48 @@ def test_a_rerun_on_the_same_file_rehearses_old_examples_not_copies_of_the_new_o
     # a label the new data adds to an inherited task, from a source the task does not run on, is not added
     other = [LabelledExample("p", "invoice text", "pdf", {"intent": "pay_invoice"})]
     assert inherit(registry, config, other, [], 10).tasks[0].labels == ["cancel_order", "track_order"]
+
+
+def _gguf_adapter(path, rank: int, modules: list[str], alpha: float = 16.0) -> None:
+    """A LoRA adapter file as export_gguf_lora writes one (two tensors per module), without a model."""
+    import gguf
+    import numpy as np
+
+    from processors.finetune.export import GGUF_NAMES
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch="gemma3")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for module in modules:
+        writer.add_tensor(f"blk.0.{GGUF_NAMES[module]}.weight.lora_a", np.zeros((rank, 4), dtype=np.float32))
+        writer.add_tensor(f"blk.0.{GGUF_NAMES[module]}.weight.lora_b", np.zeros((4, rank), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_training_starts_from_the_promoted_adapter_only_when_it_fits(tmp_path, config):
+    from dataclasses import replace
+
+    import pytest
+
+    from processors.finetune.job import start_adapter
+    from processors.finetune.train import TrainOptions
+
+    registry, options = str(tmp_path / "models"), TrainOptions()
+    file = tmp_path / "models" / "versions" / "ft-old" / "adapter.gguf"
+    fits = ModelVersion(id="ft-old", adapter="adapter.gguf", base_model=config.small.model)
+    with pytest.raises(FileNotFoundError, match="--from-base"):  # a promoted version without its adapter
+        start_adapter(registry, fits, config, options)
+    _gguf_adapter(file, options.rank, list(reversed(options.target_modules)))  # module order does not matter
+    assert start_adapter(registry, fits, config, options) == (str(file), "ft-old")
+    assert start_adapter(registry, None, config, options)[0] is None
+    assert start_adapter(registry, fits.model_copy(update={"adapter": None}), config, options)[0] is None
+    other_base = start_adapter(registry, fits.model_copy(update={"base_model": "qwen2.5-1.5b"}), config, options)
+    assert other_base[0] is None and "qwen2.5-1.5b" in other_base[1]
+    for other in (replace(options, rank=16), replace(options, alpha=32.0), replace(options, target_modules=["q_proj"])):
+        path, why = start_adapter(registry, fits, config, other)
+        assert path is None and why.startswith("base model (ft-old's adapter has alpha, rank and modules 16.0, 8,")

@@ -138,3 +138,37 @@ def test_a_checkpoint_holding_any_other_object_is_refused_not_unpickled(tmp_path
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, options, tmp_path, progress=False)
     assert not marker.exists()
+
+
+def test_an_exported_adapter_loads_back_exactly_and_training_starts_from_it(tmp_path):
+    from processors.finetune.export import load_gguf_lora
+    from processors.finetune.train import lora_state
+
+    options = TrainOptions(epochs=2, batch_size=2, rank=2, checkpoint_every=0)
+    trained, _ = train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, options, tmp_path / "a", progress=False)
+    export_gguf_lora(trained, tmp_path / "adapter.gguf")
+    fresh = add_lora(_tiny_model(), options)
+    assert load_gguf_lora(fresh, tmp_path / "adapter.gguf") == len(lora_state(trained))
+    for key, value in lora_state(trained).items():
+        assert torch.equal(lora_state(fresh)[key], value), key
+    # a learning rate of 0 keeps the starting weights: training started from the adapter, not from zero
+    still = TrainOptions(epochs=1, batch_size=2, rank=2, checkpoint_every=0, learning_rate=0.0,
+                         start_from=str(tmp_path / "adapter.gguf"))
+    kept, _ = train_lora(_tiny_model(), _CharTokenizer(), _TINY_PAIRS, still, tmp_path / "b", progress=False)
+    assert all(torch.equal(lora_state(kept)[k], v) for k, v in lora_state(trained).items())
+    # what a run starts from is part of what it is: another file at the same path is another run
+    from processors.finetune.train import _fingerprint
+
+    before = _fingerprint([], still)
+    export_gguf_lora(fresh, tmp_path / "adapter.gguf")  # the same weights: the same start
+    assert _fingerprint([], still) == before
+    with torch.no_grad():
+        next(p for n, p in fresh.named_parameters() if "lora_B" in n).add_(1.0)
+    export_gguf_lora(fresh, tmp_path / "adapter.gguf")
+    assert _fingerprint([], still) != before != _fingerprint([], TrainOptions(epochs=1, batch_size=2, rank=2,
+                                                                                checkpoint_every=0, learning_rate=0.0))
+    with pytest.raises(ValueError, match="another LoRA rank"):
+        load_gguf_lora(add_lora(_tiny_model(), TrainOptions(rank=4)), tmp_path / "adapter.gguf")
+    with pytest.raises(ValueError, match="modules the model does not"):
+        load_gguf_lora(add_lora(_tiny_model(), TrainOptions(rank=2, target_modules=["q_proj"])),
+                       tmp_path / "adapter.gguf")
