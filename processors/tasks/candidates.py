@@ -37,7 +37,8 @@ _PATTERNS: dict[str, list[re.Pattern[str]]] = {
     "date": [
         # Digits on either side, not word boundaries: PDF text glues "15-10-2015Order Date".
         re.compile(r"(?<!\d)\d{4}[-/]\d{1,2}[-/]\d{1,2}(?!\d)"),
-        re.compile(r"(?<![\d.])\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}(?![\d.])"),
+        # A sentence may end right after one ("due by 21.05.2025."); a dot and a digit go on (an address).
+        re.compile(r"(?<![\d.])\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}(?!\d|\.\d)"),
         re.compile(rf"\b{_MONTHS}\s+\d{{1,2}}(?:st|nd|rd|th)?\s*,?\s*\d{{4}}(?!\d)", re.IGNORECASE),
         re.compile(rf"(?<!\d)\d{{1,2}}(?:st|nd|rd|th)?\.?[\s\-]+{_MONTHS}[\s\-,]+\d{{2,4}}(?!\d)", re.IGNORECASE),
     ],

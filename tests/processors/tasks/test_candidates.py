@@ -66,6 +66,12 @@ def test_month_names_of_other_languages_are_dates():
     assert "30064443" in _texts("id", "Kundennr.30064443 7. Mai 2014")
 
 
+def test_a_date_that_ends_a_sentence_is_a_date_and_no_id():
+    text = "Payable by 21.05.2025. Tel. 0301234567. Server 10.12.2024.5 is up"
+    assert _texts("date", text) == ["21.05.2025"]  # not the address-like 10.12.2024.5
+    assert "21.05.2025" not in _texts("id", text) and "21.05" not in _texts("amount", text)
+
+
 def test_an_excluded_span_is_not_offered_again():
     text = "refund order 55501 for 55501"
     first = find_candidates("id", text)
