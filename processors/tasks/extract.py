@@ -31,9 +31,10 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
-# v8: a date that ends a sentence ("21.05.2025.") is a date candidate, no longer an id one; v7: grammars in
-# GBNF instead of llguidance (the same answers on the quick start; another engine constrains a 'string' field's
-# JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free); v4: grounded values
+# v8: a date that ends a sentence ("21.05.2025.") is a date candidate (it was none, and "21.05" an amount);
+# v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains a
+# 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
+# v4: grounded values
 TASK_VERSION = "sluicegate.extract.v8"
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
