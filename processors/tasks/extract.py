@@ -123,6 +123,12 @@ def build_prompt(fields: list[FieldSpec], field: FieldSpec, style: Style, source
     return frame(style, source, text, request, [(t, answer + written(v)) for t, v in shots]) + answer
 
 
+def _probability(logprob: float) -> float:
+    """A log-probability as a probability; above 0 it is no log-probability (a broken endpoint): 1 at most,
+    never an OverflowError (parsers never raise)."""
+    return math.exp(min(logprob, 0.0))
+
+
 def _is_value_start(token: str) -> bool:
     """Could this token start a JSON string-or-null value (what the grammar allows first)?"""
     text = token.lstrip()
@@ -143,8 +149,8 @@ def _value_confidence(completion: Completion, literal: str) -> float:
     if not tokens or start < 0:
         return 0.0
     first = tokens[0]
-    allowed = {t: math.exp(lp) for t, lp in first.top.items() if _is_value_start(t)}
-    chosen = math.exp(first.logprob)
+    allowed = {t: _probability(lp) for t, lp in first.top.items() if _is_value_start(t)}
+    chosen = _probability(first.logprob)
     total = sum(allowed.values()) + (0.0 if first.token in allowed else chosen)
     probs = [chosen / total if total > 0 else 0.0]
     if literal.startswith('"'):  # the characters between the quotes
@@ -153,7 +159,7 @@ def _value_confidence(completion: Completion, literal: str) -> float:
         for token in tokens[1:]:
             end = pos + len(token.token)
             if pos < inner_end and end > inner_start:
-                probs.append(math.exp(token.logprob))
+                probs.append(_probability(token.logprob))
             pos = end
     return min(probs)
 
@@ -169,9 +175,9 @@ def _choice_confidence(completion: Completion, allowed: list[str]) -> float:
     complete = set(allowed)
     prefix, confidence = "", 1.0
     for token in completion.tokens:
-        ok = {t: math.exp(lp) for t, lp in token.top.items() if any(s.startswith(prefix + t) or
+        ok = {t: _probability(lp) for t, lp in token.top.items() if any(s.startswith(prefix + t) or
                                                                     (prefix + t).startswith(s) for s in starts)}
-        chosen = math.exp(token.logprob)
+        chosen = _probability(token.logprob)
         total = sum(ok.values()) + (0.0 if token.token in ok else chosen)
         confidence *= chosen / total if total > 0 else 0.0
         prefix += token.token
