@@ -19,6 +19,24 @@ GGUF_NAMES = {
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.default)?\.weight$")
 
 
+def _gguf_name(key: str) -> str | None:
+    """llama.cpp's tensor name for a PEFT LoRA state-dict key; None for keys that are no LoRA weight."""
+    match = _KEY.search(key)
+    if not match:
+        return None
+    layer, module, which = match.groups()
+    if module not in GGUF_NAMES:
+        raise ValueError(f"no llama.cpp name for LoRA module {module}")
+    return f"blk.{layer}.{GGUF_NAMES[module]}.weight.lora_{which.lower()}"
+
+
+def _alpha(reader) -> float | None:
+    import gguf
+
+    found = reader.fields.get(gguf.Keys.Adapter.LORA_ALPHA)
+    return float(found.parts[found.data[0]][0]) if found else None
+
+
 def export_gguf_lora(peft_model, path: Path, architecture: str = "gemma3") -> int:
     """Writes the adapter; returns the number of tensors written."""
     import gguf
@@ -27,13 +45,9 @@ def export_gguf_lora(peft_model, path: Path, architecture: str = "gemma3") -> in
     config = peft_model.peft_config["default"]
     tensors: list[tuple[str, np.ndarray]] = []
     for key, value in peft_model.state_dict().items():
-        match = _KEY.search(key)
-        if not match:
+        name = _gguf_name(key)
+        if name is None:
             continue
-        layer, module, which = match.groups()
-        if module not in GGUF_NAMES:
-            raise ValueError(f"no llama.cpp name for LoRA module {module}")
-        name = f"blk.{layer}.{GGUF_NAMES[module]}.weight.lora_{which.lower()}"
         tensors.append((name, value.detach().float().contiguous().numpy()))
     if not tensors:
         raise ValueError("the model has no LoRA weights to export")
@@ -58,8 +72,7 @@ def describe_gguf_lora(path: Path) -> tuple[float | None, int | None, set[str]]:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    alpha_field = reader.fields.get(gguf.Keys.Adapter.LORA_ALPHA)
-    alpha = float(alpha_field.parts[alpha_field.data[0]][0]) if alpha_field else None
+    alpha = _alpha(reader)
     peft_names = {name: module for module, name in GGUF_NAMES.items()}
     ranks = {int(t.data.shape[0]) for t in reader.tensors if t.name.endswith(".lora_a")}
     modules = {peft_names.get(t.name.split(".")[2], t.name.split(".")[2]) for t in reader.tensors}
@@ -75,19 +88,16 @@ def load_gguf_lora(peft_model, path: Path) -> int:
     import torch
 
     reader = gguf.GGUFReader(str(path))
-    alpha_field = reader.fields.get(gguf.Keys.Adapter.LORA_ALPHA)
-    alpha = float(alpha_field.parts[alpha_field.data[0]][0]) if alpha_field else None
+    alpha = _alpha(reader)
     wanted = float(peft_model.peft_config["default"].lora_alpha)
     if alpha != wanted:
         raise ValueError(f"{path}: LoRA alpha {alpha} is not the model's {wanted}")
     stored = {t.name: t.data for t in reader.tensors}
     state = {}
     for key, value in peft_model.state_dict().items():
-        match = _KEY.search(key)
-        if not match:
+        name = _gguf_name(key)
+        if name is None:
             continue
-        layer, module, which = match.groups()
-        name = f"blk.{layer}.{GGUF_NAMES[module]}.weight.lora_{which.lower()}"
         array = stored.pop(name, None)
         if array is None:
             raise ValueError(f"{path}: no tensor {name} for the model's {key}")
