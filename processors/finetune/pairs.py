@@ -16,7 +16,7 @@ from processors.datasets import LabelledExample, label_sets
 from processors.tasks import extract, label
 from processors.tasks.normalize import find_span
 from processors.tasks.prompts import Style, cut
-from schemas.config import Config, LabelTask
+from schemas.config import Config, FieldSpec, LabelTask
 from schemas.records import Source
 
 _SOURCES = set(get_args(Source))
@@ -69,14 +69,28 @@ def label_tasks_learned(pairs: list[Pair]) -> list[str]:
     return sorted({p.kind for p in pairs if not p.kind.startswith("field:")})
 
 
+def printed_value(spec: FieldSpec, text: str, value: str) -> str | None:
+    """The span of `text` that prints a field's gold value, as the small tier would answer it; None when the text
+    does not print it.
+
+    A grounded field answers one of its candidates (extract.candidates, as at run time), so the first candidate
+    that means the gold value is the answer: invoice2data's JSON holds "2014-08-03" and "4.11" where the PDF
+    prints "Aug 3, 2014" and "$4.11". A generated ('string') field is copied from the text as written.
+    """
+    if extract.is_grounded(spec):
+        return next((c.text for c in extract.candidates(spec, text) if extract.field_match(spec.type, value, c.text)),
+                    None)
+    return value if find_span(text, value) is not None else None
+
+
 def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledExample], seed: int = 0,
                 null_fields_per_example: int = 1, label_options: bool = LABEL_OPTIONS) -> list[Pair]:
     """Pairs for every labelled task of every example, and its fields. label_options: whether label
     prompts list the options (the trained version records the tasks without as `tasks_without_options`).
 
-    Fields: every known field with a value that occurs in the text (a value the model cannot copy
-    from the text would teach it to invent), plus up to `null_fields_per_example` absent fields so
-    it also learns to answer null. Unknown fields are left out.
+    Fields: every known field whose value the text prints (`printed_value`: a value the model cannot copy
+    from the text would teach it to invent), answered as printed, plus up to `null_fields_per_example` absent
+    fields so it also learns to answer null. Unknown fields are left out.
     """
     rng = random.Random(seed)
     style: Style = config.small.prompt_style
@@ -98,8 +112,8 @@ def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledE
                 continue
             if value is None:
                 absent.append(spec)
-            elif find_span(text, value) is not None:
-                present.append((spec, value))
+            elif (printed := printed_value(spec, text, value)) is not None:
+                present.append((spec, printed))
         for spec, value in present:
             pairs.append(Pair(extract.build_prompt(specs, spec, style, ex.source, text),
                               f" {json.dumps(value, ensure_ascii=False)},", f"field:{spec.name}", ex.example_id))

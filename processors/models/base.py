@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +24,12 @@ class Completion:
     completion_tokens: int
     error: str | None = None  # set when this sequence failed; the others in the batch still count
     computed_tokens: int = 0  # prompt tokens the runtime evaluated (not taken from a cache); 0: not known
+
+
+def probability(logprob: float) -> float:
+    """A returned log-probability as a probability; above 0 it is no log-probability (a broken endpoint): 1 at
+    most, never an OverflowError (parsers never raise)."""
+    return math.exp(min(logprob, 0.0))
 
 
 def usage_of(completion: Completion) -> Usage:

@@ -20,11 +20,10 @@ spell it, which does not shrink with the value's length the way a product would.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from processors.models.base import Completion
+from processors.models.base import Completion, probability
 from processors.tasks.candidates import GROUNDED_TYPES, Candidate, find_candidates
 from processors.tasks.normalize import currency_evidence, find_span, normalize
 from processors.tasks.prompts import Style, frame
@@ -123,12 +122,6 @@ def build_prompt(fields: list[FieldSpec], field: FieldSpec, style: Style, source
     return frame(style, source, text, request, [(t, answer + written(v)) for t, v in shots]) + answer
 
 
-def _probability(logprob: float) -> float:
-    """A log-probability as a probability; above 0 it is no log-probability (a broken endpoint): 1 at most,
-    never an OverflowError (parsers never raise)."""
-    return math.exp(min(logprob, 0.0))
-
-
 def _is_value_start(token: str) -> bool:
     """Could this token start a JSON string-or-null value (what the grammar allows first)?"""
     text = token.lstrip()
@@ -149,8 +142,8 @@ def _value_confidence(completion: Completion, literal: str) -> float:
     if not tokens or start < 0:
         return 0.0
     first = tokens[0]
-    allowed = {t: _probability(lp) for t, lp in first.top.items() if _is_value_start(t)}
-    chosen = _probability(first.logprob)
+    allowed = {t: probability(lp) for t, lp in first.top.items() if _is_value_start(t)}
+    chosen = probability(first.logprob)
     total = sum(allowed.values()) + (0.0 if first.token in allowed else chosen)
     probs = [chosen / total if total > 0 else 0.0]
     if literal.startswith('"'):  # the characters between the quotes
@@ -159,7 +152,7 @@ def _value_confidence(completion: Completion, literal: str) -> float:
         for token in tokens[1:]:
             end = pos + len(token.token)
             if pos < inner_end and end > inner_start:
-                probs.append(_probability(token.logprob))
+                probs.append(probability(token.logprob))
             pos = end
     return min(probs)
 
@@ -175,9 +168,9 @@ def _choice_confidence(completion: Completion, allowed: list[str]) -> float:
     complete = set(allowed)
     prefix, confidence = "", 1.0
     for token in completion.tokens:
-        ok = {t: _probability(lp) for t, lp in token.top.items() if any(s.startswith(prefix + t) or
+        ok = {t: probability(lp) for t, lp in token.top.items() if any(s.startswith(prefix + t) or
                                                                     (prefix + t).startswith(s) for s in starts)}
-        chosen = _probability(token.logprob)
+        chosen = probability(token.logprob)
         total = sum(ok.values()) + (0.0 if token.token in ok else chosen)
         confidence *= chosen / total if total > 0 else 0.0
         prefix += token.token

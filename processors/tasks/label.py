@@ -8,12 +8,11 @@ exactly the configured labels, so no output can fall outside the label set.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from processors.models.base import Runtime, usage_of
+from processors.models.base import Runtime, probability, usage_of
 from processors.tasks.prompts import Style, answer_lead, frame
 from schemas.config import LabelTask, TierModel
 from schemas.records import LabelPrediction, Tier, Usage
@@ -107,7 +106,7 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
             if comp.error or not comp.tokens:
                 errors[i] = comp.error or "no tokens returned"
                 continue
-            top = {t: math.exp(lp) for t, lp in comp.tokens[0].top.items()}
+            top = {t: probability(lp) for t, lp in comp.tokens[0].top.items()}
             groups = split_candidates(top, remaining)
             total = sum(mass for mass, _ in groups) or 1.0
             for mass, members in groups:

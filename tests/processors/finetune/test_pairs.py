@@ -49,6 +49,24 @@ def test_a_field_value_not_in_the_text_is_not_taught(config):
     assert not [p for p in build_pairs(config, tasks, [ex]) if p.kind == "field:invoice_id"]
 
 
+def test_an_invoice_field_is_taught_as_the_document_prints_it(config):
+    # invoice2data's JSON holds an ISO date and a plain number; the PDF prints "Aug 3, 2014" and "$4.11".
+    # The small tier can only answer spans of the text, so that is what it must learn (the decoy amount and
+    # the due date are other candidates of the same types, not the answer).
+    text = "Invoice 42183017\nDate: Aug 3, 2014\nDue: Sep 2, 2014\nSubtotal $3.80\nTotal $4.11 USD"
+    ex = LabelledExample("aws", text, source="pdf", fields={"invoice_number": "42183017", "date": "2014-08-03",
+                                                           "total_amount": "4.11", "currency": "USD"})
+    tasks, _ = training_tasks(config, [ex])
+    answers = {p.kind: p.answer for p in build_pairs(config, tasks, [ex])}
+    assert answers == {"field:invoice_number": ' "42183017",', "field:date": ' "Aug 3, 2014",',
+                       "field:total_amount": ' "$4.11",', "field:currency": ' "$",'}
+    # each answer is one the run-time grammar allows
+    specs = {s.name: s for s in config.fields["pdf"]}
+    for kind, answer in answers.items():
+        spec = specs[kind.removeprefix("field:")]
+        assert answer.strip(' ,"') in [c.text for c in extract.candidates(spec, text)]
+
+
 def test_a_learned_task_keeps_the_sources_it_was_learned_from(config):
     examples = [
         LabelledExample("t1", "Cancel my order", source="tickets", labels={"urgency": "high"}),

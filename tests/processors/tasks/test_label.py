@@ -64,6 +64,18 @@ def test_score_labels_walks_the_trie_and_normalizes():
     assert len(runtime.calls) == 2  # one batched call per trie depth
 
 
+def test_fake_endpoint_a_log_probability_above_0_scores_without_overflow():
+    # A broken endpoint (not llama.cpp) returned logprob 710: exp overflows. The scores stay a distribution.
+    class Broken(_ScriptedRuntime):
+        def complete(self, prompts, *, max_tokens, top_logprobs=0, json_schema=None):
+            return [Completion("", [TokenLogprob("", 710.0, {" check": 710.0, " get": -1.0})], 5, 1)
+                    for _ in prompts]
+
+    [scores] = label.score_labels(Broken({}), ["Q:"], {"check": " check", "get": " get"}, top_logprobs=10)
+    assert scores.error is None
+    assert scores.probabilities["check"] == pytest.approx(1 / (1 + math.exp(-1.0)))
+
+
 def test_a_branch_under_one_percent_is_not_read_further_and_its_labels_share_its_mass():
     runtime = _ScriptedRuntime({
         ":": {" check": 0.995, " get": 0.004, " track": 0.001},
