@@ -74,12 +74,15 @@ def printed_value(spec: FieldSpec, text: str, value: str) -> str | None:
     does not print it.
 
     A grounded field answers one of its candidates (extract.candidates, as at run time), so the first candidate
-    that means the gold value is the answer: invoice2data's JSON holds "2014-08-03" and "4.11" where the PDF
-    prints "Aug 3, 2014" and "$4.11". A generated ('string') field is copied from the text as written.
+    that means the gold value is the answer (for an amount, the first written with more than digits):
+    invoice2data's JSON holds "2014-08-03" and "4.11" where the PDF prints "Aug 3, 2014" and "$4.11". A generated
+    ('string') field is copied from the text as written.
     """
     if extract.is_grounded(spec):
-        return next((c.text for c in extract.candidates(spec, text) if extract.field_match(spec.type, value, c.text)),
-                    None)
+        meant = [c.text for c in extract.candidates(spec, text) if extract.field_match(spec.type, value, c.text)]
+        if spec.type == "amount":  # "Rs 1939.00" is the total; a bare "1939" elsewhere is more likely a line or a code
+            meant.sort(key=lambda t: t.isdigit())
+        return meant[0] if meant else None
     return value if find_span(text, value) is not None else None
 
 

@@ -67,6 +67,15 @@ def test_an_invoice_field_is_taught_as_the_document_prints_it(config):
         assert answer.strip(' ,"') in [c.text for c in extract.candidates(spec, text)]
 
 
+def test_a_total_printed_twice_is_taught_where_it_is_written_as_money(config):
+    # OYO's JSON total is 1939.0: "Booking 1939" comes first, but the total is the money "Rs 1939.00".
+    text = "Booking 1939 nights 2\nTotal Rs 1939.00"
+    ex = LabelledExample("oyo", text, source="pdf", fields={"total_amount": "1939.0"})
+    tasks, _ = training_tasks(config, [ex])
+    [pair] = [p for p in build_pairs(config, tasks, [ex]) if p.kind == "field:total_amount"]
+    assert pair.answer == ' "Rs 1939.00",'
+
+
 def test_a_learned_task_keeps_the_sources_it_was_learned_from(config):
     examples = [
         LabelledExample("t1", "Cancel my order", source="tickets", labels={"urgency": "high"}),
