@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 SLUICEGATE = str(Path(sys.executable).parent / "sluicegate")
 
 
-def _config(folder: Path) -> Path:
+def config_with_registry_copy(folder: Path) -> Path:
     """The bundled configuration with its registry replaced by a copy of the shipped one."""
     shutil.copytree(ROOT / "models", folder / "models", ignore=shutil.ignore_patterns(".work"))
     text = (ROOT / "fixtures" / "sluicegate.toml").read_text(encoding="utf-8")
@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sluicegate-bench-labels-") as tmp:
         folder = Path(tmp)
-        config = _config(folder)
+        config = config_with_registry_copy(folder)
         shipped = read_registry(folder / "models").promoted
         train_csv, heldout_csv = write_data(folder, args.examples, args.labels, args.eval)
         started = time.perf_counter()
