@@ -43,6 +43,15 @@ def config_with_registry_copy(folder: Path) -> Path:
     return path
 
 
+def run_sluicegate(args: list[str]) -> dict:
+    """The real CLI in a fresh process, `--json`: its result, or SystemExit with the end of its log."""
+    done = subprocess.run([SLUICEGATE, *args, "--json"], capture_output=True, text=True, check=False, cwd=ROOT,
+                          env=dict(os.environ))
+    if done.returncode != 0:
+        raise SystemExit(f"sluicegate {args[0]} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout[done.stdout.index("{"):])
+
+
 def main() -> None:
     from bench.finetune_labels import TASK, write_data
     from processors.finetune.compare import NOISE_Z, REGRESSION_TOLERANCE
@@ -61,13 +70,9 @@ def main() -> None:
         shipped = read_registry(folder / "models").promoted
         train_csv, heldout_csv = write_data(folder, args.examples, args.labels, args.eval)
         started = time.perf_counter()
-        done = subprocess.run([SLUICEGATE, "finetune", "--train", str(train_csv), "--eval", str(heldout_csv),
-                               "--eval-limit", str(args.eval), "--config", str(config), "--json"],
-                              capture_output=True, text=True, check=False, cwd=ROOT, env=dict(os.environ))
+        result = run_sluicegate(["finetune", "--train", str(train_csv), "--eval", str(heldout_csv),
+                                 "--eval-limit", str(args.eval), "--config", str(config)])
         seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            raise SystemExit(f"finetune failed:\n{done.stderr[-4000:]}")
-        result = json.loads(done.stdout[done.stdout.index("{"):])
         version = read_version(folder / "models", result["version"])
         report = (Path(result["folder"]) / "evaluation" / "report.md").read_text(encoding="utf-8")
         promoted_after = read_registry(folder / "models").promoted

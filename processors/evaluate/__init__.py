@@ -34,7 +34,7 @@ Each task scores itself: label metrics in processors/tasks/label.py, field match
 from processors.evaluate.cascade import cascade_at_thresholds, route_outcomes
 from processors.evaluate.evaluation import TIERS, Evaluation, TierRun
 from processors.evaluate.fitting import calibrated_conf, choose_thresholds, fit_calibration
-from processors.evaluate.outcomes import OUTCOME_SCHEMA, outcomes_by_task
+from processors.evaluate.outcomes import OUTCOME_SCHEMA, outcomes_by_task, with_outcome_schema
 from processors.evaluate.report import format_figure, report_markdown, write_report
 from processors.evaluate.run import evaluate, evaluation_config, rescore
 from processors.evaluate.store import store_calibration
@@ -45,6 +45,6 @@ __all__ = [
     "ALL_FIELDS", "OUTCOME_SCHEMA", "TIERS", "Evaluation", "ItemSummary", "Summary", "TierQuality", "TierRun",
     "calibrated_conf", "cascade_at_thresholds", "choose_thresholds", "evaluate", "evaluation_config", "field_match",
     "fit_calibration", "format_figure", "outcomes_by_task", "report_markdown", "rescore", "route_outcomes",
-    "store_calibration",
+    "store_calibration", "with_outcome_schema",
     "write_report",
 ]

@@ -27,6 +27,13 @@ OUTCOME_SCHEMA = {
 }
 
 
+def with_outcome_schema(outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Stored outcome rows in today's OUTCOME_SCHEMA: the columns an older evaluation lacks added as null, cast."""
+    outcomes = outcomes.with_columns([pl.lit(None, dtype).alias(name) for name, dtype in OUTCOME_SCHEMA.items()
+                                      if name not in outcomes.columns]).select(list(OUTCOME_SCHEMA))
+    return outcomes.cast(OUTCOME_SCHEMA)  # type: ignore[arg-type]
+
+
 def scored_items(ex: LabelledExample, cfg: Config) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(label tasks, fields) this example is scored on."""
     tasks = tuple(t.name for t in cfg.tasks if ex.source in t.sources and t.name in ex.labels)

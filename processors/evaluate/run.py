@@ -11,7 +11,7 @@ from processors.datasets import LabelledExample, label_sets, sample
 from processors.evaluate.cascade import route_outcomes
 from processors.evaluate.evaluation import TIERS, Evaluation, TierRun
 from processors.evaluate.fitting import assign_split, choose_thresholds, fit_calibration, split_note
-from processors.evaluate.outcomes import OUTCOME_SCHEMA, build_outcomes, doc_tokens, scored_items
+from processors.evaluate.outcomes import build_outcomes, doc_tokens, scored_items, with_outcome_schema
 from processors.evaluate.summarize import summarize
 from processors.models import load_runtime
 from processors.progress import Progress
@@ -174,9 +174,7 @@ def rescore(config: Config, outcomes: pl.DataFrame, *, target_escalation: float 
     """An evaluation from stored outcome rows (an earlier evaluation's outcomes.parquet), scored with the
     configuration's thresholds and calibration and today's rules, without running a model. Costs come
     from the rows' token and second columns; the runtimes' versions are not known ('stored')."""
-    outcomes = outcomes.with_columns([pl.lit(None, dtype).alias(name) for name, dtype in OUTCOME_SCHEMA.items()
-                                      if name not in outcomes.columns]).select(list(OUTCOME_SCHEMA))
-    outcomes = outcomes.cast(OUTCOME_SCHEMA)  # type: ignore[arg-type]
+    outcomes = with_outcome_schema(outcomes)
     tiers = tuple(t for t in TIERS if outcomes[f"{t}_conf"].is_not_null().any())
     docs = outcomes.unique("example_id")
     runs = {"small": TierRun("small", "stored", len(docs), float(docs["small_doc_seconds"].sum() or 0.0), 0.0,

@@ -169,7 +169,7 @@ def _choice_confidence(completion: Completion, allowed: list[str]) -> float:
     prefix, confidence = "", 1.0
     for token in completion.tokens:
         ok = {t: probability(lp) for t, lp in token.top.items() if any(s.startswith(prefix + t) or
-                                                                    (prefix + t).startswith(s) for s in starts)}
+                                                                   (prefix + t).startswith(s) for s in starts)}
         chosen = probability(token.logprob)
         total = sum(ok.values()) + (0.0 if token.token in ok else chosen)
         confidence *= chosen / total if total > 0 else 0.0
