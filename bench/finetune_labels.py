@@ -1,5 +1,5 @@
 """Fine-tuning a many-label task on the CPU: prompts with the option list (the baseline) against none (what new
-versions train on, `processors/finetune/pairs.py: LABEL_OPTIONS`).
+versions train on, `processors/finetune/pairs.py: build_pairs`).
 
     uv run python bench/finetune_labels.py [--examples 1000] [--labels 77] [--baseline-steps 12] [--eval 200]
 
@@ -77,7 +77,7 @@ def child(train_csv: str, heldout_csv: str, listed: bool, steps: int, workdir: s
     train = load_examples(train_csv)
     tasks, _ = training_tasks(config, train)
     [task] = [t for t in tasks if t.name == TASK]
-    pairs = build_pairs(config, tasks, train, label_options=listed)
+    pairs = build_pairs(config, tasks, train, listed={TASK} if listed else ())
     model, tokenizer = load_torch_model(config.small.model)
     options = TrainOptions(threads=2, checkpoint_every=0, stop_after_steps=steps or None)
     tokens = [len(ids) for ids, _ in tokenize_pairs(tokenizer, pairs, options.max_length)]

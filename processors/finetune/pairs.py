@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import get_args
 
@@ -20,11 +21,6 @@ from schemas.config import Config, FieldSpec, LabelTask
 from schemas.records import Source
 
 _SOURCES = set(get_args(Source))
-
-# A new adapter learns its label sets without the option list in the prompt (the version records which tasks,
-# and the small tier then asks those without it). The list costs hundreds of tokens per prompt with many labels, in
-# training and in every run (bench/finetune_labels.py measures the training side).
-LABEL_OPTIONS = False
 
 # Questions for label tasks that come from the data rather than the configuration.
 _QUESTIONS = {
@@ -87,9 +83,12 @@ def printed_value(spec: FieldSpec, text: str, value: str) -> str | None:
 
 
 def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledExample], seed: int = 0,
-                null_fields_per_example: int = 1, label_options: bool = LABEL_OPTIONS) -> list[Pair]:
-    """Pairs for every labelled task of every example, and its fields. label_options: whether label
-    prompts list the options (the trained version records the tasks without as `tasks_without_options`).
+                null_fields_per_example: int = 1, listed: Collection[str] = ()) -> list[Pair]:
+    """Pairs for every labelled task of every example, and its fields.
+
+    Label prompts list the options only for the tasks in `listed`. A new adapter learns its label sets without the
+    list (the version records those tasks as `tasks_without_options`, and the small tier asks them so): with many
+    labels the list costs hundreds of tokens per prompt, in training and in every run (bench/finetune_labels.py).
 
     Fields: every known field whose value the text prints (`printed_value`: a value the model cannot copy
     from the text would teach it to invent), answered as printed, plus up to `null_fields_per_example` absent
@@ -105,7 +104,7 @@ def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledE
             gold = ex.labels.get(task.name)
             if gold is None or gold not in task.labels or ex.source not in task.sources:
                 continue
-            pairs.append(Pair(label.build_prompt(task, style, ex.source, text, options=label_options),
+            pairs.append(Pair(label.build_prompt(task, style, ex.source, text, options=task.name in listed),
                               label.targets_for(task, style)[gold], task.name, ex.example_id))
         specs = config.fields.get(ex.source, [])
         present, absent = [], []

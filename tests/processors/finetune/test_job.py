@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from processors.datasets import LabelledExample
 from processors.demonstrations import SHOT_CHARS, match_id, write_demonstrations
-from processors.finetune.job import inherit, sample_per_task
+from processors.finetune.job import Inherited, inherit, listed_tasks, sample_per_task
 from schemas.config import LabelTask
 from schemas.versions import ModelVersion, promote, write_version
 
@@ -16,9 +16,9 @@ def _ticket(text: str, **labels: str) -> LabelledExample:
     return LabelledExample(text, text, "tickets", labels, {"order_id": None}, fields_complete=True)
 
 
-def _promoted(registry, config, adapter: str | None = "adapter.gguf") -> None:
+def _promoted(registry, config, adapter: str | None = "adapter.gguf", without_options: tuple[str, ...] = ()) -> None:
     version = ModelVersion(id="ft-old", tasks=[*config.tasks, INTENT], demonstrations="demonstrations.jsonl",
-                           heldout="heldout.jsonl", adapter=adapter)
+                           heldout="heldout.jsonl", adapter=adapter, tasks_without_options=list(without_options))
     folder = write_version(registry, version)
     trained = [_ticket(f"cancel order {i}", intent="cancel_order") for i in range(6)]
     trained.append(_ticket("track it", intent="track_order"))  # also held out (an older version's sample had both)
@@ -65,6 +65,16 @@ def test_the_promoted_version_passes_on_its_learned_tasks_rehearsal_and_held_out
     whole = inherit(registry, config, [_ticket(LONG + " again")], [_ticket(LONG)], eval_limit=10)
     assert LONG + " again" not in {ex.text for ex in whole.heldout}
     assert not [ex for ex in whole.rehearsal if ex.text.startswith("my order never came")]
+
+
+def test_a_task_the_promoted_adapter_learned_with_its_option_list_keeps_the_list(tmp_path, config):
+    registry = str(tmp_path / "models")
+    _promoted(registry, config, without_options=("intent",))  # category learned with its list, intent without
+    got = inherit(registry, config, [_ticket("a", team="x")], [], 10)
+    assert got.learned == ["category", "intent"]
+    # category keeps the list; intent, and the new task "team" (not learned by the old adapter), go without
+    assert listed_tasks(got) == {"category"}
+    assert listed_tasks(Inherited()) == set()  # no promoted version: every task without
 
 
 def test_a_version_without_an_adapter_learned_nothing_it_must_be_judged_on(tmp_path, config):

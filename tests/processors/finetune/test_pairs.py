@@ -25,7 +25,7 @@ def test_pairs_use_the_runtime_prompts_and_answers(config):
     expected = label.build_prompt(category, config.small.prompt_style, "tickets", "Please refund order 12345 now",
                                   options=False)
     assert by_kind[("a", "category")].prompt == expected and "Options:" not in expected
-    listed = build_pairs(config, tasks, examples, label_options=True)
+    listed = build_pairs(config, tasks, examples, listed={"category"})
     assert listed[0].prompt == label.build_prompt(category, config.small.prompt_style, "tickets",
                                                   "Please refund order 12345 now")
     assert by_kind[("a", "category")].answer == " refund"
