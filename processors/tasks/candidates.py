@@ -22,17 +22,18 @@ MAX_CANDIDATES = 64
 _MONTHS = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
            r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?|"
            + "|".join(sorted(MONTH_NAMES, key=len, reverse=True)) + r")\.?")
+_NOT_A_RATE = r"(?![^\S\r\n]?%)"
 _PATTERNS: dict[str, list[re.Pattern[str]]] = {
     # A token with a digit: order and invoice numbers, references ("#37777", "INV/2023/03/0008", "IBZY2087").
-    "id": [re.compile(r"(?<![\w#/\-])#?[A-Za-z0-9][A-Za-z0-9\-_/.]*[A-Za-z0-9](?![\w/\-])"),
+    "id": [re.compile(r"(?<![\w#/\-])#?[A-Za-z0-9][A-Za-z0-9\-_/.]*[A-Za-z0-9](?![\w/\-])" + _NOT_A_RATE),
            # PDF text glues words: "Kundennr.30064443", "VF1005193039SCONL0303".
            re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{0,4}\d{5,}")],
     # A number with a currency next to it, or with decimals, or a plain number of at most 7 digits
-    # (a 15-digit number is an id, not an amount).
+    # (a 15-digit number is an id, not an amount). A number with a percent sign is a rate ("plus 7% tax").
     "amount": [
         re.compile(r"(?:[$€£¥₹]|\b(?:USD|EUR|GBP|INR|CHF|Rs\.?))\s?\d[\d,.]*\d|(?:[$€£¥₹])\s?\d"),
-        re.compile(r"(?<![\w.,])\d{1,3}(?:[,.]\d{3})*[.,]\d{2}(?![\d])"),
-        re.compile(r"(?<![\w.,#/\-])\d{1,7}(?![\w/\-]|[.,]\d)"),
+        re.compile(r"(?<![\w.,])\d{1,3}(?:[,.]\d{3})*[.,]\d{2}(?![\d])" + _NOT_A_RATE),
+        re.compile(r"(?<![\w.,#/\-])\d{1,7}(?![\w/\-]|[.,]\d)" + _NOT_A_RATE),
     ],
     "date": [
         # Digits on either side, not word boundaries: PDF text glues "15-10-2015Order Date".
@@ -75,10 +76,11 @@ class Candidate:
 
 def _is_valid(field_type: str, text: str) -> bool:
     if field_type == "id":
-        # An id has a digit and is not a date or a decimal amount.
+        # An id has a digit and is not a date or a decimal number ("1,234.00", "0.2", "56,02").
         if not any(c.isdigit() for c in text) or len(text.lstrip("#")) < 3:
             return False
-        if any(p.fullmatch(text) for p in _PATTERNS["date"]) or re.fullmatch(r"\d{1,3}(?:,\d{3})*\.\d{2}", text):
+        if any(p.fullmatch(text) for p in _PATTERNS["date"]) or re.fullmatch(r"\d{1,3}(?:,\d{3})*\.\d{1,2}", text) \
+                or re.fullmatch(r"\d{1,3}(?:\.\d{3})*,\d{1,2}", text):
             return False
         text = text.lstrip("#")  # "#37777" names invoice 37777
     return not normalize(field_type, text)[1]

@@ -72,6 +72,13 @@ def test_a_date_that_ends_a_sentence_is_a_date_and_no_id():
     assert "21.05.2025" not in _texts("id", text) and "21.05" not in _texts("amount", text)
 
 
+def test_a_rate_is_no_amount_and_a_decimal_number_is_no_id():
+    """A letter's "plus 7% tax" made the small tier answer the total "7" at 0.999 (bench/invoice_fields.py)."""
+    text = "USD 1,970.40 (USD 1,800.00 plus 7% tax, 19 % VAT, 12.50 % off) is due in 10 days"
+    assert _texts("amount", text) == ["USD 1,970.40", "USD 1,800.00", "10"]
+    assert _texts("id", "Ref 0.2, 56,02 and 100% but A-12 and 1.2.3") == ["A-12", "1.2.3"]
+
+
 def test_an_excluded_span_is_not_offered_again():
     text = "refund order 55501 for 55501"
     first = find_candidates("id", text)
