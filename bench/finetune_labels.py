@@ -1,5 +1,5 @@
-"""Fine-tuning a many-label task on the CPU: prompts with the option list (the baseline) against none (what new
-versions train on, `processors/finetune/pairs.py: build_pairs`).
+"""Fine-tuning a many-label task on the CPU: prompts with the option list (the baseline) against none (how a new
+task is learned, `processors/finetune/pairs.py: build_pairs`).
 
     uv run python bench/finetune_labels.py [--examples 1000] [--labels 77] [--baseline-steps 12] [--eval 200]
 

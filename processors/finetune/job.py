@@ -29,7 +29,7 @@ from pathlib import Path
 
 from processors.datasets import LabelledExample, data_hash, label_sets, load_examples, sample, split
 from processors.demonstrations import match_id, read_examples, write_demonstrations
-from processors.finetune.pairs import build_pairs, label_tasks_learned, training_tasks
+from processors.finetune.pairs import Pair, build_pairs, label_tasks_learned, training_tasks
 from processors.finetune.train import TrainOptions
 from processors.progress import LOGGER as progress_log
 from processors.progress import duration
@@ -214,6 +214,16 @@ def listed_tasks(inherited: Inherited) -> set[str]:
     return set(inherited.learned) - set(inherited.version.tasks_without_options)
 
 
+def tasks_without_options(pairs: list[Pair], tasks: list[LabelTask], listed: set[str],
+                          started_from: ModelVersion | None) -> list[str]:
+    """The label tasks the new adapter answers without the option list: those it has pairs for, asked so, and,
+    when it starts from `started_from`'s adapter, the tasks that adapter answers so (a rehearsal sample can
+    hold no example of one this time; the layout it learned stays). A configured task without examples is new
+    to it and keeps its options."""
+    kept = set(started_from.tasks_without_options) & {t.name for t in tasks} if started_from else set()
+    return sorted((set(label_tasks_learned(pairs)) | kept) - listed)
+
+
 def start_adapter(registry: str, version: ModelVersion | None, config: Config,
                   options: TrainOptions) -> tuple[str | None, str]:
     """The promoted version's adapter, to train the new one from, or None; and what training starts from,
@@ -281,8 +291,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
         id=new_version_id(hashlib.sha256((digest + json.dumps(asdict(options))).encode()).hexdigest()),
         parent=inherited.version.id if inherited.version else None, base_model=config.small.model,
         prompt_style=config.small.prompt_style, contextual_calibration=False, tasks=tasks,
-        # only the tasks it has pairs for: a configured task without examples is new to it and keeps its options
-        tasks_without_options=[t for t in label_tasks_learned(pairs) if t not in listed],
+        tasks_without_options=tasks_without_options(pairs, tasks, listed, inherited.version if start else None),
         fields={k: list(v) for k, v in config.fields.items()},
         task_versions={"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}, data_hash=digest,
     )

@@ -22,18 +22,17 @@ MAX_CANDIDATES = 64
 _MONTHS = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
            r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?|"
            + "|".join(sorted(MONTH_NAMES, key=len, reverse=True)) + r")\.?")
-_NOT_A_RATE = r"(?![^\S\r\n]?%)"
 _PATTERNS: dict[str, list[re.Pattern[str]]] = {
     # A token with a digit: order and invoice numbers, references ("#37777", "INV/2023/03/0008", "IBZY2087").
-    "id": [re.compile(r"(?<![\w#/\-])#?[A-Za-z0-9][A-Za-z0-9\-_/.]*[A-Za-z0-9](?![\w/\-])" + _NOT_A_RATE),
+    "id": [re.compile(r"(?<![\w#/\-])#?[A-Za-z0-9][A-Za-z0-9\-_/.]*[A-Za-z0-9](?![\w/\-])"),
            # PDF text glues words: "Kundennr.30064443", "VF1005193039SCONL0303".
            re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{0,4}\d{5,}")],
     # A number with a currency next to it, or with decimals, or a plain number of at most 7 digits
-    # (a 15-digit number is an id, not an amount). A number with a percent sign is a rate ("plus 7% tax").
+    # (a 15-digit number is an id, not an amount). A number with a percent sign is neither (find_candidates).
     "amount": [
         re.compile(r"(?:[$€£¥₹]|\b(?:USD|EUR|GBP|INR|CHF|Rs\.?))\s?\d[\d,.]*\d|(?:[$€£¥₹])\s?\d"),
-        re.compile(r"(?<![\w.,])\d{1,3}(?:[,.]\d{3})*[.,]\d{2}(?![\d])" + _NOT_A_RATE),
-        re.compile(r"(?<![\w.,#/\-])\d{1,7}(?![\w/\-]|[.,]\d)" + _NOT_A_RATE),
+        re.compile(r"(?<![\w.,])(?:\d{1,3}(?:[,.]\d{3})+|\d{1,7})[.,]\d{2}(?![\d])"),
+        re.compile(r"(?<![\w.,#/\-])\d{1,7}(?![\w/\-]|[.,]\d)"),
     ],
     "date": [
         # Digits on either side, not word boundaries: PDF text glues "15-10-2015Order Date".
@@ -64,6 +63,13 @@ _MONEY = [
                + r"[^\S\r\n]?(?:[Dd]ollars|[Ee]uros|[Pp]ounds|[Rr]upees|dollar|euro|pound|rupee|bucks"
                  r"|USD|EUR|GBP|INR|CHF)\b(?![\-/])(?![^\S\r\n]?[\d$€£¥₹])"),
 ]
+# After a number: a percent sign makes it a rate ("plus 7% tax", "VAT 19 %"), neither an amount nor an id.
+_RATE_AFTER = re.compile(r"[ \t]*(?:%|percent\b|pct\b)", re.IGNORECASE)
+# Pieces of a larger number are no id: the integer part of a decimal ("1.234,56", "1970.40") or a thousands
+# group ("12,345"); a list of ids ("12345,67890") is not one.
+_DECIMALS_AFTER = re.compile(r"[.,]\d{1,2}(?!\d)")
+_GROUP_BEFORE = re.compile(r"\d[.,]$")
+_DECIMAL = re.compile(r"(?:\d{1,3}(?:,\d{3})+|\d+)\.\d{1,2}")
 GROUNDED_TYPES = frozenset(_PATTERNS)  # a 'string' field has no pattern: it is generated and checked instead
 
 
@@ -79,8 +85,7 @@ def _is_valid(field_type: str, text: str) -> bool:
         # An id has a digit and is not a date or a decimal number ("1,234.00", "0.2", "56,02").
         if not any(c.isdigit() for c in text) or len(text.lstrip("#")) < 3:
             return False
-        if any(p.fullmatch(text) for p in _PATTERNS["date"]) or re.fullmatch(r"\d{1,3}(?:,\d{3})*\.\d{1,2}", text) \
-                or re.fullmatch(r"\d{1,3}(?:\.\d{3})*,\d{1,2}", text):
+        if any(p.fullmatch(text) for p in _PATTERNS["date"]) or _DECIMAL.fullmatch(text):
             return False
         text = text.lstrip("#")  # "#37777" names invoice 37777
     return not normalize(field_type, text)[1]
@@ -106,6 +111,11 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
             # An amount's span is claimed once ("$1499", not also "1499"); ids may nest ("Kundennr.30064443").
             taken = [*exclude, *((c.start, c.end) for c in found.values() if field_type == "amount")]
             if not value or value in found or any(s < end and start < e for s, e in taken):
+                continue
+            if field_type in ("id", "amount") and _RATE_AFTER.match(text, end):
+                continue
+            if field_type == "id" and (_DECIMALS_AFTER.match(text, end) or (
+                    re.fullmatch(r"\d{3}", value) and _GROUP_BEFORE.search(text, 0, start))):
                 continue
             if _is_valid(field_type, value):
                 found[value] = Candidate(value, start, end)

@@ -30,8 +30,9 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
-# v9: a number with a percent sign is neither an amount nor an id candidate ("plus 7% tax"), nor is a decimal
-# number an id ("0.2", "56,02"); v8: a date that ends a sentence ("21.05.2025.") is a date candidate (it was none, and "21.05" an amount);
+# v9: a number with a percent sign is neither an amount nor an id candidate ("plus 7% tax"); no piece of a number
+# is an id ("0.2", "1970.40", the "1.234" of "1.234,56"); an ungrouped decimal is an amount ("1970.40");
+# v8: a date that ends a sentence ("21.05.2025.") is a date candidate (it was none, and "21.05" an amount);
 # v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains a
 # 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
 # v4: grounded values

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from processors.datasets import LabelledExample
 from processors.demonstrations import SHOT_CHARS, match_id, write_demonstrations
-from processors.finetune.job import Inherited, inherit, listed_tasks, sample_per_task
+from processors.finetune.job import Inherited, inherit, listed_tasks, sample_per_task, tasks_without_options
+from processors.finetune.pairs import Pair
 from schemas.config import LabelTask
 from schemas.versions import ModelVersion, promote, write_version
 
@@ -75,6 +76,12 @@ def test_a_task_the_promoted_adapter_learned_with_its_option_list_keeps_the_list
     # category keeps the list; intent, and the new task "team" (not learned by the old adapter), go without
     assert listed_tasks(got) == {"category"}
     assert listed_tasks(Inherited()) == set()  # no promoted version: every task without
+    # recorded: the tasks with pairs, minus the listed; and intent, learned without by the adapter trained from,
+    # even when this run's rehearsal sample holds no intent example
+    pairs = [Pair("p", " x", "team", "a"), Pair("p", " y", "category", "b"), Pair("p", ' "1",', "field:order_id", "c")]
+    tasks = [*config.tasks, INTENT, LabelTask(name="team", labels=["x", "y"], question="Team?", sources=["tickets"])]
+    assert tasks_without_options(pairs, tasks, {"category"}, got.version) == ["intent", "team"]
+    assert tasks_without_options(pairs, tasks, set(), None) == ["category", "team"]  # from the base model
 
 
 def test_a_version_without_an_adapter_learned_nothing_it_must_be_judged_on(tmp_path, config):
