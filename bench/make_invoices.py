@@ -68,7 +68,9 @@ class Invoice:
         return {"issuer": self.issuer, "invoice_number": self.number, "date": self.issued.isoformat(),
                 "amount": float(self.total), "amount_untaxed": float(self.subtotal), "currency": self.currency,
                 "lines": [{"name": n, "quantity": q, "price_unit": str(p)} for n, q, p in self.lines],
-                "desc": f"Invoice from {self.issuer}", "layout": self.layout}
+                "desc": f"Invoice from {self.issuer}", "layout": self.layout,
+                # the decoys: values of the fields' types that are not the answer
+                "customer_number": self.customer_number, "order_number": self.order_number}
 
 
 def _money(value: Decimal, decimal_comma: bool = False) -> str:
@@ -192,6 +194,7 @@ def _statement(inv: Invoice):
     for name, qty, price in inv.lines:
         _row(pdf, [(name, 90, "L"), (str(qty), 20, "R"), (_money(price), 35, "R"), (_money(qty * price), 35, "R")])
     half = (inv.tax / 2).quantize(Decimal("0.01"))
+    _line(pdf, f"Taxable value: {_money(inv.subtotal)}", 9, align="R")
     _line(pdf, f"CGST {inv.tax_rate / 2}%: {_money(half)}", 9, align="R")
     _line(pdf, f"SGST {inv.tax_rate / 2}%: {_money(inv.tax - half)}", 9, align="R")
     _line(pdf, f"Grand Total Rs. {_money(inv.total)}", 11, "B", "R")
@@ -211,7 +214,7 @@ def _letter(inv: Invoice):
     pdf.multi_cell(0, 5.5, (
         f"Dear {inv.customer.split()[0]},\n\nplease find enclosed our invoice {inv.number} dated "
         f"{inv.issued.day} {inv.issued:%B %Y} for the work listed below. The amount of USD {_money(inv.total)} "
-        f"(USD {_money(inv.subtotal)} plus {inv.tax_rate}% tax) is due by {inv.due.day} {inv.due:%B %Y}. "
+        f"(USD {_money(inv.subtotal)} plus {inv.tax_rate}% tax, USD {_money(inv.tax)}) is due by {inv.due.day} {inv.due:%B %Y}. "
         f"Please quote your account number {inv.customer_number} when paying.\n"))
     for name, qty, price in inv.lines:
         _line(pdf, f"- {name}: {qty} at USD {_money(price)}", 9)
