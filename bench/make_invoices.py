@@ -214,7 +214,8 @@ def _letter(inv: Invoice):
     pdf.multi_cell(0, 5.5, (
         f"Dear {inv.customer.split()[0]},\n\nplease find enclosed our invoice {inv.number} dated "
         f"{inv.issued.day} {inv.issued:%B %Y} for the work listed below. The amount of USD {_money(inv.total)} "
-        f"(USD {_money(inv.subtotal)} plus {inv.tax_rate}% tax, USD {_money(inv.tax)}) is due by {inv.due.day} {inv.due:%B %Y}. "
+        f"(USD {_money(inv.subtotal)} plus {inv.tax_rate}% tax, USD {_money(inv.tax)}) "
+        f"is due by {inv.due.day} {inv.due:%B %Y}. "
         f"Please quote your account number {inv.customer_number} when paying.\n"))
     for name, qty, price in inv.lines:
         _line(pdf, f"- {name}: {qty} at USD {_money(price)}", 9)
