@@ -280,7 +280,8 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     stats.update({f"outside_label_set:{k}": v for k, v in outside.items() if v})
     start, started_from = ((None, "base model (--from-base)") if req.from_base
                            else start_adapter(req.registry, inherited.version, config, req.options))
-    listed = listed_tasks(inherited) if start else set()
+    trained_from = inherited.version if start else None  # the adapter training starts from, and its layouts
+    listed = listed_tasks(inherited) if trained_from else set()
     pairs = build_pairs(config, tasks, train, req.seed, listed=listed)
     stats["pairs"] = len(pairs)
     if not pairs:
@@ -291,7 +292,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
         id=new_version_id(hashlib.sha256((digest + json.dumps(asdict(options))).encode()).hexdigest()),
         parent=inherited.version.id if inherited.version else None, base_model=config.small.model,
         prompt_style=config.small.prompt_style, contextual_calibration=False, tasks=tasks,
-        tasks_without_options=tasks_without_options(pairs, tasks, listed, inherited.version if start else None),
+        tasks_without_options=tasks_without_options(pairs, tasks, listed, trained_from),
         fields={k: list(v) for k, v in config.fields.items()},
         task_versions={"label": label.TASK_VERSION, "extract": extract.TASK_VERSION}, data_hash=digest,
     )

@@ -69,6 +69,7 @@ _RATE_AFTER = re.compile(r"[ \t]*(?:%|percent\b|pct\b)", re.IGNORECASE)
 # group ("12,345"); a list of ids ("12345,67890") is not one.
 _DECIMALS_AFTER = re.compile(r"[.,]\d{1,2}(?!\d)")
 _GROUP_BEFORE = re.compile(r"\d[.,]$")
+_GROUP = re.compile(r"\d{3}")
 _DECIMAL = re.compile(r"(?:\d{1,3}(?:,\d{3})+|\d+)\.\d{1,2}")
 GROUNDED_TYPES = frozenset(_PATTERNS)  # a 'string' field has no pattern: it is generated and checked instead
 
@@ -89,6 +90,16 @@ def _is_valid(field_type: str, text: str) -> bool:
             return False
         text = text.lstrip("#")  # "#37777" names invoice 37777
     return not normalize(field_type, text)[1]
+
+
+def _stands_in_a_number(field_type: str, text: str, start: int, end: int) -> bool:
+    """Whether the span text[start:end] is a rate (id, amount) or a piece of a larger number (id)."""
+    if field_type not in ("id", "amount"):
+        return False
+    if _RATE_AFTER.match(text, end):
+        return True
+    return field_type == "id" and bool(_DECIMALS_AFTER.match(text, end) or (
+        _GROUP.fullmatch(text, start, end) and _GROUP_BEFORE.search(text, 0, start)))
 
 
 def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, int]] = frozenset(),
@@ -112,10 +123,7 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
             taken = [*exclude, *((c.start, c.end) for c in found.values() if field_type == "amount")]
             if not value or value in found or any(s < end and start < e for s, e in taken):
                 continue
-            if field_type in ("id", "amount") and _RATE_AFTER.match(text, end):
-                continue
-            if field_type == "id" and (_DECIMALS_AFTER.match(text, end) or (
-                    re.fullmatch(r"\d{3}", value) and _GROUP_BEFORE.search(text, 0, start))):
+            if _stands_in_a_number(field_type, text, start, end):
                 continue
             if _is_valid(field_type, value):
                 found[value] = Candidate(value, start, end)

@@ -35,11 +35,11 @@ def test_every_layout_writes_pdfs_whose_fields_are_among_the_candidates_with_dec
         ids = {_value("id", c.text) for c in find_candidates("id", ex.text)}
         assert {expected["customer_number"], expected["order_number"]} & ids, (ex.example_id, ids)  # as printed
         amounts = {_value("amount", c.text) for c in find_candidates("amount", ex.text)}
-        decoys = {f"{float(line['price_unit']) * line['quantity']:.2f}" for line in expected["lines"]}
+        letter = ex.example_id.startswith("letter")  # it lists unit prices, not line amounts
+        decoys = set() if letter else {f"{float(line['price_unit']) * line['quantity']:.2f}"
+                                       for line in expected["lines"]}
         if expected["amount_untaxed"] != expected["amount"]:
             decoys.add(f"{expected['amount_untaxed']:.2f}")
-        if ex.example_id.startswith("letter"):  # a letter names the total and subtotal, and lists unit prices
-            decoys = {f"{expected['amount_untaxed']:.2f}"} - {f"{expected['amount']:.2f}"}
         assert decoys <= amounts, (ex.example_id, decoys - amounts)
 
 
