@@ -11,7 +11,7 @@ these stand (a table, a narrow till receipt, a letter in prose). Every invoice a
 types that are not the answer: customer and order numbers, a phone number, a due date, the subtotal, the tax
 and the line amounts. Hold layouts out: train on some, judge on the others (issue 12: "use several layouts and
 hold some layouts out"). Text is drawn in fpdf2's core fonts (Latin-1 only): the euro is written EUR and the
-rupee Rs.
+rupee Rs. A classic invoice is in dollars or pounds, so a total is not learned as "whatever follows a $".
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Invoice:
     issued: date
     due: date
     currency: str  # ISO code
+    symbol: str  # how the money is written: a currency sign or code
     lines: list[tuple[str, int, Decimal]]  # description, quantity, unit price
     tax_rate: Decimal
     customer_number: str
@@ -107,7 +108,8 @@ def _row(pdf, cells: list[tuple[str, float, str]], size: float = 9, style: str =
 
 
 def _classic(inv: Invoice):
-    """A US invoice: the number and dates in a block on the right, a table, the total at the bottom."""
+    """A US-style invoice in dollars or pounds: the number and dates in a block on the right, a table, the
+    total at the bottom."""
     pdf = _pdf()
     _line(pdf, inv.issuer, 14, "B")
     _line(pdf, f"{inv.street} 12, Springfield  -  Phone {inv.phone}")
@@ -122,12 +124,12 @@ def _classic(inv: Invoice):
     pdf.ln(4)
     _row(pdf, [("Description", 90, "L"), ("Qty", 20, "R"), ("Unit Price", 35, "R"), ("Amount", 35, "R")], style="B")
     for name, qty, price in inv.lines:
-        _row(pdf, [(name, 90, "L"), (str(qty), 20, "R"), (f"${_money(price)}", 35, "R"),
-                   (f"${_money(qty * price)}", 35, "R")])
+        _row(pdf, [(name, 90, "L"), (str(qty), 20, "R"), (f"{inv.symbol}{_money(price)}", 35, "R"),
+                   (f"{inv.symbol}{_money(qty * price)}", 35, "R")])
     pdf.ln(3)
-    _line(pdf, f"Subtotal: ${_money(inv.subtotal)}", align="R")
-    _line(pdf, f"Sales Tax ({inv.tax_rate}%): ${_money(inv.tax)}", align="R")
-    _line(pdf, f"Total Due: ${_money(inv.total)}", 12, "B", "R")
+    _line(pdf, f"Subtotal: {inv.symbol}{_money(inv.subtotal)}", align="R")
+    _line(pdf, f"Sales Tax ({inv.tax_rate}%): {inv.symbol}{_money(inv.tax)}", align="R")
+    _line(pdf, f"Total Due: {inv.symbol}{_money(inv.total)}", 12, "B", "R")
     return pdf
 
 
@@ -228,19 +230,21 @@ def _letter(inv: Invoice):
 @dataclass(frozen=True)
 class Layout:
     draw: Callable[[Invoice], object]
-    currency: str
+    currencies: tuple[tuple[str, str], ...]  # (ISO code, how the layout writes it); one is drawn per invoice
     number: Callable[[random.Random, date], str]  # the invoice number's format
     tax_rates: tuple[int, ...]
 
 
 LAYOUTS: dict[str, Layout] = {
-    "classic": Layout(_classic, "USD", lambda r, d: f"INV-{d.year}-{r.randint(1, 99999):05d}", (0, 6, 7, 8)),
-    "european": Layout(_european, "EUR", lambda r, d: f"{d.year}/{r.randint(100, 9999):04d}", (7, 19, 20, 21)),
-    "receipt": Layout(_receipt, "GBP", lambda r, d: f"{r.randint(1, 999999):06d}", (0, 20)),
-    "statement": Layout(_statement, "INR",
+    "classic": Layout(_classic, (("USD", "$"), ("GBP", "\xa3")),
+                      lambda r, d: f"INV-{d.year}-{r.randint(1, 99999):05d}", (0, 6, 7, 8)),
+    "european": Layout(_european, (("EUR", "EUR"),),
+                       lambda r, d: f"{d.year}/{r.randint(100, 9999):04d}", (7, 19, 20, 21)),
+    "receipt": Layout(_receipt, (("GBP", "\xa3"),), lambda r, d: f"{r.randint(1, 999999):06d}", (0, 20)),
+    "statement": Layout(_statement, (("INR", "Rs."),),
                         lambda r, d: f"{r.choice('FKMB')}{r.choice('ABCT')}-{r.randint(10**6, 10**7 - 1)}",
                         (5, 12, 18)),
-    "letter": Layout(_letter, "USD", lambda r, d: str(r.randint(10000, 999999)), (0, 5, 10)),
+    "letter": Layout(_letter, (("USD", "USD"),), lambda r, d: str(r.randint(10000, 999999)), (0, 5, 10)),
 }
 
 
@@ -249,13 +253,16 @@ def make_invoice(layout: str, rng: random.Random) -> Invoice:
     issued = date(2019, 1, 1) + timedelta(days=rng.randint(0, 2800))
     lines = [(rng.choice(ITEMS), rng.randint(1, 12), Decimal(rng.randint(50, 90000)) / 100)
              for _ in range(rng.randint(1, 6))]
-    return Invoice(layout, rng.choice(ISSUERS), rng.choice(CUSTOMERS), rng.choice(STREETS),
-                   spec.number(rng, issued), issued, issued + timedelta(days=rng.choice((14, 30, 45))),
-                   spec.currency, lines, Decimal(rng.choice(spec.tax_rates)),
-                   customer_number=f"{rng.randint(10000, 99999)}{rng.choice('ABCDEFGHJK')}{rng.randint(100, 999)}"
-                   if layout == "statement" else str(rng.randint(100000, 999999)),
-                   order_number=str(rng.randint(10**9, 10**10 - 1)),
-                   phone=f"+{rng.choice((1, 44, 49, 91))} {rng.randint(100, 999)} {rng.randint(1000000, 9999999)}")
+    invoice = Invoice(layout, rng.choice(ISSUERS), rng.choice(CUSTOMERS), rng.choice(STREETS),
+                      spec.number(rng, issued), issued, issued + timedelta(days=rng.choice((14, 30, 45))),
+                      *spec.currencies[0], lines, Decimal(rng.choice(spec.tax_rates)),
+                      customer_number=f"{rng.randint(10000, 99999)}{rng.choice('ABCDEFGHJK')}{rng.randint(100, 999)}"
+                      if layout == "statement" else str(rng.randint(100000, 999999)),
+                      order_number=str(rng.randint(10**9, 10**10 - 1)),
+                      phone=f"+{rng.choice((1, 44, 49, 91))} {rng.randint(100, 999)} {rng.randint(1000000, 9999999)}")
+    if len(spec.currencies) > 1:  # drawn last: a one-currency layout's invoices stay as they were
+        invoice.currency, invoice.symbol = rng.choice(spec.currencies)
+    return invoice
 
 
 def write_invoices(out: Path, layouts: list[str], per_layout: int, seed: int = 0) -> list[Path]:
