@@ -63,6 +63,8 @@ _MONEY = [
                + r"[^\S\r\n]?(?:[Dd]ollars|[Ee]uros|[Pp]ounds|[Rr]upees|dollar|euro|pound|rupee|bucks"
                  r"|USD|EUR|GBP|INR|CHF)\b(?![\-/])(?![^\S\r\n]?[\d$€£¥₹])"),
 ]
+# A currency sign or code written before an amount's number ("$", "USD ", "Rs. ").
+_CURRENCY_BEFORE = re.compile(r"(?:[$€£¥₹]|(?:USD|EUR|GBP|INR|CHF|Rs\.?))\s?")
 # After a number: a percent sign makes it a rate ("plus 7% tax", "VAT 19 %"), neither an amount nor an id.
 _RATE_AFTER = re.compile(r"[ \t]*(?:%|percent\b|pct\b)", re.IGNORECASE)
 # Pieces of a larger number are no id: the integer part of a decimal ("1.234,56", "1970.40") or a thousands
@@ -119,7 +121,8 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
             value = m.group(0).strip()
             start = m.start() + m.group(0).index(value) if value else m.start()
             end = start + len(value)
-            # An amount's span is claimed once ("$1499", not also "1499"); ids may nest ("Kundennr.30064443").
+            # An amount's span is matched once ("$1499", not again as "1499" by the next pattern; the number
+            # alone is added below); ids may nest ("Kundennr.30064443").
             taken = [*exclude, *((c.start, c.end) for c in found.values() if field_type == "amount")]
             if not value or value in found or any(s < end and start < e for s, e in taken):
                 continue
@@ -127,4 +130,9 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
                 continue
             if _is_valid(field_type, value):
                 found[value] = Candidate(value, start, end)
+                bare = _CURRENCY_BEFORE.match(value) if field_type == "amount" else None
+                if bare and bare.group(0) != value and _is_valid(field_type, value[bare.end():]):
+                    # the number alone too: a model that writes "7,996.12" of "USD 7,996.12" would otherwise be held
+                    # by the grammar to another number that starts with "7" (a quantity, the subtotal)
+                    found.setdefault(value[bare.end():], Candidate(value[bare.end():], start + bare.end(), end))
     return sorted(found.values(), key=lambda c: c.start)[:limit]
