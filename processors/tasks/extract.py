@@ -33,7 +33,8 @@ from schemas.records import Document, FieldPrediction, Tier
 # v10: an amount written with a currency before it is also offered as the number alone ("USD 7,996.12" and
 # "7,996.12"): a model that began the number was held by the grammar to another one with the same first digits (a
 # line's quantity "7", the subtotal); v9: a number with a percent sign is neither an amount nor an id candidate
-# ("plus 7% tax"); no piece of a number is an id ("0.2", "1970.40", the "1.234" of "1.234,56"); an ungrouped decimal is an amount ("1970.40");
+# ("plus 7% tax"); no piece of a number is an id ("0.2", "1970.40", the "1.234" of "1.234,56"); an ungrouped
+# decimal is an amount ("1970.40");
 # v8: a date that ends a sentence ("21.05.2025.") is a date candidate (it was none, and "21.05" an amount);
 # v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains a
 # 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
