@@ -22,6 +22,8 @@ MAX_CANDIDATES = 64
 _MONTHS = (r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|"
            r"Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?|"
            + "|".join(sorted(MONTH_NAMES, key=len, reverse=True)) + r")\.?")
+# A currency sign or code written before an amount's number ("$", "USD", "Rs.").
+_CURRENCY_BEFORE = r"(?:[$€£¥₹]|\b(?:USD|EUR|GBP|INR|CHF|Rs\.?))"
 _PATTERNS: dict[str, list[re.Pattern[str]]] = {
     # A token with a digit: order and invoice numbers, references ("#37777", "INV/2023/03/0008", "IBZY2087").
     "id": [re.compile(r"(?<![\w#/\-])#?[A-Za-z0-9][A-Za-z0-9\-_/.]*[A-Za-z0-9](?![\w/\-])"),
@@ -30,7 +32,7 @@ _PATTERNS: dict[str, list[re.Pattern[str]]] = {
     # A number with a currency next to it, or with decimals, or a plain number of at most 7 digits
     # (a 15-digit number is an id, not an amount). A number with a percent sign is neither (find_candidates).
     "amount": [
-        re.compile(r"(?:[$€£¥₹]|\b(?:USD|EUR|GBP|INR|CHF|Rs\.?))\s?\d[\d,.]*\d|(?:[$€£¥₹])\s?\d"),
+        re.compile(_CURRENCY_BEFORE + r"\s?\d[\d,.]*\d|(?:[$€£¥₹])\s?\d"),
         re.compile(r"(?<![\w.,])(?:\d{1,3}(?:[,.]\d{3})+|\d{1,7})[.,]\d{2}(?![\d])"),
         re.compile(r"(?<![\w.,#/\-])\d{1,7}(?![\w/\-]|[.,]\d)"),
     ],
@@ -58,13 +60,13 @@ _PATTERNS: dict[str, list[re.Pattern[str]]] = {
 # wrongly excluded id would be a null that nobody reviews.
 _MONEY_NUMBER = r"(?P<number>(?:\d{1,3}(?:[,.]\d{3})+|\d{1,7})(?:[.,]\d{1,2})?)(?![\d,.]\d)(?!\d)"
 _MONEY = [
-    re.compile(r"(?<!\d[ \t])(?<!\d)(?:[$€£¥₹]|\b(?:USD|EUR|GBP|INR|CHF|Rs\.?))[^\S\r\n]?" + _MONEY_NUMBER),
+    re.compile(r"(?<!\d[ \t])(?<!\d)" + _CURRENCY_BEFORE + r"[^\S\r\n]?" + _MONEY_NUMBER),
     re.compile(r"(?<![\w.,#/\-])" + _MONEY_NUMBER
                + r"[^\S\r\n]?(?:[Dd]ollars|[Ee]uros|[Pp]ounds|[Rr]upees|dollar|euro|pound|rupee|bucks"
                  r"|USD|EUR|GBP|INR|CHF)\b(?![\-/])(?![^\S\r\n]?[\d$€£¥₹])"),
 ]
-# A currency sign or code written before an amount's number ("$", "USD ", "Rs. ").
-_CURRENCY_BEFORE = re.compile(r"(?:[$€£¥₹]|(?:USD|EUR|GBP|INR|CHF|Rs\.?))\s?")
+# An amount's own currency before its number, and the space after it: what the number alone leaves out.
+_PREFIX = re.compile(_CURRENCY_BEFORE + r"\s?")
 # After a number: a percent sign makes it a rate ("plus 7% tax", "VAT 19 %"), neither an amount nor an id.
 _RATE_AFTER = re.compile(r"[ \t]*(?:%|percent\b|pct\b)", re.IGNORECASE)
 # Pieces of a larger number are no id: the integer part of a decimal ("1.234,56", "1970.40") or a thousands
@@ -130,9 +132,9 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
                 continue
             if _is_valid(field_type, value):
                 found[value] = Candidate(value, start, end)
-                bare = _CURRENCY_BEFORE.match(value) if field_type == "amount" else None
-                if bare and bare.group(0) != value and _is_valid(field_type, value[bare.end():]):
+                prefix = _PREFIX.match(value) if field_type == "amount" else None
+                if prefix and _is_valid(field_type, value[prefix.end():]):
                     # the number alone too: a model that writes "7,996.12" of "USD 7,996.12" would otherwise be held
                     # by the grammar to another number that starts with "7" (a quantity, the subtotal)
-                    found.setdefault(value[bare.end():], Candidate(value[bare.end():], start + bare.end(), end))
+                    found.setdefault(value[prefix.end():], Candidate(value[prefix.end():], start + prefix.end(), end))
     return sorted(found.values(), key=lambda c: c.start)[:limit]
