@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from processors.datasets import LabelledExample
 from processors.demonstrations import SHOT_CHARS, match_id, write_demonstrations
+from processors.finetune import job
 from processors.finetune.job import Inherited, inherit, listed_tasks, sample_per_task, tasks_without_options
 from processors.finetune.pairs import Pair
 from schemas.config import LabelTask
@@ -37,7 +38,8 @@ def test_without_a_promoted_version_nothing_is_inherited(tmp_path, config):
     assert inherit(str(tmp_path / "models"), config, [_ticket("a")], [], 10).version is None
 
 
-def test_the_promoted_version_passes_on_its_learned_tasks_rehearsal_and_held_out_examples(tmp_path, config):
+def test_the_promoted_version_passes_on_its_learned_tasks_rehearsal_and_held_out_examples(tmp_path, config,
+                                                                                          monkeypatch):
     registry = str(tmp_path / "models")
     _promoted(registry, config)
     new = [_ticket(f"team ticket {i}", team="billing") for i in range(3)]
@@ -50,12 +52,15 @@ def test_the_promoted_version_passes_on_its_learned_tasks_rehearsal_and_held_out
                                                                                  "refund"]
     assert got.learned == ["category", "intent"]  # what its training sample labels: each must be judged
     assert match_id("cancel order 3") in got.seen  # a new held-out example it trained on: the job leaves it out
-    # one old training example per new one, never one the new held-out data judges
-    assert len(got.rehearsal) == 4
+    # at least REHEARSAL_PER_LABEL per label of its finest task in each task's share (here 4 x 2 x 2 = 16): so all
+    # 14 stored but the three that judge: "cancel order 3", "track it" and the long one, whose first SHOT_CHARS
+    # characters are those of an inherited held-out text (matched as the same example)
+    assert len(got.rehearsal) == 11
+    monkeypatch.setattr(job, "REHEARSAL_PER_LABEL", 1)  # floor 4: one old training example per new one rules
+    assert len(inherit(registry, config, new, held, eval_limit=10).rehearsal) == 4
+    assert len(inherit(registry, config, new[:2], held, eval_limit=10).rehearsal) == 4
     many = inherit(registry, config, new + [_ticket(f"more {i}", team="ops") for i in range(20)], held, 10)
-    # all 14 stored but the three that judge: "cancel order 3", "track it" and the long one, whose first
-    # SHOT_CHARS characters are those of an inherited held-out text (matched as the same example)
-    assert len(many.rehearsal) == 11
+    assert len(many.rehearsal) == 11  # never more than is stored
     assert not {"cancel order 3", "track it", LONG[:SHOT_CHARS]} & {ex.text for ex in many.rehearsal}
     assert {ex.labels["intent"] for ex in got.rehearsal} == {"cancel_order", "track_order"}  # both kept in mix
     assert all(ex.field_value("order_id") == (True, None) for ex in got.rehearsal)  # known fields come along
