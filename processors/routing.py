@@ -14,7 +14,18 @@ import numpy as np
 from schemas.config import Thresholds
 from schemas.records import TIERS, FieldPrediction, LabelPrediction, Tier
 
-FIELDS_KEY = "fields"  # thresholds key shared by all fields
+FIELDS_KEY = "fields"  # thresholds key shared by all fields; 'fields:<source>' (fields_key) wins for its source
+
+
+def fields_key(source: str) -> str:
+    """The thresholds key of one source's fields. Confidence means something else on a short ticket than on an
+    invoice PDF, so an evaluation with enough of each fits them apart (processors/evaluate/fitting.py)."""
+    return f"{FIELDS_KEY}:{source}"
+
+
+def is_fields_key(key: str) -> bool:
+    """'fields' or 'fields:<source>'."""
+    return key == FIELDS_KEY or key.startswith(f"{FIELDS_KEY}:")
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,11 @@ class RouteDecision:
 def _threshold(thresholds: dict[str, Thresholds], key: str, tier: Tier) -> float:
     t = thresholds.get(key, Thresholds())
     return t.small if tier == "small" else t.large
+
+
+def field_thresholds_key(thresholds: dict[str, Thresholds], source: str | None) -> str:
+    """The key a source's fields are routed by: 'fields:<source>' when there is one, else 'fields'."""
+    return fields_key(source) if source is not None and fields_key(source) in thresholds else FIELDS_KEY
 
 
 def below_threshold(confidence: float | np.ndarray, limit: float) -> np.bool_ | np.ndarray:
@@ -45,14 +61,16 @@ def _failure(invalid_reason: str | None, confidence: float, limit: float) -> str
 
 
 def route(labels: dict[str, LabelPrediction], fields: dict[str, FieldPrediction],
-          thresholds: dict[str, Thresholds], tier: Tier) -> RouteDecision:
+          thresholds: dict[str, Thresholds], tier: Tier, source: str | None = None) -> RouteDecision:
+    """One tier's decisions on one document's items; `source` (tickets, pdf) picks its fields' thresholds."""
+    fields_at = field_thresholds_key(thresholds, source)
     judged = [
         (task, _failure("invalid_output" if not pred.valid or pred.label is None else None,
                         pred.confidence, _threshold(thresholds, task, tier)))
         for task, pred in sorted(labels.items())
     ] + [
         (f"field:{name}", _failure(None if pred.valid else "+".join(pred.problems) or "invalid",
-                                   pred.confidence, _threshold(thresholds, FIELDS_KEY, tier)))
+                                   pred.confidence, _threshold(thresholds, fields_at, tier)))
         for name, pred in sorted(fields.items())
     ]
     return RouteDecision(

@@ -339,7 +339,7 @@ def apply_route(doc: Document, config: Config, tier: Tier) -> None:
     """Records which tier decides each item; failed items go up one tier, with reasons."""
     labels = {k: v for k, v in doc.labels.items() if v.tier == tier}
     fields = {k: v for k, v in doc.fields.items() if v.tier == tier}
-    decision = route(labels, fields, config.thresholds, tier)
+    decision = route(labels, fields, config.thresholds, tier, doc.source)
     for item in decision.passed:
         doc.decided_by[item] = tier
     for item in decision.failed:

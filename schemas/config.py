@@ -365,7 +365,7 @@ class Config(Strict):
     )
     # Price per million tokens of a hosted large model, to show what sending everything there would cost.
     hosted_price_per_million_tokens: float = 0.60
-    thresholds: dict[str, Thresholds] = Field(default_factory=dict)  # task or 'fields' -> thresholds
+    thresholds: dict[str, Thresholds] = Field(default_factory=dict)  # task, 'fields' or 'fields:<source>'
     models: Models = Models()
     # '<tier>:<task>' (or '<tier>:fields') -> calibration; normally filled from the model version.
     calibration: dict[str, TaskCalibration] = Field(default_factory=dict)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from processors import calibration as cal
-from processors.routing import FIELDS_KEY, route
+from processors.routing import FIELDS_KEY, is_fields_key, route
 from schemas.config import LinearTier, TaskCalibration, Thresholds
 from schemas.records import FieldPrediction, LabelPrediction
 
@@ -23,9 +23,10 @@ if TYPE_CHECKING:
 
 
 def cascade_at_thresholds(frame: pl.DataFrame, key: str, ev: Evaluation) -> pl.DataFrame:
-    """The outcome rows of one group (a task, or 'fields') with the cascade at the chosen thresholds and the
-    fitted calibration."""
-    return route_outcomes(frame, {key: ev.thresholds[key]}, ev.calibration, ev.config.linear)
+    """The outcome rows of one group (a task, or 'fields') with the cascade at the chosen thresholds (for
+    fields, each source's own where it has them) and the fitted calibration."""
+    keys = [key, *(k for k in ev.thresholds if key == FIELDS_KEY != k and is_fields_key(k))]
+    return route_outcomes(frame, {k: ev.thresholds[k] for k in keys}, ev.calibration, ev.config.linear)
 
 
 def route_outcomes(frame: pl.DataFrame, thresholds: dict[str, Thresholds], calibration: dict[str, TaskCalibration],
@@ -60,12 +61,12 @@ def _decide(row: dict, thresholds: dict[str, Thresholds], calibration: dict[str,
     small = prediction(row, "small", calibration)
     if small is None:
         return None
-    if _passes(small, thresholds, "small"):
+    if _passes(small, thresholds, "small", row["source"]):
         return "small"
     large = prediction(row, "large", calibration)
     if large is None:
         return None
-    return "large" if _passes(large, thresholds, "large") else "review"
+    return "large" if _passes(large, thresholds, "large", row["source"]) else "review"
 
 
 def prediction(row: dict, tier: str,
@@ -86,7 +87,8 @@ def prediction(row: dict, tier: str,
     return cal.calibrate_field(value, calibration.get(f"{tier}:{FIELDS_KEY}"))
 
 
-def _passes(pred: LabelPrediction | FieldPrediction, thresholds: dict[str, Thresholds], tier: str) -> bool:
+def _passes(pred: LabelPrediction | FieldPrediction, thresholds: dict[str, Thresholds], tier: str,
+            source: str | None) -> bool:
     if isinstance(pred, LabelPrediction):
-        return bool(route({pred.task: pred}, {}, thresholds, tier).passed)
-    return bool(route({}, {pred.field: pred}, thresholds, tier).passed)
+        return bool(route({pred.task: pred}, {}, thresholds, tier, source).passed)
+    return bool(route({}, {pred.field: pred}, thresholds, tier, source).passed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from processors.routing import FIELDS_KEY
+from processors.routing import FIELDS_KEY, fields_key, is_fields_key
 from schemas.config import Config
 
 if TYPE_CHECKING:
@@ -27,8 +27,8 @@ def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[s
         raise ValueError("storing calibration needs both tiers' outcomes (thresholds are chosen from them)")
     keep = {t.name for t in config.tasks} | {FIELDS_KEY}
     calibration = {k: v for k, v in ev.calibration.items() if k.split(":", 1)[1] in keep}
-    thresholds = {k: v for k, v in ev.thresholds.items() if k in keep}
-    metrics = {f"{k}.{name}": float(v) for k, p in ev.operating_points.items() if k in keep
+    thresholds = {k: v for k, v in ev.thresholds.items() if k in keep or is_fields_key(k)}
+    metrics = {f"{k}.{name}": float(v) for k, p in ev.operating_points.items() if k in thresholds
                for name, v in (("escalation_rate", p.escalation_rate), ("cascade_quality", p.quality),
                                ("large_quality", p.large_quality), ("small_quality", p.small_quality))}
     metrics["n_docs"] = float(ev.n_docs)
@@ -54,6 +54,9 @@ def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[s
     tried = {f"{tier}:{k}" for k in thresholds for tier in ev.tiers}
     version.calibration = {k: v for k, v in version.calibration.items() if k not in tried or k in calibration}
     version.calibration.update({k: v.model_copy() for k, v in calibration.items()})
+    if FIELDS_KEY in thresholds:  # a source's own field thresholds from an earlier fit are stale for what this saw
+        stale = {fields_key(source) for source in ev.outcomes["source"].drop_nulls().unique()} - set(thresholds)
+        version.thresholds = {k: v for k, v in version.thresholds.items() if k not in stale}
     version.thresholds.update({k: v.model_copy() for k, v in thresholds.items()})
     version.metrics["calibration"] = metrics
     version.training["calibrated_on"] = data or "(examples)"

@@ -17,7 +17,7 @@ import polars as pl
 
 from processors.datasets import LabelledExample
 from processors.evaluate import ALL_FIELDS, Evaluation, Summary, cascade_at_thresholds, evaluate, outcomes_by_task
-from processors.routing import FIELDS_KEY
+from processors.routing import FIELDS_KEY, is_fields_key
 from processors.tasks.extract import field_metrics
 from processors.tasks.label import label_metrics
 from schemas.config import Config, LabelTask
@@ -267,6 +267,8 @@ def compare_versions(config: Config, version: ModelVersion, folder: Path, held: 
     kept = _linear_decisions(ev, version, folder, held, metrics)
     sizes = {key: len(frame) for key, frame in outcomes_by_task(ev.outcomes).items()}
     enough = {key for key, n in sizes.items() if n >= MIN_FIT_ITEMS}
+    if FIELDS_KEY in enough:  # a source's own field thresholds were fitted only on enough of its rows
+        enough |= {key for key in ev.thresholds if is_fields_key(key)}
     return {"metrics": metrics,
             "calibration": {k: v for k, v in ev.calibration.items() if k.split(":", 1)[1] in enough},
             "thresholds": {k: v for k, v in ev.thresholds.items() if k in enough},
@@ -284,7 +286,7 @@ def _linear_decisions(ev: Evaluation, version: ModelVersion, folder: Path, held:
     kept: dict[str, float] = {}
     stats: dict[str, float] = {}
     for task, tier0 in version.linear.items():
-        if task not in groups or task == FIELDS_KEY or task not in ev.thresholds:
+        if task not in groups or is_fields_key(task) or task not in ev.thresholds:
             continue
         frame = cascade_at_thresholds(groups[task], task, ev).filter(pl.col("cascade_correct").is_not_null())
         if frame.is_empty():

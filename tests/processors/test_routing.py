@@ -34,6 +34,17 @@ def test_large_tier_uses_its_own_threshold():
     assert route({"category": _label(0.55)}, {}, TH, "small").failed == ("category",)
 
 
+def test_a_source_with_its_own_field_thresholds_is_routed_by_them_the_others_by_the_shared_ones():
+    th = {**TH, "fields:pdf": Thresholds(small=0.3, large=0.2)}
+    assert route({}, {"date": _field(0.4)}, th, "small", "pdf").passed == ("field:date",)
+    assert route({}, {"date": _field(0.4)}, th, "small", "tickets").reasons == (
+        "field:date:low_confidence(0.40<0.50)",)
+    assert route({}, {"date": _field(0.4)}, th, "small").failed == ("field:date",)  # no source: the shared ones
+    assert route({}, {"date": _field(0.25)}, th, "large", "pdf").passed == ("field:date",)
+    # labels are not fields: a 'fields:<source>' key never routes them
+    assert route({"category": _label(0.4)}, {}, th, "small", "pdf").failed == ("category",)
+
+
 def test_overall_tier_is_the_highest():
     assert overall_tier({"a": "small", "b": "review", "c": "large"}) == "review"
     assert overall_tier({}) == "small"

@@ -38,6 +38,14 @@ def test_empty_file_is_a_valid_config(tmp_path):
     assert config.thresholds_for("anything").small == 0.6
 
 
+def test_a_source_s_own_field_thresholds_load_beside_the_shared_ones(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[thresholds.fields]\nsmall = 0.5\n[thresholds."fields:pdf"]\nsmall = 0.2\nlarge = 0.1\n')
+    thresholds = load_config(path).thresholds
+    assert thresholds["fields"].small == 0.5 and (thresholds["fields:pdf"].small, thresholds["fields:pdf"].large) == (
+        0.2, 0.1)
+
+
 def test_typo_in_config_is_an_error(tmp_path):
     path = tmp_path / "typo.toml"
     path.write_text("[small]\nmodle = 'x'\n")

@@ -99,6 +99,26 @@ def test_the_evaluated_cascade_agrees_with_routing_route(ev):
     assert configured["decided_by"].to_list() == expected
 
 
+def test_the_cascade_routes_each_source_s_fields_by_its_own_thresholds_as_the_nightly_does(ev):
+    pdf = Thresholds(small=0.99, large=0.0)  # every PDF field value escalates on confidence
+    ev.thresholds["fields:pdf"] = pdf
+    fields = ev.outcomes.filter(pl.col("kind") == "field")
+    tickets = fields.with_columns(source=pl.lit("tickets"), example_id=pl.col("example_id") + "t")
+    got = cascade_at_thresholds(pl.concat([fields, tickets]), FIELDS_KEY, ev)
+    expected = []
+    for source in ("pdf", "tickets"):
+        th = {**THRESHOLDS, "fields:pdf": pdf}
+        for s, lg, _ in FIELD_ROWS:
+            small, large = _field(s, "small"), _field(lg, "large")
+            expected.append("small" if route({}, {"order_id": small}, th, "small", source).passed else
+                            "large" if route({}, {"order_id": large}, th, "large", source).passed else "review")
+    assert expected == ["large", "large", "review", "small", "large", "review"]
+    assert got["decided_by"].to_list() == expected
+    # a label task's cascade does not take the fields' per-source thresholds along
+    labels = cascade_at_thresholds(ev.outcomes.filter(pl.col("kind") == "label"), "category", ev)
+    assert labels["decided_by"][0] == "small"
+
+
 def test_tier0_decides_before_the_routed_tiers(ev):
     frame = ev.outcomes.filter(pl.col("kind") == "label").with_columns(
         linear_pred=pl.lit("shipping"), linear_conf=pl.Series([0.95, 0.2, 0.95, 0.2, 0.2, 0.2, 0.2]),

@@ -37,3 +37,38 @@ def test_calibration_and_thresholds_from_the_evaluation(evaluation):
     assert 0.0 <= ece.ece_before <= 1.0
     raw = judged_rows(evaluation.outcomes).filter(pl.col("kind") == "field")
     assert ece.ece_before == pytest.approx(cal.ece(raw["small_conf"].to_list(), raw["small_correct"].to_list()))
+
+
+def _field_rows(source: str, n: int, small_right, large_right) -> list[dict]:
+    """n field values of one source, confidences spread over 0-1; each tier right where its rule says."""
+    rows = []
+    for i in range(n):
+        conf = i / n
+        rows.append({"example_id": f"{source}{i}", "source": source, "kind": "field", "item": "order_id",
+                     "field_type": "id", "gold": "A1", "split": "both",
+                     "small_pred": "A1" if small_right(conf) else "B2", "small_conf": conf, "small_valid": True,
+                     "small_correct": small_right(conf),
+                     "large_pred": "A1" if large_right(conf) else "C3", "large_conf": 0.9, "large_valid": True,
+                     "large_correct": large_right(conf)})
+    return rows
+
+
+def test_each_source_s_fields_get_their_own_thresholds_when_both_have_enough_rows(config):
+    from processors.evaluate import OUTCOME_SCHEMA, Evaluation
+    from processors.evaluate.fitting import MIN_SOURCE_FIELD_ROWS
+
+    # tickets: the small tier is wrong below 0.5 and the large tier right; PDFs: the small tier is always right
+    # and the large tier always wrong, so escalating a PDF value on confidence buys nothing
+    tickets = _field_rows("tickets", 100, lambda c: c >= 0.5, lambda c: True)
+    pdf = _field_rows("pdf", 100, lambda c: True, lambda c: False)
+    ev = Evaluation(pl.DataFrame(tickets + pdf, schema=OUTCOME_SCHEMA), config, ("small", "large"), {}, 200)
+    thresholds, points = choose_thresholds(ev, {})
+    assert set(thresholds) == {FIELDS_KEY, "fields:tickets", "fields:pdf"}
+    assert thresholds["fields:pdf"].small == 0 and points["fields:pdf"].unsure_large_right == 0  # with evidence
+    assert thresholds["fields:tickets"].small > 0 and points["fields:tickets"].escalation_rate > 0
+    # one source alone, or a source with too few values: the shared thresholds only
+    alone = Evaluation(pl.DataFrame(tickets, schema=OUTCOME_SCHEMA), config, ("small", "large"), {}, 100)
+    assert set(choose_thresholds(alone, {})[0]) == {FIELDS_KEY}
+    few = pdf[:MIN_SOURCE_FIELD_ROWS - 1]
+    fewer = Evaluation(pl.DataFrame(tickets + few, schema=OUTCOME_SCHEMA), config, ("small", "large"), {}, 139)
+    assert set(choose_thresholds(fewer, {})[0]) == {FIELDS_KEY}
