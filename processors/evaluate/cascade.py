@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 def cascade_at_thresholds(frame: pl.DataFrame, key: str, ev: Evaluation) -> pl.DataFrame:
     """The outcome rows of one group (a task, or 'fields') with the cascade at the chosen thresholds (for
     fields, each source's own where it has them) and the fitted calibration."""
-    keys = [key, *(k for k in ev.thresholds if key == FIELDS_KEY != k and is_fields_key(k))]
-    return route_outcomes(frame, {k: ev.thresholds[k] for k in keys}, ev.calibration, ev.config.linear)
+    per_source = {k: t for k, t in ev.thresholds.items() if is_fields_key(k)} if key == FIELDS_KEY else {}
+    return route_outcomes(frame, {key: ev.thresholds[key], **per_source}, ev.calibration, ev.config.linear)
 
 
 def route_outcomes(frame: pl.DataFrame, thresholds: dict[str, Thresholds], calibration: dict[str, TaskCalibration],
