@@ -18,10 +18,10 @@ from processors.evaluate.summary import (
     ThresholdSummary,
     TierQuality,
 )
-from processors.routing import FIELDS_KEY
+from processors.routing import FIELDS_KEY, is_fields_key
 from processors.tasks.extract import field_metrics
 from processors.tasks.label import label_metrics
-from schemas.config import Config, TaskCalibration
+from schemas.config import Config, TaskCalibration, Thresholds
 
 
 def tier_quality(frame: pl.DataFrame, kind: str, pred_col: str, correct_col: str, **more: float | None) -> TierQuality:
@@ -142,9 +142,16 @@ def summarize(ev: Evaluation, config: Config) -> Summary:
     return Summary(
         n_docs=ev.n_docs, n_items=len(o), tiers=list(ev.tiers), tasks=tasks, fields=fields_, cost=cost,
         calibration=calibration,
-        thresholds=ThresholdSummary(configured={k: config.thresholds_for(k) for k in outcomes_by_task(o)},
+        thresholds=ThresholdSummary(configured={k: _configured(config, k)
+                                                for k in sorted({*outcomes_by_task(o), *ev.thresholds})},
                                     chosen=dict(ev.thresholds), operating_points=dict(ev.operating_points)),
         model_versions={t: r.model_version for t, r in ev.runs.items()},
         config_model_version=config.models.active,
         hosted_price_per_million_tokens=config.hosted_price_per_million_tokens,
         notes=ev.notes)
+
+
+def _configured(config: Config, key: str) -> Thresholds:
+    """The configured thresholds that route `key`'s items: a source's fields without their own ('fields:pdf')
+    are routed by the fields' ('fields')."""
+    return config.thresholds_for(FIELDS_KEY if is_fields_key(key) and key not in config.thresholds else key)

@@ -63,3 +63,16 @@ def test_absent_figures_are_left_out_of_the_json():
                                            "escalation_rate": 0.25, "review_rate": 0.0, "linear_rate": 0.0}}
     assert ItemSummary.from_dict(entry.to_dict()) == entry
     assert entry.row("large") is None
+
+
+def test_a_source_s_fields_show_the_configured_thresholds_that_route_them():
+    from processors.evaluate.summarize import _configured
+    from schemas.config import Thresholds, load_config
+    from tests.conftest import FIXTURES
+
+    config = load_config(FIXTURES / "sluicegate.toml")
+    config.thresholds = {"fields": Thresholds(small=0.7, large=0.4), "fields:pdf": Thresholds(small=0.3, large=0.2)}
+    assert _configured(config, "fields:pdf") == Thresholds(small=0.3, large=0.2)  # its own
+    assert _configured(config, "fields:tickets") == Thresholds(small=0.7, large=0.4)  # none: the fields'
+    assert _configured(config, "fields") == Thresholds(small=0.7, large=0.4)
+    assert _configured(config, "intent") == Thresholds()  # a task without its own: the defaults
