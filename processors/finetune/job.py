@@ -33,6 +33,7 @@ from processors.finetune.pairs import Pair, build_pairs, label_tasks_learned, tr
 from processors.finetune.train import TrainOptions
 from processors.progress import LOGGER as progress_log
 from processors.progress import duration
+from processors.routing import fields_key, is_fields_key
 from schemas.config import Config, LabelTask, LinearTier
 from schemas.versions import ModelVersion, promote, resolve, version_dir, version_file, write_version
 
@@ -150,7 +151,7 @@ class Inherited:
 def _share_groups(ex: LabelledExample) -> list[str]:
     """The groups an example counts for in sample_per_task: its label tasks, or its source's fields when it
     carries no label (an invoice with known fields)."""
-    return list(ex.labels) or ([f"fields:{ex.source}"] if ex.fields else [])
+    return list(ex.labels) or ([fields_key(ex.source)] if ex.fields else [])
 
 
 def _distinct_labels(examples: list[LabelledExample]) -> dict[str, int]:
@@ -182,7 +183,7 @@ def sample_per_task(examples: list[LabelledExample], n: int, seed: int = 0) -> l
         quota = n // len(groups) - sum(1 for i in chosen if group in _share_groups(examples[i]))
         pool = [i for i, ex in enumerate(examples) if group in _share_groups(ex) and i not in chosen]
         picked = {id(ex) for ex in sample([examples[i] for i in pool], max(quota, 0), seed,
-                                          stratify=None if group.startswith("fields:") else group)}
+                                          stratify=None if is_fields_key(group) else group)}
         chosen.update(i for i in pool if id(examples[i]) in picked)
     rest = [examples[i] for i in range(len(examples)) if i not in chosen]  # the seats the shares left over
     picked = {id(ex) for ex in sample(rest, max(n - len(chosen), 0), seed, stratify=_stratify_key(rest))}
@@ -349,7 +350,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
         "pairs": len(pairs), "steps": report.steps, "seconds": round(report.seconds, 1),
         "seconds_per_100_examples": round(report.seconds_per_100_examples, 1),
         "loss_first": round(report.loss_first, 4), "loss_last": round(report.loss_last, 4),
-        "rank": req.options.rank, "epochs": req.options.epochs, "lr": req.options.learning_rate,
+        "rank": req.options.rank, "epochs": req.options.epochs, "lr": options.learning_rate,
         "dropout": req.options.dropout, "started_from": started_from,
         "target_modules": list(req.options.target_modules), "adapter_tensors": n_tensors,
         "agreement_base_top1": before["top1"], "agreement_adapter_top1": after["top1"],
