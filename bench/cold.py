@@ -13,7 +13,8 @@ In one run, on the same inputs (the shipped configuration, with its promoted mod
 - determinism: for 24 documents, the largest probability difference between the nightly batch, each
   document alone, shuffled batches, and a rerun;
 - PDF text: pages/s of the parser (in-process pypdf) on ../shared/data/pdfs;
-- where each cold run's time goes: imports, ingest, each tier's model load and answers, and the rest.
+- where each cold run's time goes: imports, ingest, each tier's model load and answers, and the rest;
+- who decided each label task's and field's answers (tier 0, small, large, review): where the escalations come from.
 Prints a table and writes the figures to bench/cold.json (--json) for comparison across commits.
 """
 
@@ -62,7 +63,21 @@ def child_pipeline(config_path: str, inbox: str, source: str, out: str) -> dict:
     counters = run_pipeline(spec)
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "import_seconds": imported - started, "documents": counters.get("inputs", 0),
-            "counters": counters, "peak_rss_mb": _peak_rss_mb()}
+            "counters": counters, "peak_rss_mb": _peak_rss_mb(), "decided_by": decided_by_item(out)}
+
+
+def decided_by_item(out: str) -> dict[str, dict[str, int]]:
+    """Per label task and field: how many of its answers each tier decided (where the escalations come from)."""
+    import polars as pl
+
+    counts: dict[str, dict[str, int]] = {}
+    for table, item in (("labels", "task"), ("fields", "field")):
+        files = sorted(Path(out, table).rglob("*.parquet"))
+        if files:
+            frame = pl.concat([pl.read_parquet(f, columns=[item, "decided_by"]) for f in files])
+            for name, tier, n in frame.group_by([item, "decided_by"]).len().sort([item, "decided_by"]).iter_rows():
+                counts.setdefault(f"{table}:{name}", {})[tier] = n
+    return counts
 
 
 def child_bound(config_path: str, tickets_file: str, sequences: str = "8") -> dict:
@@ -195,6 +210,7 @@ def main() -> None:
         return
 
     from processors.datasets import load_examples, sample, write_ticket_export
+    from schemas.records import TIERS
 
     work = Path(tempfile.mkdtemp(prefix="sluicegate-bench-"))
     try:
@@ -227,7 +243,8 @@ def main() -> None:
         figures[source] = {"documents": results[-1]["documents"], "docs_per_second": statistics.median(rates),
                            "runs": rates, "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
                            "prompt_tokens": prompt, "computed_tokens": computed,
-                           "escalated_to_large": c.get("decided_large", 0) + c.get("decided_review", 0)}
+                           "escalated_to_large": c.get("decided_large", 0) + c.get("decided_review", 0),
+                           "decided_by": results[-1]["decided_by"]}
         print(f"{source:10s} {results[-1]['documents']:5d} {statistics.median(rates):16.2f} "
               f"{', '.join(f'{r:.2f}' for r in rates):>22s} {figures[source]['peak_rss_mb']:12.0f} "
               f"{prompt:11d} {computed:9d}")
@@ -242,6 +259,10 @@ def main() -> None:
         print(f"{source:10s} " + " ".join(f"{stages[k]:{w}.1f}" for k, w in (
             ("total", 7), ("imports", 8), ("ingest", 7), ("small_load", 11), ("small", 7), ("large_load", 11),
             ("large", 7), ("rest", 7))))
+    print("who decided each item's answers (the last run): linear / small / large / review")
+    for source in runs:
+        print(f"{source:10s} " + "; ".join(f"{item} " + "/".join(str(d.get(t, 0)) for t in TIERS)
+                                          for item, d in figures[source]["decided_by"].items()))
     ratio = figures["tickets"]["docs_per_second"] / bound["per_second"]
     figures["tickets"]["share_of_bound"] = ratio
     print(f"raw bound: {bound['per_second']:.2f} tickets/s (one label, 8 sequences, prompt cache; "
