@@ -68,13 +68,12 @@ def child_pipeline(config_path: str, inbox: str, source: str, out: str) -> dict:
 
 def decided_by_item(out: str) -> dict[str, dict[str, int]]:
     """Per label task and field: how many of its answers each tier decided (where the escalations come from)."""
-    import polars as pl
+    from processors.sinks import read_table
 
     counts: dict[str, dict[str, int]] = {}
     for table, item in (("labels", "task"), ("fields", "field")):
-        files = sorted(Path(out, table).rglob("*.parquet"))
-        if files:
-            frame = pl.concat([pl.read_parquet(f, columns=[item, "decided_by"]) for f in files])
+        frame = read_table(out, table, [DATE])
+        if not frame.is_empty():
             for name, tier, n in frame.group_by([item, "decided_by"]).len().sort([item, "decided_by"]).iter_rows():
                 counts.setdefault(f"{table}:{name}", {})[tier] = n
     return counts

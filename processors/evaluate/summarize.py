@@ -18,7 +18,7 @@ from processors.evaluate.summary import (
     ThresholdSummary,
     TierQuality,
 )
-from processors.routing import FIELDS_KEY, is_fields_key
+from processors.routing import FIELDS_KEY, field_thresholds_key, is_fields_key
 from processors.tasks.extract import field_metrics
 from processors.tasks.label import label_metrics
 from schemas.config import Config, TaskCalibration, Thresholds
@@ -154,4 +154,6 @@ def summarize(ev: Evaluation, config: Config) -> Summary:
 def _configured(config: Config, key: str) -> Thresholds:
     """The configured thresholds that route `key`'s items: a source's fields without their own ('fields:pdf')
     are routed by the fields' ('fields')."""
-    return config.thresholds_for(FIELDS_KEY if is_fields_key(key) and key not in config.thresholds else key)
+    if not is_fields_key(key):
+        return config.thresholds_for(key)
+    return config.thresholds_for(field_thresholds_key(config.thresholds, key.partition(":")[2] or None))

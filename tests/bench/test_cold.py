@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from bench.cold import decided_by_item
+from bench.cold import DATE, decided_by_item
 
 
 def test_who_decided_each_item_is_counted_from_the_partitioned_tables(tmp_path):
@@ -14,7 +14,7 @@ def test_who_decided_each_item_is_counted_from_the_partitioned_tables(tmp_path):
         ("fields", "field", [("order_id", "review"), ("order_id", "small")]),
     ):
         for part, half in enumerate((rows[::2], rows[1::2])):  # two partitions: both are read
-            folder = tmp_path / table / "run_date=2026-11-20" / f"source=s{part}"
+            folder = tmp_path / table / f"run_date={DATE}" / f"source=s{part}"
             folder.mkdir(parents=True)
             pl.DataFrame({item: [r[0] for r in half], "decided_by": [r[1] for r in half],
                           "doc_id": [f"d{i}" for i in range(len(half))]}).write_parquet(folder / "part-0.parquet")
