@@ -171,7 +171,7 @@ def main() -> None:
     _print_table(f"shipped version {shipped} (evaluate: {before_seconds:.0f} s)", figures["shipped"])
     _print_table(f"new version {version.id}, trained on from the shipped adapter", figures["new"])
     print(f"\n{'promoted' if result['promoted'] else 'not promoted'}: {result['why']}")
-    print("promotion check (small tiers on the same held-out rows):")
+    print("promotion check (small tiers on the same held-out rows; <task>=<label>: that label's recall):")
     for key in sorted(k for k in comparison if k.endswith(".candidate")):
         task = key.rsplit(".", 1)[0]
         shipped_score = comparison.get(f"{task}.promoted", float("nan"))

@@ -54,7 +54,7 @@ def run_sluicegate(args: list[str]) -> dict:
 
 def main() -> None:
     from bench.finetune_labels import TASK, write_data
-    from processors.finetune.compare import NOISE_Z, REGRESSION_TOLERANCE
+    from processors.finetune.compare import regression_margin
     from schemas.versions import read_registry, read_version
 
     parser = argparse.ArgumentParser()
@@ -85,11 +85,11 @@ def main() -> None:
     print(f"tasks served by the new version: {', '.join(t.name for t in version.tasks)}; learned without the option "
           f"list: {', '.join(version.tasks_without_options)}")
     print(f"\n{'task':18s} {'candidate':>10s} {'promoted':>9s} {'margin':>7s}  (small tiers on the same held-out "
-          "rows; macro-F1, fields: F1 over present values)")
+          "rows; macro-F1, fields: F1 over present values, <task>=<label>: recall)")
     rows = {}
     for task in sorted({k.rsplit(".", 1)[0] for k in comparison}):
         mine, theirs = comparison.get(f"{task}.candidate"), comparison.get(f"{task}.promoted")
-        margin = max(REGRESSION_TOLERANCE, NOISE_Z * comparison.get(f"{task}.noise", 0.0))
+        margin = regression_margin(comparison, task)  # a '<task>=<label>' row: that label's recall
         rows[task] = {"candidate": mine, "promoted": theirs, "margin": margin if theirs is not None else None}
         cells = [f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in (mine, theirs)]
         print(f"{task:18s} {cells[0]} {cells[1][1:]} {margin if theirs is not None else float('nan'):7.3f}")

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ft.add_argument("--eval", help="held-out examples (default: a 10%% split of --train)")
     ft.add_argument("--format", help="adapter for every file (default: picked from the columns)")
     ft.add_argument("--limit", type=int, help="examples per training file (stratified sample)")
-    ft.add_argument("--eval-limit", type=int, default=150, help="held-out examples evaluated (default 150)")
+    ft.add_argument("--eval-limit", type=int, default=150,
+                    help="held-out examples evaluated, of the new data and of the promoted version's (default 150; "
+                         "of the promoted version's, at least 80 per task)")
     ft.add_argument("--epochs", type=float, default=1.0)
     ft.add_argument("--distill-start", type=_parse_date, help="also learn from the large tier's decisions ...")
     ft.add_argument("--distill-end", type=_parse_date, help="... of these run dates (default: the start date)")

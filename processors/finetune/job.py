@@ -49,6 +49,12 @@ REHEARSAL_PER_EXAMPLE = 1.0
 # otherwise rehearsed about 32 intent examples for 27 labels, and bench/invoice_fields.py's candidate fell on
 # intent from 0.800 to 0.675 and on sentiment from 0.838 to 0.748 (stop 30). The shipped version trained on ~15.
 REHEARSAL_PER_LABEL = 4
+# The promoted version's held-out examples that judge a candidate: about --eval-limit, but at least this many per
+# task (each share group of sample_per_task), or all it stores. With --eval-limit 60 a candidate was judged on 25
+# sentiment rows, where a fall in neutral recall from 0.565 to 0.348 is noise; at 80 per task compare.py judges
+# each label with MIN_LABEL_ROWS rows on its own. Of the shipped version's 265 (3 tasks), 240 judge: its 79
+# sentiment rows among them.
+MIN_INHERITED_PER_TASK = 80
 DEMONSTRATIONS_FILE = "demonstrations.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
 
@@ -193,10 +199,10 @@ def sample_per_task(examples: list[LabelledExample], n: int, seed: int = 0) -> l
 def inherit(registry: str, config: Config, train: list[LabelledExample], held: list[LabelledExample],
             eval_limit: int, seed: int = 0) -> Inherited:
     """The promoted version's label tasks (their label sets grown by labels the new data adds), its training
-    examples to rehearse (rehearsal_size) and its held-out examples (about
-    eval_limit), each sampled with an even share per task. Examples match by match_id (stored texts are cut):
-    one the candidate trains on, or one already among the new held-out examples, is not inherited as held
-    out; one that judges (new or inherited) is not rehearsed."""
+    examples to rehearse (rehearsal_size) and its held-out examples (about eval_limit, at least
+    MIN_INHERITED_PER_TASK per task), each sampled with an even share per task. Examples match by match_id
+    (stored texts are cut): one the candidate trains on, or one already among the new held-out examples, is not
+    inherited as held out; one that judges (new or inherited) is not rehearsed."""
     found = resolve(registry, None)
     if found is None:
         return Inherited()
@@ -219,9 +225,10 @@ def inherit(registry: str, config: Config, train: list[LabelledExample], held: l
         if task.name not in configured:  # its label set grows by labels the new data adds, from its sources
             found = label_sets([ex for ex in train + held if ex.source in task.sources]).get(task.name, [])
             tasks.append(task.model_copy(update={"labels": task.labels + sorted(set(found) - set(task.labels))}))
+    judged = max(eval_limit, MIN_INHERITED_PER_TASK * len(_distinct_labels(heldout)))
     return Inherited(version, tasks, learned,
                      sample_per_task(rehearsal, rehearsal_size(rehearsal, len(train)), seed),
-                     sample_per_task(heldout, eval_limit, seed), {match_id(ex.text) for ex in trained})
+                     sample_per_task(heldout, judged, seed), {match_id(ex.text) for ex in trained})
 
 
 def listed_tasks(inherited: Inherited) -> set[str]:

@@ -90,6 +90,30 @@ def test_a_drop_within_the_comparisons_noise_is_no_regression():
     assert not promoted and "intent 0.700 < promoted 0.800 - 0.049" in why
 
 
+def test_a_class_that_falls_away_is_refused_though_the_task_s_macro_f1_holds():
+    gold = ["negative"] * 25 + ["neutral"] * 25 + ["positive"] * 25 + ["mixed"] * 5
+    lost = [("positive" if g == "neutral" and i % 3 == 0 else g) for i, g in enumerate(gold)]  # 8 of 25 neutral
+    got = paired_comparison(_outcomes(lost, gold, "sentiment"), _outcomes(gold, gold, "sentiment"))
+    # each label with MIN_LABEL_ROWS (20) rows is compared on its recall too; 'mixed' (5 rows) is not
+    assert {k.rsplit(".", 1)[0] for k in got} == {"sentiment", "sentiment=negative", "sentiment=neutral",
+                                                  "sentiment=positive"}
+    assert got["sentiment=neutral.candidate"] == 17 / 25 and got["sentiment=neutral.promoted"] == 1.0
+    assert got["sentiment=positive.candidate"] == 1.0 and 0.05 < got["sentiment=neutral.noise"] < 0.2
+    # stop 31's invoice-trained candidate on the shipped version's 79 held-out sentiment rows: macro-F1 within its
+    # margin, neutral recall 0.565 -> 0.348
+    before = {"sentiment": 0.736, "sentiment=neutral": 0.565}
+    promoted, why = decide_promotion(_cmp({"sentiment": 0.695, "sentiment=neutral": 0.348}, before,
+                                          {"sentiment": 0.05, "sentiment=neutral": 0.085}), ["sentiment"])
+    assert not promoted and why.endswith("sentiment=neutral recall 0.348 < promoted 0.565 - 0.150")
+    assert "sentiment 0.695" not in why
+    # a smaller fall (0.13) is within LABEL_TOLERANCE: judged as the task, not refused for the label
+    promoted, why = decide_promotion(_cmp({"sentiment": 0.75, "sentiment=neutral": 0.435}, before,
+                                          {"sentiment": 0.05, "sentiment=neutral": 0.066}), ["sentiment"])
+    assert promoted and why == "held-out score 0.750 > promoted 0.736 on sentiment"  # labels are not averaged
+    # a label's recall is no task of its own: judged labels do not count as one the promoted version lacks
+    assert not decide_promotion(_cmp({"sentiment": 0.7, "sentiment=neutral": 0.9}, before), ["sentiment"])[0]
+
+
 def test_quality_score_averages_macro_f1_and_field_f1():
     summary = Summary(n_docs=10, n_items=30, tiers=["small"], tasks={
         "category": ItemSummary(10, small=TierQuality(accuracy=0.9, macro_f1=0.8, quality=0.9)),

@@ -66,6 +66,8 @@ def test_the_promoted_version_passes_on_its_learned_tasks_rehearsal_and_held_out
     assert all(ex.field_value("order_id") == (True, None) for ex in got.rehearsal)  # known fields come along
     # its held-out examples judge the candidate too, except one the candidate now trains on
     assert sorted(ex.text for ex in got.heldout) == sorted([LONG + " again", "please cancel my order", "track it"])
+    assert len(inherit(registry, config, new, held, eval_limit=1).heldout) == 3  # at least 80 per task: all 3
+    monkeypatch.setattr(job, "MIN_INHERITED_PER_TASK", 0)  # without that floor, about eval_limit
     assert len(inherit(registry, config, new, held, eval_limit=1).heldout) == 1
     # a stored text is cut: its whole text in the new data is the same example (not held out, not rehearsed)
     whole = inherit(registry, config, [_ticket(LONG + " again")], [_ticket(LONG)], eval_limit=10)
