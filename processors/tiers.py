@@ -24,7 +24,7 @@ from processors.models import Runtime, load_runtime
 from processors.models.base import Completion, usage_of
 from processors.routing import route
 from processors.tasks import extract, label
-from processors.tasks.prompts import cut
+from processors.tasks.prompts import cut, shared_prefix
 from schemas.config import Config, TierModel
 from schemas.records import Document, FieldPrediction, LabelPrediction, Tier, Usage
 
@@ -157,7 +157,7 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
             for source in sorted({d.source for d, items in zip(docs, asked, strict=True) if task.name in items}):
                 _content_free(loaded, tier_cfg, task, source)
     for doc, items in zip(docs, asked, strict=True):
-        with sequence():
+        with sequence(*shared_prefix(tier_cfg.prompt_style, doc.source)):
             _predict_together([doc], loaded, tier_cfg, config, tier, [items])
 
 

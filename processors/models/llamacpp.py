@@ -77,19 +77,54 @@ class LlamaCppRuntime:
         self._slot = threading.RLock()  # held for a whole sequence: no other prompt may come in between
         self._in_sequence = False
         self._reuse = False  # inside a sequence, after its first prompt: reuse the slot's cached prefix
+        self._primed: tuple[str, str] | None = None  # the shared prefix (and separator) the slot holds, canonical
+        self._prefix_tokens: dict[tuple[str, str], int] = {}  # (prefix, separator) -> the prefix's tokens; 0: the
+        # separator is no single token after it, the prefix is not kept
 
     @contextmanager
-    def sequence(self) -> Iterator[None]:
-        """One document's prompts, alone on the slot: the first is evaluated afresh, each later one reuses
-        the prefix it shares with the prompt before it (the same document's text). The same document
-        asked the same things in the same order therefore gets the same probabilities, whatever ran
-        before it or beside it. Outside a sequence, every prompt is evaluated afresh."""
+    def sequence(self, shared: str = "", separator: str = "") -> Iterator[None]:
+        """One document's prompts, alone on the slot, each reusing the prefix it shares with the prompt before
+        it (the same document's text). The same document asked the same things in the same order therefore
+        gets the same probabilities, whatever ran before it or beside it. Outside a sequence, every prompt is
+        evaluated afresh.
+
+        shared, separator (prompts.shared_prefix): the text all of the document's prompts start with (the
+        system turn and the document header: 35 tokens for the large tier, a third of a ticket's first
+        prompt) and a control token no document holds. The prefix is not evaluated again for every document:
+        the slot keeps it, computed afresh with the separator after it, so that the document's first prompt
+        reuses exactly the prefix, in the same state, whatever ran before. Before each document the slot is
+        brought back to prefix + separator (one token to evaluate); when that is not all it took (something
+        overwrote the prefix: a prompt evaluated afresh, a document whose first token merged with the
+        prefix's last), the prefix is evaluated afresh again. Without them, the first prompt is evaluated afresh."""
         with self._slot:
             self._in_sequence, self._reuse = True, False
             try:
+                if shared and separator:
+                    self._reuse = self._prime(shared, separator)
                 yield
             finally:
                 self._in_sequence = self._reuse = False
+
+    def _prime(self, shared: str, separator: str) -> bool:
+        """Brings the slot to shared + separator in its canonical state; False: it cannot (evaluate afresh)."""
+        request = {"prompt": shared + separator, "max_tokens": 1, "temperature": 0.0}
+        key = (shared, separator)
+        if key not in self._prefix_tokens:  # once per prefix: the separator must be one token after it
+            alone = self._server.handle_completions({**request, "prompt": shared, "cache_prompt": False})
+            both = self._server.handle_completions({**request, "cache_prompt": False})
+            self._primed = None
+            if not (_answered(alone) and _answered(both)):
+                return False
+            n = _prompt_tokens(alone)
+            self._prefix_tokens[key] = n if _prompt_tokens(both) == n + 1 else 0
+        if not self._prefix_tokens[key]:
+            return False
+        if self._primed == key:  # the slot holds it, with the last document after it: only the separator
+            if _computed(self._server.handle_completions({**request, "cache_prompt": True})) == 1:
+                return True
+        afresh = self._server.handle_completions({**request, "cache_prompt": False})
+        self._primed = key if _answered(afresh) else None
+        return self._primed is not None
 
     def complete(self, prompts: list[str], *, max_tokens: int, top_logprobs: int = 0,
                  json_schema: dict | None = None, grammar: str | None = None) -> list[Completion]:
@@ -107,15 +142,31 @@ class LlamaCppRuntime:
 
     def _one(self, request: dict) -> Completion:
         request["cache_prompt"] = self._reuse
+        kept = self._primed if self._reuse and self._primed and request["prompt"].startswith(self._primed[0]) else None
         response = self._server.handle_completions(request)
         self._reuse = self._in_sequence
-        if isinstance(response, dict) and "choices" in response:
+        if kept is None or _prompt_tokens(response) - _computed(response) < self._prefix_tokens.get(kept, 0):
+            self._primed = None  # the prefix was (partly) evaluated again: no longer in its canonical state
+        if _answered(response):
             return _to_completion(response)
         message = str(response.get("error") if isinstance(response, dict) else response)[:300]
         return Completion("", [], 0, 0, error=f"runtime error: {message}")
 
     def close(self) -> None:
         self._server = None
+
+
+def _answered(response: object) -> bool:
+    return isinstance(response, dict) and "choices" in response
+
+
+def _prompt_tokens(response: object) -> int:
+    return int(((response.get("usage") or {}) if isinstance(response, dict) else {}).get("prompt_tokens", 0))
+
+
+def _computed(response: object) -> int:
+    """Prompt tokens llama.cpp evaluated for the request (not reused from its slot); -1: not reported."""
+    return int(((response.get("timings") or {}) if isinstance(response, dict) else {}).get("prompt_n", -1))
 
 
 def _to_completion(response: dict) -> Completion:

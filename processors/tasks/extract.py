@@ -30,6 +30,7 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
+# v11: the large tier's system turn and header kept evaluated across documents (LlamaCppRuntime.sequence);
 # v10: an amount written with a currency before it is also offered as the number alone ("USD 7,996.12" and
 # "7,996.12"): a model that began the number was held by the grammar to another one with the same first digits (a
 # line's quantity "7", the subtotal); v9: a number with a percent sign is neither an amount nor an id candidate
@@ -39,7 +40,7 @@ from schemas.records import Document, FieldPrediction, Tier
 # v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains a
 # 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
 # v4: grounded values
-TASK_VERSION = "sluicegate.extract.v10"
+TASK_VERSION = "sluicegate.extract.v11"
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}

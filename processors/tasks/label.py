@@ -17,9 +17,10 @@ from processors.tasks.prompts import Style, answer_lead, frame
 from schemas.config import LabelTask, TierModel
 from schemas.records import LabelPrediction, Tier, Usage
 
+# v5: the large tier's system turn and header kept evaluated across documents (LlamaCppRuntime.sequence);
 # v4: trie branches under 1 % not read further; v3: each document evaluated as its own sequence (batch-free);
 # v2: inert markers
-TASK_VERSION = "sluicegate.label.v4"
+TASK_VERSION = "sluicegate.label.v5"
 CONTENT_FREE_INPUTS = ("N/A", "", "[document]")  # for contextual calibration (Zhao et al., 2021)
 _MAX_DEPTH = 6
 # A branch of the trie (labels sharing the tokens read so far) with less probability than this is not read

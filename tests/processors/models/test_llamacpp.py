@@ -100,6 +100,77 @@ def test_a_document_gets_identical_answers_alone_in_any_batch_and_on_a_rerun(con
         assert answers(batches) == together, batches
 
 
+def _kept_prefix_answers(runtime, prefix: str, separator: str, prompts: list[str], order: list[int],
+                        interrupt: bool = False) -> dict[int, tuple]:
+    """Each prompt's first-token distribution, asked as a one-prompt document in `order`, and the share of its
+    tokens llama.cpp evaluated. interrupt: a prompt evaluated afresh between documents (it overwrites the slot)."""
+    out = {}
+    for i in order:
+        if interrupt:
+            runtime.complete(["Something else entirely."], max_tokens=1)
+        with runtime.sequence(prefix, separator):
+            [c] = runtime.complete([prompts[i]], max_tokens=1, top_logprobs=10)
+        assert c.error is None
+        out[i] = (c.tokens[0].top, c.prompt_tokens - c.computed_tokens)
+    return out
+
+
+def test_a_kept_prefix_is_evaluated_once_and_a_document_s_answer_never_depends_on_what_ran_before(small_runtime):
+    """The shared prefix stays on the slot across documents (LlamaCppRuntime.sequence): each document's first
+    prompt reuses exactly the prefix, whatever document came before (even one starting with the same words,
+    or one whose first token merges with the prefix's last), and gets the same bits in any order."""
+    from processors.tasks.prompts import frame
+
+    prefix = frame("base", "tickets", "\x00", "").split("\x00")[0]
+    texts = ["Where is my parcel? Order 12345.", "Where is my refund?", "\n\nthanks a lot!", "Cancel it."]
+    prompts = [frame("base", "tickets", t, "Is the tone negative, neutral or positive?\nAnswer:") for t in texts]
+    first = _kept_prefix_answers(small_runtime, prefix, "<eos>", prompts, [0, 1, 2, 3])
+    assert {i: reused for i, (_, reused) in first.items()}[1] == first[0][1] > 5  # the header, not "Where is my"
+    for order, interrupt in (([3, 2, 1, 0], False), ([1], False), ([2, 0, 3, 1], True), ([0, 1, 2, 3], False)):
+        again = _kept_prefix_answers(small_runtime, prefix, "<eos>", prompts, order, interrupt)
+        assert all(again[i][0] == first[i][0] for i in order), (order, interrupt)
+    # a separator that is no single token of the model: nothing is kept, every document is evaluated afresh
+    fresh = _kept_prefix_answers(small_runtime, prefix, "<|im_end|>", prompts, [0, 1])
+    assert all(reused == 0 for _, reused in fresh.values())
+
+
+def test_the_large_tier_keeps_its_system_turn_and_answers_the_same_alone_and_in_any_batch(config):
+    """The real large tier (Qwen, ChatML): its 35-token system turn and header are evaluated once, not per
+    document, and each document's probabilities are the same alone, batched and in another order."""
+    import copy
+
+    from processors.ingest import ingest
+    from processors.models import load_runtime
+    from processors.tiers import LoadedTier, predict
+    from schemas.records import Document
+    from tests.conftest import FIXTURE_DATE, FIXTURES
+
+    docs = []
+    for source in ("tickets", "pdf"):  # the two shortest of each source (Qwen reads 55 tokens/s here)
+        found = [r for path in sorted((FIXTURES / "inbox" / source / FIXTURE_DATE).iterdir())
+                 for r in ingest(str(path), source, path.read_bytes(), config) if isinstance(r, Document)]
+        docs += sorted(found, key=lambda d: len(d.text))[:2]
+    runtime = load_runtime(config.large)
+    try:
+        def answers(batches: list[list[int]]) -> dict[str, tuple]:
+            out = {}
+            for batch in batches:
+                done = [copy.deepcopy(docs[i]) for i in batch]
+                predict(done, LoadedTier(runtime), config.large, config, "large", [["sentiment"]] * len(done))
+                for d in done:
+                    usage = d.usage["large"]
+                    out[d.doc_id] = (sorted(d.labels["sentiment"].probabilities.items()),
+                                     usage.prompt_tokens - usage.computed_tokens)
+            return out
+
+        together = answers([list(range(len(docs)))])
+        assert len(together) >= 4 and {d.source for d in docs} == {"tickets", "pdf"}
+        assert all(reused >= 30 for _, reused in together.values())  # the system turn and header, every document
+        assert answers([[i] for i in reversed(range(len(docs)))]) == together  # each alone, in another order
+    finally:
+        runtime.close()
+
+
 @pytest.mark.parametrize("value", ["#37777", 'say "hi"', "€ 5,00", "C:\\temp\\x", "tab\there"])
 def test_llamacpp_reads_a_grammar_literal_as_the_value_it_stands_for(small_runtime, value):
     """extract's grammars are GBNF: a value pinned as the only answer comes back exactly, however it is
