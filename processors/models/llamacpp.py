@@ -111,12 +111,14 @@ class LlamaCppRuntime:
         key = (shared, separator)
         if key not in self._prefix_tokens:  # once per prefix: the separator must be one token after it
             alone = self._server.handle_completions({**request, "prompt": shared, "cache_prompt": False})
-            both = self._server.handle_completions({**request, "cache_prompt": False})
+            both = self._server.handle_completions({**request, "cache_prompt": False})  # afresh: canonical
             self._primed = None
             if not (_answered(alone) and _answered(both)):
                 return False
             n = _prompt_tokens(alone)
             self._prefix_tokens[key] = n if _prompt_tokens(both) == n + 1 else 0
+            self._primed = key if self._prefix_tokens[key] else None
+            return self._primed is not None
         if not self._prefix_tokens[key]:
             return False
         if self._primed == key:  # the slot holds it, with the last document after it: only the separator
@@ -184,7 +186,6 @@ def _to_completion(response: dict) -> Completion:
             top[text] = max(top.get(text, -1e9), float(cand.get("logprob", -1e9)))
         tokens.append(TokenLogprob(item.get("token", ""), float(item.get("logprob", -1e9)), top))
     usage = response.get("usage") or {}
-    prompt_tokens = int(usage.get("prompt_tokens", 0))
-    return Completion(text=choice.get("text") or "", tokens=tokens, prompt_tokens=prompt_tokens,
+    return Completion(text=choice.get("text") or "", tokens=tokens, prompt_tokens=_prompt_tokens(response),
                       completion_tokens=len(tokens) or int(usage.get("completion_tokens", 0)),
-                      computed_tokens=int((response.get("timings") or {}).get("prompt_n", 0)))
+                      computed_tokens=max(_computed(response), 0))

@@ -119,13 +119,13 @@ def test_a_kept_prefix_is_evaluated_once_and_a_document_s_answer_never_depends_o
     """The shared prefix stays on the slot across documents (LlamaCppRuntime.sequence): each document's first
     prompt reuses exactly the prefix, whatever document came before (even one starting with the same words,
     or one whose first token merges with the prefix's last), and gets the same bits in any order."""
-    from processors.tasks.prompts import frame
+    from processors.tasks.prompts import frame, shared_prefix
 
-    prefix = frame("base", "tickets", "\x00", "").split("\x00")[0]
+    prefix = shared_prefix("base", "tickets")[0]  # its separator is none (the base style keeps nothing): Gemma's <eos>
     texts = ["Where is my parcel? Order 12345.", "Where is my refund?", "\n\nthanks a lot!", "Cancel it."]
     prompts = [frame("base", "tickets", t, "Is the tone negative, neutral or positive?\nAnswer:") for t in texts]
     first = _kept_prefix_answers(small_runtime, prefix, "<eos>", prompts, [0, 1, 2, 3])
-    assert {i: reused for i, (_, reused) in first.items()}[1] == first[0][1] > 5  # the header, not "Where is my"
+    assert first[1][1] == first[0][1] > 5  # the header, not "Where is my"
     for order, interrupt in (([3, 2, 1, 0], False), ([1], False), ([2, 0, 3, 1], True), ([0, 1, 2, 3], False)):
         again = _kept_prefix_answers(small_runtime, prefix, "<eos>", prompts, order, interrupt)
         assert all(again[i][0] == first[i][0] for i in order), (order, interrupt)
