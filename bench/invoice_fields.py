@@ -10,8 +10,9 @@ held out by file (here by issuer, which is stricter: one shop's invoices share a
 - The registry (models/) is copied to a temporary folder (bench/new_label_set.py), so nothing here changes.
 - Before: `sluicegate evaluate` of the shipped version on all held-out invoices.
 - Training: the real `sluicegate finetune`, not forced, over the shipped version (trained on from its adapter,
-  rehearsing its examples), on the generated training invoices and the real training files, `--eval` all the
-  held-out invoices; the promotion check also judges the shipped version's label tasks on its held-out examples.
+  rehearsing a sample of its examples; with --from-base, from the base model, rehearsing all of them), on the
+  generated training invoices and the real training files, `--eval` all the held-out invoices; the promotion check
+  also judges the shipped version's label tasks on its held-out examples.
 - After: the candidate's own held-out evaluation (evaluation/outcomes.parquet), promoted or not.
 Both evaluations' outcome rows are scored per group (held-out layouts, real invoices): small and large alone on every
 row; the cascade routed as the nightly routes, at each version's own calibration and thresholds, on the examples the
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--held-per-layout", type=int, default=20, help="generated held-out invoices per layout")
     parser.add_argument("--eval-limit", type=int, default=60, help="finetune --eval-limit: the most held-out "
                         "examples judged, of the new ones and of the shipped version's (each)")
+    parser.add_argument("--from-base", action="store_true", help="finetune --from-base: a new adapter from the base "
+                        "model, rehearsing all the shipped version's stored training examples")
     parser.add_argument("--keep", help="a folder to keep the registry copy and the outcome rows in")
     parser.add_argument("--json", default=str(ROOT / "bench" / "invoice_fields.json"))
     args = parser.parse_args()
@@ -152,7 +155,8 @@ def main() -> None:
         before_seconds = time.perf_counter() - started
         started = time.perf_counter()
         result = run_sluicegate(["finetune", "--train", str(generated), "--train", str(folder / "real"),
-                                 "--eval", str(held), "--eval-limit", str(args.eval_limit), "--config", str(config)])
+                                 "--eval", str(held), "--eval-limit", str(args.eval_limit), "--config", str(config),
+                                 *(["--from-base"] if args.from_base else [])])
         finetune_seconds = time.perf_counter() - started
         version = read_version(registry, result["version"])
         new_outcomes = Path(result["folder"]) / "evaluation" / "outcomes.parquet"
@@ -169,7 +173,8 @@ def main() -> None:
           f"invoices + {len(real_train)} real ({', '.join(real_train)}); held out: {len(HELD_LAYOUTS)} layouts x "
           f"{args.held_per_layout} ({', '.join(HELD_LAYOUTS)}) + {len(real_held)} real ({', '.join(real_held)})")
     _print_table(f"shipped version {shipped} (evaluate: {before_seconds:.0f} s)", figures["shipped"])
-    _print_table(f"new version {version.id}, trained on from the shipped adapter", figures["new"])
+    _print_table(f"new version {version.id}, trained from "
+                 f"{'the base model' if args.from_base else 'the shipped adapter'}", figures["new"])
     print(f"\n{'promoted' if result['promoted'] else 'not promoted'}: {result['why']}")
     print("promotion check (small tiers on the same held-out rows; <task>=<label>: that label's recall):")
     for key in sorted(k for k in comparison if k.endswith(".candidate")):
@@ -179,7 +184,8 @@ def main() -> None:
     print(f"finetune: {finetune_seconds:.0f} s in all; training {version.training.get('seconds')} s for "
           f"{version.training.get('pairs')} pairs, from {version.training.get('started_from', 'base')}")
     Path(args.json).write_text(json.dumps({
-        "shipped": shipped, "new": version.id, "per_layout": args.per_layout, "held_per_layout": args.held_per_layout,
+        "shipped": shipped, "new": version.id, "per_layout": args.per_layout, "from_base": args.from_base,
+        "held_per_layout": args.held_per_layout,
         "train_layouts": TRAIN_LAYOUTS, "held_layouts": HELD_LAYOUTS, "real_train": real_train, "real_held": real_held,
         "figures": figures, "promoted": result["promoted"], "promoted_after": promoted_after, "why": result["why"],
         "evaluate_seconds": before_seconds, "finetune_seconds": finetune_seconds, "stats": result["stats"],

@@ -197,9 +197,11 @@ def sample_per_task(examples: list[LabelledExample], n: int, seed: int = 0) -> l
 
 
 def inherit(registry: str, config: Config, train: list[LabelledExample], held: list[LabelledExample],
-            eval_limit: int, seed: int = 0) -> Inherited:
+            eval_limit: int, seed: int = 0, from_base: bool = False) -> Inherited:
     """The promoted version's label tasks (their label sets grown by labels the new data adds), its training
-    examples to rehearse (rehearsal_size) and its held-out examples (about eval_limit, at least
+    examples to rehearse (rehearsal_size; all of them `from_base`: an adapter trained from the base model learns
+    the old tasks from nothing, and a sample of 324 of the shipped version's 1,200 is too few) and its held-out
+    examples (about eval_limit, at least
     MIN_INHERITED_PER_TASK per task), each sampled with an even share per task. Examples match by match_id
     (stored texts are cut): one the candidate trains on, or one already among the new held-out examples, is not
     inherited as held out; one that judges (new or inherited) is not rehearsed."""
@@ -226,8 +228,8 @@ def inherit(registry: str, config: Config, train: list[LabelledExample], held: l
             found = label_sets([ex for ex in train + held if ex.source in task.sources]).get(task.name, [])
             tasks.append(task.model_copy(update={"labels": task.labels + sorted(set(found) - set(task.labels))}))
     judged = max(eval_limit, MIN_INHERITED_PER_TASK * len(_distinct_labels(heldout)))
-    return Inherited(version, tasks, learned,
-                     sample_per_task(rehearsal, rehearsal_size(rehearsal, len(train)), seed),
+    rehearsed = len(rehearsal) if from_base else rehearsal_size(rehearsal, len(train))
+    return Inherited(version, tasks, learned, sample_per_task(rehearsal, rehearsed, seed),
                      sample_per_task(heldout, judged, seed), {match_id(ex.text) for ex in trained})
 
 
@@ -288,7 +290,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
 
     started = time.perf_counter()
     train, held, stats, files = gather_examples(req, config)
-    inherited = inherit(req.registry, config, train, held, req.eval_limit, req.seed)
+    inherited = inherit(req.registry, config, train, held, req.eval_limit, req.seed, from_base=req.from_base)
     if inherited.version is not None:
         # a new held-out example the promoted version trained on would judge in its favour (its own held-out
         # examples are not filtered: a version's stored training sample never holds them, except the shipped

@@ -61,6 +61,8 @@ def test_the_promoted_version_passes_on_its_learned_tasks_rehearsal_and_held_out
     assert len(inherit(registry, config, new[:2], held, eval_limit=10).rehearsal) == 4
     many = inherit(registry, config, new + [_ticket(f"more {i}", team="ops") for i in range(20)], held, 10)
     assert len(many.rehearsal) == 11  # never more than is stored
+    # from the base model the adapter learns the old tasks from nothing: every stored example that does not judge
+    assert len(inherit(registry, config, new[:2], held, eval_limit=10, from_base=True).rehearsal) == 11
     assert not {"cancel order 3", "track it", LONG[:SHOT_CHARS]} & {ex.text for ex in many.rehearsal}
     assert {ex.labels["intent"] for ex in got.rehearsal} == {"cancel_order", "track_order"}  # both kept in mix
     assert all(ex.field_value("order_id") == (True, None) for ex in got.rehearsal)  # known fields come along
