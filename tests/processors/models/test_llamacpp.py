@@ -63,6 +63,7 @@ def test_server_params_lock_the_listener_down(config):
     # the model side is the tier's
     assert params.model.path.endswith(".gguf") and params.n_parallel == 1  # one slot: answers never depend on a batch
     assert params.cache_ram_mib == 0  # no host-side prompt cache across documents
+    assert params.load_mode.name == "LLAMA_LOAD_MODE_NONE"  # weights read, not mapped: RSS (bench/cold.py)
     assert params.cpuparams.n_threads == params.cpuparams_batch.n_threads == config.large.threads
 
 
