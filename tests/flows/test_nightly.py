@@ -4,6 +4,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from processors.routing import field_thresholds_key
 from processors.sinks import with_labels
 from schemas.config import load_config
 from schemas.tables import ERRORS_SCHEMA, FIELDS_SCHEMA, LABELS_SCHEMA, RESULTS_SCHEMA, RUNS_SCHEMA
@@ -177,8 +178,10 @@ def test_decisions_route_on_confidence_and_one_span_fills_one_field(nightly_run)
     for task in config.tasks:
         small = results.filter(pl.col(f"{task.name}_decided_by") == "small")
         assert (small[f"{task.name}_confidence"] >= config.thresholds_for(task.name).small).all(), task.name
-    small_fields = fields.filter(pl.col("decided_by") == "small")
-    assert (small_fields["confidence"] >= config.thresholds_for("fields").small).all()
+    for source in ("tickets", "pdf"):  # each source's fields by its own threshold, as routing.route reads it
+        small_fields = fields.filter((pl.col("decided_by") == "small") & (pl.col("source") == source))
+        limit = config.thresholds_for(field_thresholds_key(config.thresholds, source)).small
+        assert small_fields.height and (small_fields["confidence"] >= limit).all(), source
     reasons = results["escalation_reasons"].explode().drop_nulls()
     assert reasons.str.contains("low_confidence").any(), "the quick start escalates on confidence"
     went_up = fields.filter(pl.col("decided_by") != "small")
