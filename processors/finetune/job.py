@@ -201,10 +201,9 @@ def inherit(registry: str, config: Config, train: list[LabelledExample], held: l
     """The promoted version's label tasks (their label sets grown by labels the new data adds), its training
     examples to rehearse (rehearsal_size; all of them `from_base`: an adapter trained from the base model learns
     the old tasks from nothing, and a sample of 324 of the shipped version's 1,200 is too few) and its held-out
-    examples (about eval_limit, at least
-    MIN_INHERITED_PER_TASK per task), each sampled with an even share per task. Examples match by match_id
-    (stored texts are cut): one the candidate trains on, or one already among the new held-out examples, is not
-    inherited as held out; one that judges (new or inherited) is not rehearsed."""
+    examples (about eval_limit, at least MIN_INHERITED_PER_TASK per task), each sampled with an even share per
+    task. Examples match by match_id (stored texts are cut): one the candidate trains on, or one already among the
+    new held-out examples, is not inherited as held out; one that judges (new or inherited) is not rehearsed."""
     found = resolve(registry, None)
     if found is None:
         return Inherited()

@@ -52,7 +52,7 @@ def server_params(tier: TierModel) -> xllamacpp.CommonParams:
     params.cache_ram_mib = 0  # no host-side prompt cache (llama.cpp's default holds up to 8 GiB)
     # Weights read into memory, not mapped: llama.cpp repacks most CPU weights into its own buffers, and with a
     # mapping the file's pages it read them from stay resident too. Qwen 1.5B (a 1.1 GB file) then added
-    # 1,780 MB of RSS; read, 1,180 MB, with the same logits (/tmp probe: both tiers loaded, 2,234 -> 1,629 MB).
+    # 1,780 MB of RSS; read, 1,180 MB, with the same logits. bench/cold.py's peak RSS: 2.49 -> 1.88 GB (tickets).
     params.load_mode = xllamacpp.llama_load_mode.LLAMA_LOAD_MODE_NONE
     params.swa_full = True  # Gemma 3's sliding-window attention over the whole prompt (as measured so far)
     params.verbosity = 0
