@@ -29,6 +29,12 @@ _QUESTIONS = {
     "category": "Which topic is this about?",
 }
 
+# A label task with at most this many labels learns them balanced: each label's pairs are repeated up to the
+# commonest label's count. Stops 32 and 34: adapters trained on 800 sentiment examples (412 positive, 237 negative,
+# 151 neutral) without the option list read neutral tickets as negative. Larger label sets are left as they are
+# (a 77-label task would multiply its pairs, and training time with them).
+MAX_BALANCED_LABELS = 8
+
 
 @dataclass
 class Pair:
@@ -122,4 +128,25 @@ def build_pairs(config: Config, tasks: list[LabelTask], examples: list[LabelledE
         for spec in rng.sample(absent, min(null_fields_per_example, len(absent))):
             pairs.append(Pair(extract.build_prompt(specs, spec, style, ex.source, text), " null,",
                               f"field:{spec.name}", ex.example_id))
-    return pairs
+    return balance_labels(pairs, tasks, style, seed)
+
+
+def balance_labels(pairs: list[Pair], tasks: list[LabelTask], style: Style, seed: int = 0) -> list[Pair]:
+    """The pairs, plus repeats of the rarer labels' pairs of each task with at most MAX_BALANCED_LABELS labels,
+    so that every label of such a task has as many pairs as its commonest one (repeats drawn in a seeded order,
+    each pair once before any twice)."""
+    rng = random.Random(seed)
+    extra: list[Pair] = []
+    for task in tasks:
+        if len(task.labels) > MAX_BALANCED_LABELS:
+            continue
+        label_of = {answer: name for name, answer in label.targets_for(task, style).items()}
+        by_label: dict[str, list[Pair]] = {}
+        for pair in pairs:
+            if pair.kind == task.name:
+                by_label.setdefault(label_of[pair.answer], []).append(pair)
+        most = max((len(group) for group in by_label.values()), default=0)
+        for name in sorted(by_label):
+            group = rng.sample(by_label[name], len(by_label[name]))
+            extra += [group[i % len(group)] for i in range(most - len(group))]
+    return pairs + extra

@@ -89,3 +89,21 @@ def test_a_learned_task_keeps_the_sources_it_was_learned_from(config):
     assert by_name["urgency"].sources == ["tickets"]  # labelled on tickets only: never run on PDFs
     assert by_name["doc_kind"].sources == ["pdf", "tickets"]
     assert not [p for p in build_pairs(config, tasks, examples) if p.kind == "urgency" and p.example_id.startswith("p")]
+
+
+def test_a_rare_label_of_a_small_label_set_is_repeated_up_to_the_commonest_one(config):
+    moods = ["positive"] * 5 + ["negative"] * 3 + ["neutral"] * 1
+    examples = [LabelledExample(f"s{i}", f"Ticket number {i} about the shop", labels={"sentiment": mood})
+                for i, mood in enumerate(moods)]
+    tasks, _ = training_tasks(config, examples)
+    pairs = [p for p in build_pairs(config, tasks, examples) if p.kind == "sentiment"]
+    counts = {answer: sum(p.answer == answer for p in pairs) for answer in (" positive", " negative", " neutral")}
+    assert counts == {" positive": 5, " negative": 5, " neutral": 5}
+    # each negative pair once before any twice: the three originals plus two of them again
+    negatives = [p.example_id for p in pairs if p.answer == " negative"]
+    assert sorted(set(negatives)) == ["s5", "s6", "s7"] and len(negatives) == 5
+    # a label set larger than MAX_BALANCED_LABELS is left as the data has it
+    many = [LabelledExample(f"i{i}", f"Ticket {i}", labels={"intent": f"intent_{i % 10}" if i < 10 else "intent_0"})
+            for i in range(20)]
+    tasks, _ = training_tasks(config, many)
+    assert len([p for p in build_pairs(config, tasks, many) if p.kind == "intent"]) == 20
