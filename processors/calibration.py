@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from processors.routing import below_threshold
+from processors.routing import FIELDS_KEY, below_threshold, fields_key, is_fields_key
 from schemas.config import TaskCalibration, Thresholds
 from schemas.records import FieldPrediction, LabelPrediction
 
@@ -70,6 +70,21 @@ def calibrate_label(pred: LabelPrediction, cal: TaskCalibration | None) -> Label
         dist = apply_label(pred.probabilities, cal)
         return replace(pred, probabilities=dist, confidence=float(dist.get(pred.label, 0.0)))
     return replace(pred, confidence=apply_confidence(pred.confidence, cal))
+
+
+def calibration_of(calibration: dict[str, TaskCalibration], tier: str, key: str) -> TaskCalibration | None:
+    """The calibration '<tier>:<key>' applies. A source's fields ('fields:<source>') have their own when the
+    version was fitted on enough of them (processors/evaluate/fitting.py; 'none' included: its own fit did
+    not help), else share the fields' one."""
+    own = calibration.get(f"{tier}:{key}")
+    if own is None and is_fields_key(key):
+        return calibration.get(f"{tier}:{FIELDS_KEY}")
+    return own
+
+
+def field_calibration(calibration: dict[str, TaskCalibration], tier: str, source: str | None) -> TaskCalibration | None:
+    """The calibration one source's field values get (calibration_of 'fields:<source>')."""
+    return calibration_of(calibration, tier, fields_key(source) if source else FIELDS_KEY)
 
 
 def calibrate_field(pred: FieldPrediction, cal: TaskCalibration | None) -> FieldPrediction:

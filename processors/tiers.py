@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from processors import privacy
-from processors.calibration import calibrate_field, calibrate_label
+from processors.calibration import calibrate_field, calibrate_label, field_calibration
 from processors.demonstrations import DemonstrationIndex
 from processors.linear import LinearLabeler
 from processors.models import Runtime, load_runtime
@@ -221,7 +221,7 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
                 if allowed[id(doc)] == []:
                     _supersede(doc, f"field:{spec.name}", doc.fields.get(spec.name), tier)
                     doc.fields[spec.name] = calibrate_field(extract.absent(spec, tier),
-                                                            config.calibration.get(f"{tier}:fields"))
+                                                            field_calibration(config.calibration, tier, source))
             batch = [d for d in batch if allowed[id(d)] != []]
             if not batch:
                 continue
@@ -240,7 +240,7 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
                 completion = privacy.unmask_completion(completion, masked[doc.doc_id + doc.uri][1])
                 doc.fields[spec.name] = calibrate_field(
                     extract.parse(completion, spec, doc, tier, allowed[id(doc)]),
-                    config.calibration.get(f"{tier}:fields"))
+                    field_calibration(config.calibration, tier, source))
     for doc in docs:  # one span fills one field (among this tier's answers)
         types = {s.name: s.type for s in config.fields.get(doc.source, [])}
         mine = {k: v for k, v in doc.fields.items() if v.tier == tier}

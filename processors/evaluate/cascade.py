@@ -84,7 +84,7 @@ def prediction(row: dict, tier: str,
         return cal.calibrate_label(label, calibration.get(f"{tier}:{row['item']}"))
     value = FieldPrediction(row["item"], row[f"{tier}_pred"], None, conf, None, None, None, valid, tier,
                             problems.split("+") if problems else [])
-    return cal.calibrate_field(value, calibration.get(f"{tier}:{FIELDS_KEY}"))
+    return cal.calibrate_field(value, cal.field_calibration(calibration, tier, row["source"]))
 
 
 def _passes(pred: LabelPrediction | FieldPrediction, thresholds: dict[str, Thresholds], tier: str,

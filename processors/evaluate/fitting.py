@@ -66,7 +66,7 @@ def split_note(outcomes: pl.DataFrame) -> str:
 
 def fit(frame: pl.DataFrame, key: str, tier: str, method: str | None = None) -> TaskCalibration:
     """Temperature for label tasks, isotonic for fields (or the method asked for)."""
-    if key == FIELDS_KEY or method == "isotonic":
+    if is_fields_key(key) or method == "isotonic":
         return cal.fit_isotonic(frame[f"{tier}_conf"].to_list(), frame[f"{tier}_correct"].to_list())
     dists = [json.loads(d) if d else {} for d in frame[f"{tier}_dist"].to_list()]
     return cal.fit_temperature(dists, frame["gold"].to_list())
@@ -77,7 +77,7 @@ def calibrated_conf(frame: pl.DataFrame, key: str, tier: str, calibration: TaskC
     conf = frame[f"{tier}_conf"].to_list()
     if calibration is None or calibration.method == "none":
         return [float(c) for c in conf]
-    if key == FIELDS_KEY or calibration.method == "isotonic":
+    if is_fields_key(key) or calibration.method == "isotonic":
         return [cal.apply_confidence(float(c), calibration) for c in conf]
     out = []
     for dist, pred, c in zip(frame[f"{tier}_dist"].to_list(), frame[f"{tier}_pred"].to_list(), conf, strict=True):
@@ -87,19 +87,25 @@ def calibrated_conf(frame: pl.DataFrame, key: str, tier: str, calibration: TaskC
 
 
 def fit_calibration(evaluation: Evaluation) -> dict[str, TaskCalibration]:
-    """'<tier>:<task>' and '<tier>:fields' calibrations, fitted on the raw outcomes.
+    """'<tier>:<task>', '<tier>:fields' and '<tier>:fields:<source>' calibrations, fitted on the raw outcomes.
 
     Label tasks try temperature scaling, then isotonic on the top label's probability; fields use
     isotonic. When the data is large enough to measure on held-out halves, the method with the lowest
     held-out expected calibration error is kept, and only if it beats no calibration (else a note says
     so): a noisy fit on a small set never makes routing worse. Small sets get the default fit.
+    A source with its own field thresholds (fields_by_source) gets its own field calibration too, 'none'
+    included (stored, so its fields do not fall back to the shared map), so a row's confidence reads as
+    the chance it is right for that kind of document: in stop 34's invoice candidate the shared map read a
+    PDF value at raw 0.7 as 0.75, the PDFs' own as 0.92 (tickets' 0.80). Which values escalate does not move
+    with it (a source's thresholds are already its own, and both maps are monotone).
     """
     out = {}
-    for key, frame in outcomes_by_task(fit_rows(evaluation.outcomes)).items():
+    groups = outcomes_by_task(fit_rows(evaluation.outcomes))
+    for key, frame in [*groups.items(), *fields_by_source(groups.get(FIELDS_KEY)).items()]:
         for tier in evaluation.tiers:
             f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
             kept, why = _best_calibration(f, key, tier)
-            if kept.method != "none":
+            if kept.method != "none" or key != FIELDS_KEY and is_fields_key(key):
                 out[f"{tier}:{key}"] = kept
             elif why and why not in evaluation.notes:
                 evaluation.notes.append(why)
@@ -110,7 +116,7 @@ def _best_calibration(f: pl.DataFrame, key: str, tier: str) -> tuple[TaskCalibra
     ok = f[f"{tier}_correct"].to_list()
     before = cal.ece(f[f"{tier}_conf"].to_list(), ok)
     tried = []
-    for method in ([None] if key == FIELDS_KEY else [None, "isotonic"]):
+    for method in ([None] if is_fields_key(key) else [None, "isotonic"]):
         fitted = fit(f, key, tier, method)
         if fitted.method == "none":
             continue
@@ -138,13 +144,12 @@ def choose_thresholds(evaluation: Evaluation, calibration: dict[str, TaskCalibra
     thresholds, points = {}, {}
     groups = outcomes_by_task(fit_rows(evaluation.outcomes))
     for key, frame in [*groups.items(), *fields_by_source(groups.get(FIELDS_KEY)).items()]:
-        group = FIELDS_KEY if is_fields_key(key) else key  # a source's fields share the fields' calibration
-        s_conf = calibrated_conf(frame, group, "small", calibration.get(f"small:{group}"))
-        l_conf = calibrated_conf(frame, group, "large", calibration.get(f"large:{group}"))
+        s_conf = calibrated_conf(frame, key, "small", cal.calibration_of(calibration, "small", key))
+        l_conf = calibrated_conf(frame, key, "large", cal.calibration_of(calibration, "large", key))
         thresholds[key], points[key] = cal.choose_threshold(
             s_conf, [not v for v in frame["small_valid"].to_list()], frame["small_correct"].to_list(),
             frame["large_correct"].to_list(), l_conf, target_escalation=target_escalation,
-            target_quality_gap=target_quality_gap, quality=cascade_quality(frame, group))
+            target_quality_gap=target_quality_gap, quality=cascade_quality(frame, key))
     return thresholds, points
 
 
@@ -161,7 +166,7 @@ def fields_by_source(fields: pl.DataFrame | None) -> dict[str, pl.DataFrame]:
 def cascade_quality(frame: pl.DataFrame, key: str) -> cal.Quality | None:
     """How a cascade over these rows is judged: accuracy for a label task (None: the default), F1 over
     present values for fields."""
-    if key != FIELDS_KEY:
+    if not is_fields_key(key):
         return None
 
     def given(col: str) -> list[bool]:

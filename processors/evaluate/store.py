@@ -26,7 +26,8 @@ def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[s
     if not ev.thresholds:
         raise ValueError("storing calibration needs both tiers' outcomes (thresholds are chosen from them)")
     keep = {t.name for t in config.tasks} | {FIELDS_KEY}
-    calibration = {k: v for k, v in ev.calibration.items() if k.split(":", 1)[1] in keep}
+    calibration = {k: v for k, v in ev.calibration.items()
+                   if k.split(":", 1)[1] in keep or is_fields_key(k.split(":", 1)[1])}
     thresholds = {k: v for k, v in ev.thresholds.items() if k in keep or is_fields_key(k)}
     metrics = {f"{k}.{name}": float(v) for k, p in ev.operating_points.items() if k in thresholds
                for name, v in (("escalation_rate", p.escalation_rate), ("cascade_quality", p.quality),
@@ -57,6 +58,7 @@ def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[s
     if FIELDS_KEY in thresholds:  # a source's own field thresholds from an earlier fit are stale for what this saw
         stale = {fields_key(source) for source in ev.outcomes["source"].drop_nulls().unique()} - set(thresholds)
         version.thresholds = {k: v for k, v in version.thresholds.items() if k not in stale}
+        version.calibration = {k: v for k, v in version.calibration.items() if k.split(":", 1)[1] not in stale}
     version.thresholds.update({k: v.model_copy() for k, v in thresholds.items()})
     version.metrics["calibration"] = metrics
     version.training["calibrated_on"] = data or "(examples)"

@@ -101,6 +101,17 @@ def _calibration(frame: pl.DataFrame, fitted_on: pl.DataFrame, key: str, tier: s
         after_on="in-sample" if in_sample else "judge half (fitted on the other)")
 
 
+def with_source_fields(groups: dict[str, pl.DataFrame], thresholds: dict) -> dict[str, pl.DataFrame]:
+    """The groups plus, for each source with its own field thresholds ('fields:<source>'), that source's
+    field rows (calibrated on their own: fitting.fit_calibration)."""
+    fields = groups.get(FIELDS_KEY)
+    if fields is None:
+        return groups
+    own = {k: fields.filter(pl.col("source") == k.split(":", 1)[1]) for k in sorted(thresholds)
+           if is_fields_key(k) and k != FIELDS_KEY}
+    return {**groups, **own}
+
+
 def summarize(ev: Evaluation, config: Config) -> Summary:
     """Metrics per task / field and tier, cost and speed per tier, calibration and thresholds; every
     figure on the judged rows (fitting.judged_rows)."""
@@ -132,8 +143,8 @@ def summarize(ev: Evaluation, config: Config) -> Summary:
             cost["cascade_calibrated"] = _cost(ev, o, config, chosen=True)
 
     calibration: dict[str, CalibrationSummary] = {}
-    fitted_on = outcomes_by_task(fit_rows(ev.outcomes))
-    for key, frame in outcomes_by_task(o).items():
+    fitted_on = with_source_fields(outcomes_by_task(fit_rows(ev.outcomes)), ev.thresholds)
+    for key, frame in with_source_fields(outcomes_by_task(o), ev.thresholds).items():
         for tier in ev.tiers:
             f = frame.filter(pl.col(f"{tier}_conf").is_not_null())
             g = fitted_on.get(key, f).filter(pl.col(f"{tier}_conf").is_not_null())

@@ -72,3 +72,42 @@ def test_each_source_s_fields_get_their_own_thresholds_when_both_have_enough_row
     few = pdf[:MIN_SOURCE_FIELD_ROWS - 1]
     fewer = Evaluation(pl.DataFrame(tickets + few, schema=OUTCOME_SCHEMA), config, ("small", "large"), {}, 139)
     assert set(choose_thresholds(fewer, {})[0]) == {FIELDS_KEY}
+
+
+def test_each_source_s_fields_are_calibrated_on_their_own_and_routed_in_that_space(config):
+    from processors.evaluate import OUTCOME_SCHEMA, Evaluation, fit_calibration
+    from processors.evaluate.cascade import prediction
+    from processors.evaluate.evaluation import TierRun
+
+    # tickets: the small tier is right from 0.5 up; PDFs: right only from 0.9 up, so a PDF value at 0.7 is
+    # almost always wrong while a ticket's is right. One map for both reads 0.7 as a coin toss.
+    tickets = _field_rows("tickets", 100, lambda c: c >= 0.5, lambda c: True)
+    pdf = _field_rows("pdf", 100, lambda c: c >= 0.9, lambda c: True)
+    runs = {t: TierRun(t, "stored", 200, 10.0, 0.0, 1000) for t in ("small", "large")}
+    ev = Evaluation(pl.DataFrame(tickets + pdf, schema=OUTCOME_SCHEMA), config, ("small", "large"), runs, 200)
+    fitted = fit_calibration(ev)
+    assert {"small:fields", "small:fields:pdf", "small:fields:tickets"} <= set(fitted)
+    assert cal.apply_confidence(0.7, fitted["small:fields:pdf"]) < 0.2
+    assert cal.apply_confidence(0.7, fitted["small:fields:tickets"]) > 0.8
+    assert 0.3 < cal.apply_confidence(0.7, fitted["small:fields"]) < 0.7
+    # the cascade (as the nightly tiers) calibrates each row by its source's map
+    row = next(r for r in ev.outcomes.iter_rows(named=True) if r["source"] == "pdf" and r["small_conf"] == 0.7)
+    assert prediction(row, "small", fitted).confidence < 0.2
+    # each source's thresholds live in its own calibrated space: with the budget to (no tie within the default
+    # 15 %: the PDFs' map is flat below 0.9), the PDFs' values below 0.9 escalate and only they
+    thresholds, _ = choose_thresholds(ev, fitted, target_escalation=0.95)
+    below = [r for r in ev.outcomes.iter_rows(named=True) if r["source"] == "pdf"
+             and prediction(r, "small", fitted).confidence < thresholds["fields:pdf"].small]
+    assert len(below) == 90 and not any(r["small_correct"] for r in below)
+    # the report's calibration table has a row per source's map
+    from processors.evaluate.summarize import summarize
+
+    ev.calibration, (ev.thresholds, ev.operating_points) = fitted, choose_thresholds(ev, fitted)
+    table = summarize(ev, config).calibration
+    assert table["small:fields:pdf"].n == 100 and table["small:fields"].n == 200
+    assert table["small:fields:pdf"].ece_after < table["small:fields:pdf"].ece_before
+    # a source with no map of its own shares the fields' map; a stored 'none' is its own (no calibration)
+    assert cal.field_calibration(fitted, "small", "email") == fitted["small:fields"]
+    none = {**fitted, "small:fields:pdf": type(fitted["small:fields"])()}
+    assert cal.field_calibration(none, "small", "pdf").method == "none"
+    assert cal.field_calibration(none, "small", None) == fitted["small:fields"]
