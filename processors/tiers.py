@@ -211,6 +211,7 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
             doc.labels[task.name] = calibrate_label(label.to_prediction(task, score, content_free, tier),
                                                     config.calibration.get(f"{tier}:{task.name}"))
     for source, specs in config.fields.items():
+        source_calibration = field_calibration(config.calibration, tier, source)  # thresholds live in its space
         for spec in specs:
             # One field at a time over the batch (a grounded field's grammar is per document).
             batch = [d for d in docs if d.source == source and f"field:{spec.name}" in asked_of[id(d)]]
@@ -220,8 +221,7 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
             for doc in batch:  # a grounded field with nothing of its type in the text: null, no model call
                 if allowed[id(doc)] == []:
                     _supersede(doc, f"field:{spec.name}", doc.fields.get(spec.name), tier)
-                    doc.fields[spec.name] = calibrate_field(extract.absent(spec, tier),
-                                                            field_calibration(config.calibration, tier, source))
+                    doc.fields[spec.name] = calibrate_field(extract.absent(spec, tier), source_calibration)
             batch = [d for d in batch if allowed[id(d)] != []]
             if not batch:
                 continue
@@ -239,8 +239,7 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
                 # Placeholders back to the real values before the value is checked against the text.
                 completion = privacy.unmask_completion(completion, masked[doc.doc_id + doc.uri][1])
                 doc.fields[spec.name] = calibrate_field(
-                    extract.parse(completion, spec, doc, tier, allowed[id(doc)]),
-                    field_calibration(config.calibration, tier, source))
+                    extract.parse(completion, spec, doc, tier, allowed[id(doc)]), source_calibration)
     for doc in docs:  # one span fills one field (among this tier's answers)
         types = {s.name: s.type for s in config.fields.get(doc.source, [])}
         mine = {k: v for k, v in doc.fields.items() if v.tier == tier}
