@@ -114,6 +114,17 @@ class FieldSpec(Strict):
     name: str
     type: FieldType = "string"
     description: str = ""
+    # Checks beyond the type's own validators; a value that fails one is invalid and escalates.
+    # "total" (amount fields): the value is no part of a sum written in the document. Where it plus another
+    # written amount makes a third printed after that one (a subtotal and its tax make the total), it is a
+    # subtotal or a net amount, not the total.
+    checks: list[Literal["total"]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _checks_fit_the_type(self) -> FieldSpec:
+        if "total" in self.checks and self.type != "amount":
+            raise ValueError(f"field {self.name!r}: the check 'total' is for amount fields")
+        return self
 
 
 class TierModel(Strict):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 from processors.tasks.normalize import MONTH_NAMES, normalize
 
@@ -138,3 +139,35 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
                     # by the grammar to another number that starts with "7" (a quantity, the subtotal)
                     found.setdefault(value[prefix.end():], Candidate(value[prefix.end():], start + prefix.end(), end))
     return sorted(found.values(), key=lambda c: c.start)[:limit]
+
+
+# An amount written with cents ("14,946.14", "£8,220.77"): the parts and sums `sum_it_is_part_of` looks among. Whole
+# numbers are left out: quantities, years and page numbers would make sums by chance.
+_CENTS = re.compile(r"\d[.,]\d{2}$")
+
+
+def sum_it_is_part_of(value: str, text: str) -> str | None:
+    """The written amount of `text` that `value` (a normalized amount) is a part of, or None: value plus another
+    written amount x makes a third amount y, printed after x (a subtotal and its tax make the total). y before x
+    is a receipt's payment, not a sum: "TOTAL 17.20, CASH 20.00, CHANGE 2.80" leaves the total alone.
+
+    Measured on the 11 real invoices and 100 generated ones of five layouts: no true total is flagged; 47 of 85
+    subtotals are (a letter writes the total before its parts; a subtotal with two taxes is no single sum)."""
+    try:
+        v = Decimal(value)
+    except (InvalidOperation, ValueError):
+        return None
+    if not v.is_finite() or v <= 0:
+        return None
+    first: dict[Decimal, int] = {}
+    last: dict[Decimal, int] = {}
+    for c in find_candidates("amount", text, limit=len(text)):
+        number, problems = normalize("amount", c.text)
+        if number and not problems and _CENTS.search(c.text):
+            first.setdefault(Decimal(number), c.start)
+            last[Decimal(number)] = c.start
+    for x, x_at in sorted(first.items()):
+        y = v + x
+        if x > 0 and y in last and last[y] > x_at:
+            return str(y)
+    return None

@@ -24,12 +24,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from processors.models.base import Completion, probability
-from processors.tasks.candidates import GROUNDED_TYPES, Candidate, find_candidates
+from processors.tasks.candidates import GROUNDED_TYPES, Candidate, find_candidates, sum_it_is_part_of
 from processors.tasks.normalize import currency_evidence, find_span, normalize
 from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
+# v12: a field with the check "total" (schemas/config.py FieldSpec.checks) is invalid when its value and another
+# written amount make a third (`part_of_sum:<sum>`): a receipt's SUBTOTAL escalates instead of passing as the total;
 # v11: the large tier's system turn and header kept evaluated across documents (LlamaCppRuntime.sequence);
 # v10: an amount written with a currency before it is also offered as the number alone ("USD 7,996.12" and
 # "7,996.12"): a model that began the number was held by the grammar to another one with the same first digits (a
@@ -40,7 +42,7 @@ from schemas.records import Document, FieldPrediction, Tier
 # v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains a
 # 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
 # v4: grounded values
-TASK_VERSION = "sluicegate.extract.v11"
+TASK_VERSION = "sluicegate.extract.v12"
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}
@@ -236,6 +238,8 @@ def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier,
         span = next((sp for alt in currency_evidence(normalized) if (sp := find_span(doc.text, alt))), None)
     if span is None:
         problems.append("not_in_source")
+    if "total" in spec.checks and normalized and (whole := sum_it_is_part_of(normalized, doc.text)):
+        problems.append(f"part_of_sum:{whole}")  # a subtotal: the value is kept for review, and escalates
     return FieldPrediction(
         spec.name, value, normalized, confidence,
         _page_of(doc, span[0]) if span else None,

@@ -153,3 +153,13 @@ def test_key_over_plain_http_to_a_remote_host_needs_allow_insecure(tmp_path):
     assert not TierModel(runtime="http", model="m", endpoint="http://10.0.0.5:8080").allow_insecure
     for endpoint in ("https://10.0.0.5", "http://127.0.0.1:8080", "http://localhost", "http://[::1]:1"):
         TierModel(runtime="http", model="m", endpoint=endpoint, api_key_env="K", api_key_secret="s")
+
+
+def test_the_total_check_is_for_amount_fields_only():
+    from schemas.config import FieldSpec
+
+    assert FieldSpec(name="total_amount", type="amount", checks=["total"]).checks == ["total"]
+    with pytest.raises(ValueError, match="'total' is for amount fields"):
+        FieldSpec(name="invoice_number", type="id", checks=["total"])
+    with pytest.raises(ValueError):
+        FieldSpec(name="total_amount", type="amount", checks=["largest"])  # an unknown check is a typo

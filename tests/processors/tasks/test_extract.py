@@ -190,3 +190,16 @@ def test_one_span_fills_one_field_the_less_confident_escalates():
     money = {"total_amount": FieldPrediction("total_amount", "$4.11", "4.11", 0.9, 1, 0, 5, True, "small"),
              "currency": FieldPrediction("currency", "$", "USD", 0.8, 1, 0, 1, True, "small")}
     assert extract.resolve_shared_spans(money, {"total_amount": "amount", "currency": "currency"}) == money
+
+
+def test_a_total_that_is_a_part_of_a_written_sum_is_invalid_and_kept_for_review():
+    """The check "total": a receipt's SUBTOTAL given as the total escalates (invalid, `part_of_sum:<sum>`); the
+    value stays on the row so review sees what the tier said. Without the check the same answer passes."""
+    text = "RECEIPT R-2231\nSUBTOTAL 14,946.14\nVAT 20% 2,989.23\nTOTAL £17,935.37"
+    receipt = Document(doc_id="r", source="pdf", uri="u", text=text, pages=[text])
+    total = FieldSpec(name="total_amount", type="amount", checks=["total"])
+    subtotal = extract.parse(_completion("14,946.14"), total, receipt, "small")
+    assert not subtotal.valid and subtotal.problems == ["part_of_sum:17935.37"] and subtotal.value == "14,946.14"
+    right = extract.parse(_completion("£17,935.37"), total, receipt, "small")
+    assert right.valid and right.normalized == "17935.37"
+    assert extract.parse(_completion("14,946.14"), FIELDS[2], receipt, "small").valid
