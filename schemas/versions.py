@@ -170,14 +170,17 @@ def apply_version(config: Config, version: ModelVersion, folder: Path) -> Config
     config.tasks = tasks + untrained
     for source, specs in version.fields.items():
         # The version's spec for each field it learned; the configuration's other fields still run, untrained.
+        # Its checks are the configuration's: they judge answers after the model, which learned none of them.
         learned = {f.name: f for f in specs}
-        merged = [f.model_copy() for f in specs]
+        configured = {f.name: f for f in config.fields.get(source, [])}
+        merged = [f.model_copy(update={"checks": list(configured[f.name].checks)} if f.name in configured else {})
+                  for f in specs]
         for spec in config.fields.get(source, []):
             if spec.name not in learned:
                 merged.append(spec.model_copy())
                 notes.append(f"field {source}.{spec.name}: not in version {version.id}, answered by the "
                              "untrained model")
-            elif spec != learned[spec.name]:
+            elif (spec.type, spec.description) != (learned[spec.name].type, learned[spec.name].description):
                 notes.append(f"field {source}.{spec.name}: the version's type and description are used, not "
                              "the configuration's (fine-tune to change them)")
         config.fields[source] = merged

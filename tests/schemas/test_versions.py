@@ -185,3 +185,23 @@ def test_configured_fields_and_tasks_the_version_does_not_cover_still_run_and_ar
     assert "field pdf.total_amount: the version's type and description are used" in notes
     assert "task category: the version's labels and question are used" in notes
     assert "task sentiment: not in version ft-f" in notes
+
+
+def test_a_field_s_checks_are_the_configuration_s_not_the_version_s(tmp_path):
+    """The shipped version learned total_amount without checks; the configuration's check "total" still applies
+    (it judges answers after the model), and alone it is no difference worth a note."""
+    from schemas.config import FieldSpec
+
+    version = ModelVersion(id="ft-c", fields={"pdf": [FieldSpec(name="total_amount", type="amount",
+                                                                description="Total."),
+                                                      FieldSpec(name="subtotal", type="amount")]})
+    folder = write_version(tmp_path / "models", version)
+    base = load_config(_config_file(tmp_path, 'registry = "models"'))
+    base.fields["pdf"] = [FieldSpec(name="total_amount", type="amount", description="Total.", checks=["total"])]
+    config = apply_version(base, version, folder)
+    assert [(f.name, f.checks) for f in config.fields["pdf"]] == [("total_amount", ["total"]), ("subtotal", [])]
+    assert "field pdf.total_amount" not in "\n".join(config.models.notes)
+    # the bundled configuration, with the shipped version applied, checks its totals
+    shipped = with_model_version(load_config(FIXTURES / "sluicegate.toml"))
+    assert shipped.models.active and not any("field pdf.total_amount" in n for n in shipped.models.notes)
+    assert next(f for f in shipped.fields["pdf"] if f.name == "total_amount").checks == ["total"]
