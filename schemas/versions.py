@@ -93,7 +93,9 @@ def read_version(root: str | Path, version_id: str) -> ModelVersion:
 def write_version(root: str | Path, version: ModelVersion) -> Path:
     folder = version_dir(root, version.id)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / VERSION_FILE, version.model_dump_json(indent=2))
+    # A field's checks are the configuration's (apply_version), not something the version learned.
+    _atomic_write(folder / VERSION_FILE,
+                  version.model_dump_json(indent=2, exclude={"fields": {"__all__": {"__all__": {"checks"}}}}))
     return folder
 
 

@@ -35,5 +35,6 @@ class Evaluation:
     summary: Summary | None = None  # metrics per task / field / tier, cost, calibration, thresholds
     calibration: dict[str, TaskCalibration] = field(default_factory=dict)  # fitted on this data
     thresholds: dict[str, Thresholds] = field(default_factory=dict)  # chosen on this data
+    tier0_thresholds: dict[str, float] = field(default_factory=dict)  # tier 0's, chosen on this data
     operating_points: dict[str, cal.OperatingPoint] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)

@@ -29,6 +29,17 @@ FIT, JUDGE, BOTH = "fit", "judge", "both"
 MIN_SOURCE_FIELD_ROWS = 40
 MIN_SPLIT_EXAMPLES = 40  # fewer examples than this are not halved
 SPLIT_SEED = 11
+# Thresholds, calibration and tier 0 are fitted per task only on at least this many items; with fewer, the
+# configuration's thresholds stand (and fine-tuning does not use tier 0 for the task).
+MIN_FIT_ITEMS = 30
+# Tier 0 keeps a task only if the cascade's quality with it is at least the quality without it,
+# less this tolerance (half a point: one item in 200), while it takes items off the language models.
+LINEAR_TOLERANCE = 0.005
+# 0: tier 0 decides every item of the task. With few examples per label, TF-IDF can beat a new adapter (and the
+# large tier) on a new label set; then it carries the task until a later version's adapter does better.
+LINEAR_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+# A tier-0 threshold no probability reaches: the task's tier 0 decides nothing (a later fit may bring it back).
+TIER0_DECIDES_NOTHING = 1.01
 
 
 def assign_split(outcomes: pl.DataFrame) -> pl.DataFrame:
@@ -191,3 +202,49 @@ def cross_fitted(frame: pl.DataFrame, key: str, tier: str, method: str | None = 
     conf_b = calibrated_conf(b, key, tier, fit(a, key, tier, method))
     it_a, it_b = iter(conf_a), iter(conf_b)
     return [next(it_a) if m else next(it_b) for m in mask.to_list()], "held-out halves"
+
+
+def linear_threshold(linear_conf: list[float], linear_correct: list[bool], cascade_correct: list[bool],
+                     tolerance: float = LINEAR_TOLERANCE) -> tuple[float | None, float, float, float]:
+    """The threshold that takes the most items off the language models at equal quality (pure).
+
+    Returns (threshold or None, share decided by tier 0, quality with tier 0, quality without).
+    """
+    n = len(cascade_correct)
+    if not n:
+        return None, 0.0, float("nan"), float("nan")
+    base = sum(cascade_correct) / n
+    best: tuple[float | None, float, float] = (None, 0.0, base)
+    for t in LINEAR_GRID:
+        take = [c >= t for c in linear_conf]
+        quality = sum(lc if k else cc for k, lc, cc in zip(take, linear_correct, cascade_correct, strict=True)) / n
+        share = sum(take) / n
+        if quality >= base - tolerance and share > best[1]:
+            best = (t, share, quality)
+    return best[0], best[1], best[2], base
+
+
+def choose_tier0_thresholds(evaluation: Evaluation) -> dict[str, float]:
+    """Tier 0's threshold for each label task it serves, chosen on the fit rows with at least MIN_FIT_ITEMS of
+    the task: the one that takes the most items off the language models at the quality of the cascade without
+    tier 0 (at the chosen thresholds and calibration). Where every threshold costs quality, TIER0_DECIDES_NOTHING.
+
+    Tier 0 was judged only on the data its version was fine-tuned on; a team's own data can disagree (the shipped
+    version's sentiment tier 0, kept at 0.8 on its held-out tickets, decided 28 of 150 airline tweets, 57 % right,
+    where the small tier was right on 79 %)."""
+    from processors.evaluate.cascade import route_outcomes
+
+    out: dict[str, float] = {}
+    groups = outcomes_by_task(fit_rows(evaluation.outcomes))
+    for task in sorted(evaluation.config.linear):
+        if task not in groups or task not in evaluation.thresholds:
+            continue
+        frame = route_outcomes(groups[task].filter(pl.col("linear_conf").is_not_null()),
+                               {task: evaluation.thresholds[task]}, evaluation.calibration, {})
+        frame = frame.filter(pl.col("cascade_correct").is_not_null())
+        if len(frame) < MIN_FIT_ITEMS:
+            continue
+        threshold, *_ = linear_threshold(frame["linear_conf"].to_list(), frame["linear_correct"].to_list(),
+                                         frame["cascade_correct"].to_list())
+        out[task] = TIER0_DECIDES_NOTHING if threshold is None else threshold
+    return out

@@ -10,7 +10,14 @@ import polars as pl
 from processors.datasets import LabelledExample, label_sets, sample
 from processors.evaluate.cascade import route_outcomes
 from processors.evaluate.evaluation import TIERS, Evaluation, TierRun
-from processors.evaluate.fitting import assign_split, choose_thresholds, fit_calibration, split_note
+from processors.evaluate.fitting import (
+    TIER0_DECIDES_NOTHING,
+    assign_split,
+    choose_thresholds,
+    choose_tier0_thresholds,
+    fit_calibration,
+    split_note,
+)
 from processors.evaluate.outcomes import build_outcomes, doc_tokens, scored_items, with_outcome_schema
 from processors.evaluate.summarize import summarize
 from processors.models import load_runtime
@@ -201,6 +208,13 @@ def score(config: Config, eval_cfg: Config, outcomes: pl.DataFrame, tiers: tuple
     if "large" in tiers and "small" in tiers:
         ev.thresholds, ev.operating_points = choose_thresholds(ev, ev.calibration, target_escalation=target_escalation,
                                                                target_quality_gap=target_quality_gap)
+        ev.tier0_thresholds = choose_tier0_thresholds(ev)
+        for task, threshold in ev.tier0_thresholds.items():  # the chosen cascade is judged with them
+            before = ev.config.linear[task].threshold
+            ev.config.linear[task] = ev.config.linear[task].model_copy(update={"threshold": threshold})
+            ev.notes.append(f"tier 0 of {task}: threshold {before:g} -> {threshold:g}, chosen on the fit half"
+                            + (" (at every threshold it cost quality there: it decides nothing)"
+                               if threshold == TIER0_DECIDES_NOTHING else ""))
     ev.summary = summarize(ev, config)
     return ev
 

@@ -60,6 +60,10 @@ def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[s
         version.thresholds = {k: v for k, v in version.thresholds.items() if k not in stale}
         version.calibration = {k: v for k, v in version.calibration.items() if k.split(":", 1)[1] not in stale}
     version.thresholds.update({k: v.model_copy() for k, v in thresholds.items()})
+    for task, threshold in ev.tier0_thresholds.items():
+        if task in version.linear and task in keep:
+            version.linear[task] = version.linear[task].model_copy(update={"threshold": threshold})
+            metrics[f"{task}.tier0_threshold"] = threshold
     version.metrics["calibration"] = metrics
     version.training["calibrated_on"] = data or "(examples)"
     write_version(root, version)

@@ -18,6 +18,7 @@ import polars as pl
 
 from processors.datasets import LabelledExample
 from processors.evaluate import ALL_FIELDS, Evaluation, Summary, cascade_at_thresholds, evaluate, outcomes_by_task
+from processors.evaluate.fitting import MIN_FIT_ITEMS, linear_threshold
 from processors.routing import FIELDS_KEY, is_fields_key
 from processors.tasks.extract import field_metrics
 from processors.tasks.label import label_metrics
@@ -26,13 +27,6 @@ from schemas.versions import ModelVersion, apply_version, resolve, version_file
 
 log = logging.getLogger(__name__)
 
-# Thresholds, calibration and tier 0 are fitted per task only on at least this many held-out items;
-# with fewer, the configuration's thresholds stand and tier 0 is not used for the task.
-MIN_FIT_ITEMS = 30
-
-# Tier 0 keeps a task only if the cascade's quality with it is at least the quality without it,
-# less this tolerance (half a point: one item in 200), while it takes items off the language models.
-LINEAR_TOLERANCE = 0.005
 # A candidate is refused when any task the promoted version answers is worse on held-out data by more than
 # this (macro-F1; the fields' F1), and by more than the comparison's noise: NOISE_Z paired-bootstrap standard
 # errors over the same held-out items (one-sided 95%). A new label set must not cost an old one, but a hundred
@@ -48,9 +42,6 @@ BOOTSTRAP_SAMPLES = 300
 # (--force overrides), the safe way to err for a nightly that must not silently stop answering a class.
 MIN_LABEL_ROWS = 20
 LABEL_TOLERANCE = 0.15
-# 0: tier 0 decides every item of the task. With few examples per label, TF-IDF can beat a new adapter (and the
-# large tier) on a new label set; then it carries the task until a later version's adapter does better.
-LINEAR_GRID = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 # Examples per label for tier 0's learning curve in the version's report.
 CURVE_PER_LABEL = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -218,26 +209,6 @@ def decide_promotion(comparison: dict[str, float], served: Iterable[str] = (),
         return True, (f"adds {', '.join(added)}; held-out score {ours:.3f} vs promoted {before:.3f} on "
                       f"{', '.join(both)}, none worse beyond its margin")
     return False, f"held-out score {ours:.3f} <= promoted {before:.3f} on {', '.join(both)}"
-
-
-def linear_threshold(linear_conf: list[float], linear_correct: list[bool], cascade_correct: list[bool],
-                     tolerance: float = LINEAR_TOLERANCE) -> tuple[float | None, float, float, float]:
-    """The threshold that takes the most items off the language models at equal quality (pure).
-
-    Returns (threshold or None, share decided by tier 0, quality with tier 0, quality without).
-    """
-    n = len(cascade_correct)
-    if not n:
-        return None, 0.0, float("nan"), float("nan")
-    base = sum(cascade_correct) / n
-    best: tuple[float | None, float, float] = (None, 0.0, base)
-    for t in LINEAR_GRID:
-        take = [c >= t for c in linear_conf]
-        quality = sum(lc if k else cc for k, lc, cc in zip(take, linear_correct, cascade_correct, strict=True)) / n
-        share = sum(take) / n
-        if quality >= base - tolerance and share > best[1]:
-            best = (t, share, quality)
-    return best[0], best[1], best[2], base
 
 
 def tier0_learning_curve(task: LabelTask, train: list[LabelledExample], held: list[LabelledExample],

@@ -195,7 +195,9 @@ def test_a_field_s_checks_are_the_configuration_s_not_the_version_s(tmp_path):
     version = ModelVersion(id="ft-c", fields={"pdf": [FieldSpec(name="total_amount", type="amount",
                                                                 description="Total."),
                                                       FieldSpec(name="subtotal", type="amount")]})
-    folder = write_version(tmp_path / "models", version)
+    folder = write_version(tmp_path / "models", version.model_copy(update={"fields": {"pdf": [
+        f.model_copy(update={"checks": ["total"]}) if f.type == "amount" else f for f in version.fields["pdf"]]}}))
+    assert '"checks"' not in (folder / "version.json").read_text()  # nothing the version learned
     base = load_config(_config_file(tmp_path, 'registry = "models"'))
     base.fields["pdf"] = [FieldSpec(name="total_amount", type="amount", description="Total.", checks=["total"])]
     config = apply_version(base, version, folder)

@@ -5,7 +5,7 @@ import pytest
 
 from processors import calibration as cal
 from processors.evaluate import choose_thresholds
-from processors.evaluate.fitting import fit_rows, judged_rows
+from processors.evaluate.fitting import fit_rows, judged_rows, linear_threshold
 from processors.routing import FIELDS_KEY
 
 
@@ -111,3 +111,53 @@ def test_each_source_s_fields_are_calibrated_on_their_own_and_routed_in_that_spa
     none = {**fitted, "small:fields:pdf": type(fitted["small:fields"])()}
     assert cal.field_calibration(none, "small", "pdf").method == "none"
     assert cal.field_calibration(none, "small", None) == fitted["small:fields"]
+
+
+def test_tier0_is_kept_only_where_quality_holds():
+    # the highest coverage at which the cascade with tier 0 is as good as without it
+    conf = [0.99, 0.97, 0.95, 0.6, 0.55]
+    threshold, share, with_t0, without = linear_threshold(conf, [True, True, True, False, False],
+                                                          [True, True, False, True, True])
+    assert threshold == 0.6 and share == 0.8 and with_t0 >= without  # one gained, one lost: equal
+    # tier 0 wrong where the cascade is right: dropped
+    assert linear_threshold([0.99, 0.99], [False, False], [True, True])[0] is None
+    # tier 0 at least as good as the cascade on every item: it carries the whole task (threshold 0)
+    assert linear_threshold([0.2, 0.3, 0.9], [True, True, True], [False, True, True])[:2] == (0.0, 1.0)
+
+
+def _sentiment_rows(n: int) -> list[dict]:
+    """n sentiment items: the small tier right on 80 %, sure of itself; tier 0 sure on every fourth and then
+    wrong (a domain its TF-IDF never saw), unsure and right on the rest."""
+    rows = []
+    for i in range(n):
+        small_right, sure_tier0 = i % 5 != 0, i % 4 == 0
+        rows.append({"example_id": f"s{i}", "source": "tickets", "kind": "label", "item": "sentiment",
+                     "gold": "negative", "split": "both",
+                     "small_pred": "negative" if small_right else "neutral", "small_conf": 0.95, "small_valid": True,
+                     "small_correct": small_right, "large_pred": "negative", "large_conf": 0.9,
+                     "large_valid": True, "large_correct": True,
+                     "linear_pred": "positive" if sure_tier0 else "negative",
+                     "linear_conf": 0.9 if sure_tier0 else 0.55, "linear_correct": not sure_tier0})
+    return rows
+
+
+def test_tier0_s_threshold_is_chosen_again_on_the_evaluated_data(config):
+    """A version's tier 0 was judged on its own held-out data; on a team's data that costs quality it decides
+    nothing, and where it is right it keeps deciding. Fewer than MIN_FIT_ITEMS items: left as it is."""
+    from processors.evaluate import OUTCOME_SCHEMA, Evaluation
+    from processors.evaluate.fitting import MIN_FIT_ITEMS, TIER0_DECIDES_NOTHING, choose_tier0_thresholds
+    from schemas.config import LinearTier, Thresholds
+
+    cfg = config.model_copy(deep=True)
+    cfg.linear = {"sentiment": LinearTier(path="linear-sentiment.json", threshold=0.8)}
+    wrong = Evaluation(pl.DataFrame(_sentiment_rows(80), schema=OUTCOME_SCHEMA), cfg, ("small", "large"), {}, 80,
+                       thresholds={"sentiment": Thresholds(small=0.5, large=0.5)})
+    assert choose_tier0_thresholds(wrong) == {"sentiment": TIER0_DECIDES_NOTHING}
+    # tier 0 right wherever it is sure: it takes those items at no cost
+    right = [{**r, "linear_correct": True, "linear_pred": "negative"} for r in _sentiment_rows(80)]
+    ev = Evaluation(pl.DataFrame(right, schema=OUTCOME_SCHEMA), cfg, ("small", "large"), {}, 80,
+                    thresholds={"sentiment": Thresholds(small=0.5, large=0.5)})
+    assert choose_tier0_thresholds(ev) == {"sentiment": 0.0}  # right on every item: it decides them all
+    few = Evaluation(pl.DataFrame(_sentiment_rows(MIN_FIT_ITEMS - 1), schema=OUTCOME_SCHEMA), cfg,
+                     ("small", "large"), {}, MIN_FIT_ITEMS - 1, thresholds={"sentiment": Thresholds(small=0.5)})
+    assert choose_tier0_thresholds(few) == {}

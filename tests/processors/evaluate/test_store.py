@@ -27,3 +27,25 @@ def test_a_new_fields_fit_replaces_the_own_thresholds_of_the_sources_it_saw_and_
     # and so would its own calibration map over the new fields' one (processors.calibration.calibration_of)
     assert read_version(registry, "v1").calibration == {"small:fields": new_map,
                                                         "small:fields:pdf": old_maps["small:fields:pdf"]}
+
+
+def test_a_tier0_threshold_chosen_on_the_data_is_stored_with_the_version(tmp_path, config):
+    from schemas.config import LinearTier
+
+    registry = str(tmp_path / "models")
+    write_version(registry, ModelVersion(id="v1", linear={"sentiment": LinearTier(path="linear-sentiment.json",
+                                                                                   threshold=0.8),
+                                                          "category": LinearTier(path="linear-category.json",
+                                                                                 threshold=0.0)}))
+    cfg = config.model_copy(deep=True)
+    cfg.models.registry, cfg.models.active = registry, "v1"
+    outcomes = pl.DataFrame([{"example_id": "a1", "source": "tickets", "kind": "label", "item": "sentiment"}],
+                            schema=OUTCOME_SCHEMA)
+    ev = Evaluation(outcomes, cfg, ("small", "large"), {}, 1, thresholds={"sentiment": Thresholds(small=0.3)},
+                    tier0_thresholds={"sentiment": 1.01})
+    store_calibration(cfg, ev, "airline.csv")
+    stored = read_version(registry, "v1")
+    # the path stays the version's own; the task this evaluation did not see keeps its tier 0
+    assert stored.linear == {"sentiment": LinearTier(path="linear-sentiment.json", threshold=1.01),
+                             "category": LinearTier(path="linear-category.json", threshold=0.0)}
+    assert stored.metrics["calibration"]["sentiment.tier0_threshold"] == 1.01

@@ -12,7 +12,6 @@ from processors.finetune.compare import (
     decide_promotion,
     flat_metrics,
     learning_curve_markdown,
-    linear_threshold,
     paired_comparison,
     quality_score,
     tier0_learning_curve,
@@ -124,18 +123,6 @@ def test_quality_score_averages_macro_f1_and_field_f1():
     assert metrics["category.macro_f1"] == 0.8 and "fields.recall" not in metrics
     assert math.isclose(metrics["score"], (0.8 + 0.6 + 0.4) / 3)
     assert math.isnan(quality_score({}))
-
-
-def test_tier0_is_kept_only_where_quality_holds():
-    # the highest coverage at which the cascade with tier 0 is as good as without it
-    conf = [0.99, 0.97, 0.95, 0.6, 0.55]
-    threshold, share, with_t0, without = linear_threshold(conf, [True, True, True, False, False],
-                                                          [True, True, False, True, True])
-    assert threshold == 0.6 and share == 0.8 and with_t0 >= without  # one gained, one lost: equal
-    # tier 0 wrong where the cascade is right: dropped
-    assert linear_threshold([0.99, 0.99], [False, False], [True, True])[0] is None
-    # tier 0 at least as good as the cascade on every item: it carries the whole task (threshold 0)
-    assert linear_threshold([0.2, 0.3, 0.9], [True, True, True], [False, True, True])[:2] == (0.0, 1.0)
 
 
 def _examples(per_label: int, offset: int = 0) -> list[LabelledExample]:
