@@ -21,7 +21,7 @@ from processors.calibration import calibrate_field, calibrate_label, field_calib
 from processors.demonstrations import DemonstrationIndex
 from processors.linear import LinearLabeler
 from processors.models import Runtime, load_runtime
-from processors.models.base import Completion, usage_of
+from processors.models.base import usage_of
 from processors.routing import route
 from processors.tasks import extract, label
 from processors.tasks.prompts import cut, shared_prefix
@@ -213,7 +213,7 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
     for source, specs in config.fields.items():
         source_calibration = field_calibration(config.calibration, tier, source)  # thresholds live in its space
         for spec in specs:
-            # One field at a time over the batch (a grounded field's grammar is per document).
+            # One field at a time over the batch (a grounded field's answers are per document).
             batch = [d for d in docs if d.source == source and f"field:{spec.name}" in asked_of[id(d)]]
             if not batch:
                 continue
@@ -228,18 +228,15 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
             prompts = [extract.build_prompt(specs, spec, style, source, model_text(d),
                                             [(s.text, s.fields[spec.name]) for s in shots(d, f"field:{spec.name}")])
                        for d in batch]
-            completions = _complete_fields(loaded.runtime, prompts, [allowed[id(d)] for d in batch], spec,
-                                           tier_cfg, masked, batch)
-            for doc, completion in zip(batch, completions, strict=False):
-                usage[doc.doc_id + doc.uri].add(usage_of(completion))
-                if keeps_previous and completion.error:
-                    escalation_failed(doc, [f"field:{spec.name}"], completion.error)
+            answers = _answer_fields(loaded.runtime, prompts, [allowed[id(d)] for d in batch], spec, tier_cfg,
+                                     [masked[d.doc_id + d.uri][1] for d in batch], batch, tier)
+            for doc, answer in zip(batch, answers, strict=True):
+                usage[doc.doc_id + doc.uri].add(answer.usage)
+                if keeps_previous and answer.error:
+                    escalation_failed(doc, [f"field:{spec.name}"], answer.error)
                     continue
                 _supersede(doc, f"field:{spec.name}", doc.fields.get(spec.name), tier)
-                # Placeholders back to the real values before the value is checked against the text.
-                completion = privacy.unmask_completion(completion, masked[doc.doc_id + doc.uri][1])
-                doc.fields[spec.name] = calibrate_field(
-                    extract.parse(completion, spec, doc, tier, allowed[id(doc)]), source_calibration)
+                doc.fields[spec.name] = calibrate_field(answer.prediction, source_calibration)
     for doc in docs:  # one span fills one field (among this tier's answers)
         types = {s.name: s.type for s in config.fields.get(doc.source, [])}
         mine = {k: v for k, v in doc.fields.items() if v.tier == tier}
@@ -260,21 +257,38 @@ def _candidate_values(doc: Document, spec, tier_cfg: TierModel, held: list[str])
     return [c.text for c in extract.candidates(spec, cut(doc.text, tier_cfg.max_doc_chars), held)]
 
 
-def _complete_fields(runtime: Runtime, prompts: list[str], allowed: list[list[str] | None], spec,
-                     tier_cfg: TierModel, masked: dict, batch: list[Document]) -> list:
-    """The completions for one field over a batch. A 'string' field: one batched call, any bounded JSON
-    string. A grounded field: each document's grammar allows null and its own candidates (PII placeholders
-    standing in for masked values). llama.cpp takes one grammar per request, so each document is its own
-    request, sent concurrently (an HTTP endpoint serves them in parallel; the in-process runtime takes
-    them in turn)."""
-    if not extract.is_grounded(spec):
-        return runtime.complete(prompts, max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
-                                top_logprobs=10, grammar=extract.grammar(spec))
+@dataclass
+class _FieldAnswer:
+    prediction: FieldPrediction
+    usage: Usage
+    error: str | None  # the model failed (the prediction is invalid, `model_error`)
 
-    def one(i: int) -> Completion:
-        shown = [_mask_value(v, masked[batch[i].doc_id + batch[i].uri][1]) for v in allowed[i] or []]
-        return runtime.complete([prompts[i]], max_tokens=extract.candidate_max_tokens(shown, tier_cfg.max_field_tokens),
-                                top_logprobs=10, grammar=extract.candidate_grammar(shown))[0]
+
+def _answer_fields(runtime: Runtime, prompts: list[str], allowed: list[list[str] | None], spec, tier_cfg: TierModel,
+                   masks: list[dict[str, str]], batch: list[Document], tier: Tier) -> list[_FieldAnswer]:
+    """One field's answers over a batch. A grounded field: its answers (null and the document's candidates,
+    PII placeholders standing in for masked values) scored like a label set, one document at a time (each has
+    its own candidates), sent concurrently (an HTTP endpoint serves them in parallel; the in-process runtime
+    takes them in turn). A 'string' field: one batched call, any bounded JSON string (placeholders restored
+    before the value is checked against the text)."""
+    if not extract.is_grounded(spec):
+        completions = runtime.complete(prompts, max_tokens=extract.max_tokens(spec, tier_cfg.max_field_tokens),
+                                       top_logprobs=10, grammar=extract.grammar(spec))
+        out = []
+        for doc, completion, mask in zip(batch, completions, masks, strict=True):
+            completion = privacy.unmask_completion(completion, mask)
+            out.append(_FieldAnswer(extract.parse(completion, spec, doc, tier),
+                                    usage_of(completion), completion.error))
+        return out
+
+    def one(i: int) -> _FieldAnswer:
+        values = allowed[i] or []
+        shown = [_mask_value(v, masks[i]) for v in values]
+        # As deep as the model's tokens for the longest answer: long ids share many leading digits.
+        [scores] = label.score_labels(runtime, [prompts[i]], extract.answer_targets(shown), tier_cfg.top_logprobs,
+                                      max_depth=tier_cfg.max_field_tokens)
+        return _FieldAnswer(extract.choose(scores, spec, batch[i], tier, values, shown),
+                            scores.usage, scores.error)
     if len(prompts) == 1:
         return [one(0)]
     with ThreadPoolExecutor(max_workers=max(1, min(len(prompts), tier_cfg.parallel_sequences))) as pool:

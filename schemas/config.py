@@ -147,7 +147,8 @@ class TierModel(Strict):
     parallel_sequences: int = 8  # documents handed to the tier per batch (an http tier: per request wave)
     context_per_sequence: int = 1536  # tokens of context for one prompt (in-process llama.cpp)
     max_doc_chars: int = 2000  # document text given to the model is cut to this many characters
-    max_field_tokens: int = 40  # generation budget per field value (also bounded by the field's type)
+    max_field_tokens: int = 40  # generation budget per 'string' value (also bounded by its type); for a grounded
+    # field, the deepest token read while scoring its candidates (long ids share leading digits)
     top_logprobs: int = 40  # candidate tokens read per label position
     # Few-shot: show the k training examples of the model version nearest to the document (TF-IDF)
     # before it, answered (0: zero-shot). Used when the version stores demonstrations; meant for [large].

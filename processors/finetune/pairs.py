@@ -1,8 +1,9 @@
 """Training pairs: the exact prompts the small tier sends at run time, and the answer it should give.
 
 A label task's answer is the label's verbalizer as scored at run time (` cancel order`); a field's
-answer is the JSON value the grammar lets it write (` "370795561790",` or ` null,`). Because the
-prompts come from the same builders as the nightly run, the adapter is trained on what it will see.
+answer is the JSON value as it would write it (` "370795561790",` or ` null,`), which the run time scores
+among the field's candidates. Because the prompts come from the same builders as the nightly run, the
+adapter is trained on what it will see.
 """
 
 from __future__ import annotations

@@ -66,6 +66,11 @@ _MONEY = [
                + r"[^\S\r\n]?(?:[Dd]ollars|[Ee]uros|[Pp]ounds|[Rr]upees|dollar|euro|pound|rupee|bucks"
                  r"|USD|EUR|GBP|INR|CHF)\b(?![\-/])(?![^\S\r\n]?[\d$€£¥₹])"),
 ]
+# A page number: a line of its own with a number of at most 3 digits ("1", "Page 2", "- 3 -", "2 / 4") that ends the
+# text or comes before a blank line (pages are joined by one). It is neither an amount nor an id: a letter with no
+# sum in it offered its page number "1" as its total, and a model took it.
+_PAGE_NUMBER = re.compile(r"(?:(?<=\n)|\A)[ \t]*(?:(?:[Pp]age|[Ss]eite|[Pp]\.)[ \t]*)?(?:-[ \t]*)?\d{1,3}"
+                          r"(?:[ \t]*(?:/|of|von)[ \t]*\d{1,3})?(?:[ \t]*-)?[ \t]*(?=\n[ \t]*\n|[ \t\n]*\Z)")
 # An amount's own currency before its number, and the space after it: what the number alone leaves out.
 _PREFIX = re.compile(_CURRENCY_BEFORE + r"\s?")
 # After a number: a percent sign makes it a rate ("plus 7% tax", "VAT 19 %"), neither an amount nor an id.
@@ -115,8 +120,9 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
     (one span does not fill two fields).
     """
     found: dict[str, Candidate] = {}
-    if field_type in ("id", "amount"):  # the numbers inside a date are neither
+    if field_type in ("id", "amount"):  # the numbers inside a date are neither, nor page numbers
         exclude = exclude | {(c.start, c.end) for c in find_candidates("date", text)}
+        exclude = exclude | {m.span() for m in _PAGE_NUMBER.finditer(text)}
     if field_type == "id":  # nor is a sum of money an id: one span cannot be both a refund and an order number
         exclude = exclude | {m.span("number") for pattern in _MONEY for m in pattern.finditer(text)}
     for pattern in _PATTERNS.get(field_type, []):
@@ -135,8 +141,8 @@ def find_candidates(field_type: str, text: str, exclude: frozenset[tuple[int, in
                 found[value] = Candidate(value, start, end)
                 prefix = _PREFIX.match(value) if field_type == "amount" else None
                 if prefix and _is_valid(field_type, value[prefix.end():]):
-                    # the number alone too: a model that writes "7,996.12" of "USD 7,996.12" would otherwise be held
-                    # by the grammar to another number that starts with "7" (a quantity, the subtotal)
+                    # the number alone too: a model that would write "7,996.12" of "USD 7,996.12" then gives the value
+                    # its probability (one value's written forms add up: extract.choose)
                     found.setdefault(value[prefix.end():], Candidate(value[prefix.end():], start + prefix.end(), end))
     return sorted(found.values(), key=lambda c: c.start)[:limit]
 

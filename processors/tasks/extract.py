@@ -5,12 +5,13 @@ value. Keys and punctuation are never generated, which is most of the saving on 
 document's text cannot add keys.
 
 Grounded types (id, amount, date, email, currency, name): the value is one of the document's
-candidate spans of that type (processors/tasks/candidates.py) or null, enforced by the grammar, so
-a value cannot be invented. A field with no candidate in the text is null without a model call. The
-confidence is the probability of the chosen answer among the allowed ones (null and the candidates):
-at each generated token, its probability renormalized over the top-k tokens that stay on an allowed
-answer. After every field of a document is answered, one span fills at most one field
-(`resolve_shared_spans`): the less confident field is marked `span_of:<field>` and escalates.
+candidate spans of that type (processors/tasks/candidates.py) or null, so a value cannot be invented. A
+field with no candidate in the text is null without a model call. The answers are scored like a label
+task (label.score_labels over null and each candidate as the model writes it), nothing is generated:
+the model's probability of every answer, summed over the written forms of one value ("USD 7,996.12"
+and "7,996.12" are one amount), and the most probable value is the answer, its mass the confidence.
+After every field of a document is answered, one span fills at most one field (`resolve_shared_spans`):
+the less confident field is marked `span_of:<field>` and escalates.
 
 Type 'string' has no candidates: a JSON string bounded in length is generated, and it must occur in
 the source text (the evidence span). Its confidence is the minimum probability of the tokens that
@@ -20,16 +21,20 @@ spell it, which does not shrink with the value's length the way a product would.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from processors.models.base import Completion, probability
 from processors.tasks.candidates import GROUNDED_TYPES, Candidate, find_candidates, sum_it_is_part_of
+from processors.tasks.label import LabelScores
 from processors.tasks.normalize import currency_evidence, find_span, normalize
 from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
+# v13: grounded fields scored over their answers (null and each candidate) instead of generated under a grammar;
+# the probabilities of one value's written forms add up (a letter's "USD 7,996.12" and "7,996.12" had split it);
 # v12: a field with the check "total" (schemas/config.py FieldSpec.checks) is invalid when its value and another
 # written amount make a third (`part_of_sum:<sum>`): a receipt's SUBTOTAL escalates instead of passing as the total;
 # v11: the large tier's system turn and header kept evaluated across documents (LlamaCppRuntime.sequence);
@@ -42,7 +47,7 @@ from schemas.records import Document, FieldPrediction, Tier
 # v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains a
 # 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
 # v4: grounded values
-TASK_VERSION = "sluicegate.extract.v12"
+TASK_VERSION = "sluicegate.extract.v13"
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}
@@ -99,14 +104,12 @@ def _literals(values: Iterable[str]) -> list[str]:
     return ["null", *(json.dumps(v, ensure_ascii=False) for v in values)]
 
 
-def candidate_grammar(values: Iterable[str]) -> str:
-    """llama.cpp grammar (GBNF): null or one of these values as a JSON string, with the tokenizer-glued space
-    and end that `grammar` allows."""
-    return _VALUE_END + "value ::= " + " | ".join(gbnf_literal(lit) for lit in _literals(values)) + "\n"
-
-
-def candidate_max_tokens(values: Iterable[str], limit: int) -> int:
-    return min(limit, max(len(lit) for lit in _literals(values)) + 2)
+def answer_targets(values: Iterable[str]) -> dict[str, str]:
+    """Each allowed answer (null and each value as a JSON literal) as the model writes it after the prompt's
+    key, up to its closing quote: the quote comes glued to what follows it (`",` in training, `"}` in
+    demonstrations), so a value that is the start of another ("7" of "7,996.12") ends where the other goes on,
+    and gets the mass its continuation does not take (label.split_candidates)."""
+    return {lit: " " + (lit[:-1] if lit.startswith('"') else lit) for lit in _literals(values)}
 
 
 def max_tokens(spec: FieldSpec, limit: int) -> int:
@@ -165,28 +168,6 @@ def _value_confidence(completion: Completion, literal: str) -> float:
     return min(probs)
 
 
-def _choice_confidence(completion: Completion, allowed: list[str]) -> float:
-    """The probability of the answer chosen among the allowed ones (JSON literals).
-
-    At each generated token until the answer is complete, the token's probability is renormalized over
-    the top-k tokens that keep the output on an allowed answer (with the optional leading space), so
-    the product is the model's preference for this answer over the other candidates and null.
-    """
-    starts = [lead + lit for lit in allowed for lead in ("", " ")]
-    complete = set(allowed)
-    prefix, confidence = "", 1.0
-    for token in completion.tokens:
-        ok = {t: probability(lp) for t, lp in token.top.items() if any(s.startswith(prefix + t) or
-                                                                   (prefix + t).startswith(s) for s in starts)}
-        chosen = probability(token.logprob)
-        total = sum(ok.values()) + (0.0 if token.token in ok else chosen)
-        confidence *= chosen / total if total > 0 else 0.0
-        prefix += token.token
-        if prefix.strip().rstrip(",}").rstrip() in complete:
-            break
-    return confidence
-
-
 def _page_of(doc: Document, offset: int) -> int:
     """1-based page of a character offset in doc.text (pages are joined with a blank line)."""
     pos = 0
@@ -202,34 +183,61 @@ def absent(spec: FieldSpec, tier: Tier) -> FieldPrediction:
     return FieldPrediction(spec.name, None, None, 1.0, None, None, None, True, tier)
 
 
-def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier,
-          allowed: list[str] | None = None) -> FieldPrediction:
-    """The parse step: never raises. Unusable output is an invalid prediction naming its problem.
+def _invalid(spec: FieldSpec, tier: Tier, problem: str) -> FieldPrediction:
+    return FieldPrediction(spec.name, None, None, 0.0, None, None, None, False, tier, [problem])
 
-    allowed: a grounded field's candidate values (the answer must be one of them, or null)."""
-    def invalid(problem: str) -> FieldPrediction:
-        return FieldPrediction(spec.name, None, None, 0.0, None, None, None, False, tier, [problem])
 
+def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier) -> FieldPrediction:
+    """The parse step of a generated value ('string' fields): never raises. Unusable output is an invalid
+    prediction naming its problem."""
     if completion.error:
-        return invalid("model_error")
+        return _invalid(spec, tier, "model_error")
     literal = completion.text.strip()
     if literal[-1:] in (",", "}"):
         literal = literal[:-1].rstrip()
     try:
         raw = json.loads(literal)
     except (json.JSONDecodeError, ValueError):
-        return invalid("invalid_json")  # e.g. cut off at the token limit
+        return _invalid(spec, tier, "invalid_json")  # e.g. cut off at the token limit
     if raw is not None and not isinstance(raw, str):
-        return invalid("not_a_string")
+        return _invalid(spec, tier, "not_a_string")
     if raw and any("\ud800" <= ch <= "\udfff" for ch in raw):
-        return invalid("invalid_json")  # a lone surrogate (an endpoint without grammars): no table can hold it
-    if allowed is not None and raw is not None and raw not in allowed:
-        return invalid("not_a_candidate")  # the grammar holds it; an endpoint without grammars may not
-    confidence = (_value_confidence(completion, literal) if allowed is None
-                  else _choice_confidence(completion, _literals(allowed)))
+        return _invalid(spec, tier, "invalid_json")  # a lone surrogate: no table can hold it
     value = raw.strip() if raw else None
     if value is not None and value.lower() in ("null", "none", "n/a"):
         value = None  # a model writing null as a string means absent
+    return _prediction(spec, doc, tier, value, _value_confidence(completion, literal))
+
+
+def choose(scores: LabelScores, spec: FieldSpec, doc: Document, tier: Tier, values: Sequence[str],
+           shown: Sequence[str] | None = None) -> FieldPrediction:
+    """The parse step of a grounded field scored over its answers (answer_targets): never raises.
+
+    The value with the most probability, summed over its written forms (`comparable`: "USD 7,996.12" and
+    "7,996.12", "#37777" and "37777"), is the answer; that sum is its confidence, and the form the model
+    liked best is the value written (its span). values: the candidates; shown: the same as the model read
+    them (PII placeholders), by position."""
+    if scores.error or not scores.probabilities:
+        return _invalid(spec, tier, "model_error")
+    if not scores.answered:  # the model's likely next tokens start no allowed answer: it answered something else
+        return _invalid(spec, tier, "not_a_candidate")
+    real = {json.dumps(s, ensure_ascii=False): v for s, v in zip(shown or values, values, strict=True)}
+    mass: dict[str | None, float] = {}
+    best: dict[str | None, tuple[float, str | None]] = {}
+    for literal, p in scores.probabilities.items():
+        p = p if math.isfinite(p) and p > 0 else 0.0
+        value = real.get(literal)  # None: null (an unknown key cannot come back: the keys are the targets)
+        key = comparable(spec.type, value)
+        mass[key] = mass.get(key, 0.0) + p
+        if p > best.get(key, (-1.0, None))[0]:
+            best[key] = (p, value)
+    key = max(mass, key=lambda k: (mass[k], k is None))  # a tie goes to null: nothing claimed
+    return _prediction(spec, doc, tier, best[key][1], min(1.0, mass[key]))
+
+
+def _prediction(spec: FieldSpec, doc: Document, tier: Tier, value: str | None, confidence: float) -> FieldPrediction:
+    """A value the model gave (None: absent), checked against the document: normalised, found in the text
+    (its span and page), and the field's checks."""
     if value is None:
         return FieldPrediction(spec.name, None, None, confidence, None, None, None, True, tier)
     normalized, problems = normalize(spec.type, value)

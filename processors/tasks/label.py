@@ -56,6 +56,9 @@ class LabelScores:
     probabilities: dict[str, float]  # sums to 1 over the label set
     error: str | None
     usage: Usage
+    # Whether any of the first position's top-k tokens starts a label. False: every label got the floor mass, so
+    # the distribution is even and says nothing (an endpoint answering something else entirely).
+    answered: bool = True
 
 
 def split_candidates(top: dict[str, float], remaining: dict[str, str]) -> list[tuple[float, dict[str, str]]]:
@@ -88,15 +91,17 @@ def split_candidates(top: dict[str, float], remaining: dict[str, str]) -> list[t
 
 
 def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
-                 top_logprobs: int, expand_min: float = EXPAND_MIN) -> list[LabelScores]:
+                 top_logprobs: int, expand_min: float = EXPAND_MIN, max_depth: int = _MAX_DEPTH) -> list[LabelScores]:
     """Distributions over the label set for a batch of prompts: one call per trie depth, for each branch that
-    holds at least expand_min of a prompt's mass (0: every branch)."""
+    holds at least expand_min of a prompt's mass (0: every branch). Labels that share their first max_depth
+    tokens share their mass evenly (a grounded field's answers pass a deeper limit: long ids share digits)."""
     probs = [dict.fromkeys(targets, 0.0) for _ in prompts]
     errors: list[str | None] = [None] * len(prompts)
     usage = [Usage() for _ in prompts]
+    answered = [False] * len(prompts)
     # pending: (prompt index, answer prefix so far, labels still in play -> remaining text, weight)
     pending = [(i, "", dict(targets), 1.0) for i in range(len(prompts))]
-    for depth in range(_MAX_DEPTH):
+    for depth in range(max_depth):
         if not pending:
             break
         completions = runtime.complete([prompts[i] + prefix for i, prefix, _, _ in pending],
@@ -108,13 +113,15 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                 errors[i] = comp.error or "no tokens returned"
                 continue
             top = {t: probability(lp) for t, lp in comp.tokens[0].top.items()}
+            if depth == 0:
+                answered[i] = any(t and rest.startswith(t) for t in top for rest in remaining.values())
             groups = split_candidates(top, remaining)
             total = sum(mass for mass, _ in groups) or 1.0
             for mass, members in groups:
                 share = weight * mass / total
                 if len(members) == 1:
                     probs[i][next(iter(members))] += share
-                elif depth == _MAX_DEPTH - 1 or share < expand_min:  # identical this deep, or too unlikely
+                elif depth == max_depth - 1 or share < expand_min:  # identical this deep, or too unlikely
                     for label in members:
                         probs[i][label] += share / len(members)
                 else:
@@ -122,10 +129,10 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                     next_pending.append((i, prefix + token, members, share))
         pending = next_pending
     out = []
-    for p, err, u in zip(probs, errors, usage, strict=False):
+    for p, err, u, ok in zip(probs, errors, usage, answered, strict=False):
         total = sum(p.values())
         dist = {k: v / total for k, v in p.items()} if total > 0 and not err else {}
-        out.append(LabelScores(dist, err, u))
+        out.append(LabelScores(dist, err, u, ok))
     return out
 
 

@@ -45,6 +45,22 @@ def test_extract_parse_never_raises_and_accepts_only_evidenced_values(completion
 
 
 @FUZZ
+@given(field_type=st.sampled_from(FIELD_TYPES), text=texts, probabilities=st.lists(floats, max_size=6),
+       error=st.none() | st.text(max_size=5))
+def test_extract_choose_never_raises_and_answers_a_candidate_of_the_text(field_type, text, probabilities, error):
+    # What score_labels can hand over for a grounded field: its keys are the targets (null and the candidates).
+    spec = FieldSpec(name="f", type=field_type)
+    values = [c.text for c in extract.candidates(spec, text)]
+    keys = list(extract.answer_targets(values))
+    scores = label.LabelScores(dict(zip(keys, probabilities, strict=False)), error, None)
+    pred = extract.choose(scores, spec, Document("d", "pdf", "u", text), "small", values)
+    assert isinstance(pred, FieldPrediction) and 0.0 <= pred.confidence <= 1.0
+    assert pred.value is None or pred.value in values
+    if not pred.valid:
+        assert pred.problems
+
+
+@FUZZ
 @given(probabilities=st.dictionaries(st.sampled_from(TASK.labels + ["HACKED", ""]), floats, max_size=7),
        content_free=st.none() | st.dictionaries(st.sampled_from(TASK.labels), floats, max_size=5),
        error=st.none() | st.text(max_size=5))

@@ -270,7 +270,8 @@ def test_masked_text_leaves_the_machine_and_values_come_back_real(http_runtime, 
     with_doc = [p for p in sent if "Please send" in p]  # the others are content-free calibration prompts
     assert with_doc and all("[EMAIL_1]" in p and "[PHONE_1]" in p for p in with_doc)
     assert doc.labels["sentiment"].label in {"negative", "neutral", "positive"}
-    assert "[" not in (doc.fields["email"].value or "")  # whatever it wrote, no placeholder lands
+    # the grounded email is scored over null and its placeholder: a value that lands is the real one
+    assert doc.fields["email"].value in (None, email)
 
     # Gemma 270M (base) does not copy placeholders on its own (it invents "email@example.com"), so the
     # restore path is checked with the value pinned by a grammar: real tokens, real log-probabilities.

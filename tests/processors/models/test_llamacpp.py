@@ -184,16 +184,23 @@ def test_llamacpp_reads_a_grammar_literal_as_the_value_it_stands_for(small_runti
     assert c.error is None and json.loads(c.text) == value
 
 
-def test_field_grammars_constrain_the_real_model(small_runtime):
-    """A grounded field answers null or one of its candidates; a 'string' field null or a JSON string within
-    its type's length."""
-    from processors.tasks import extract
+def test_a_grounded_field_is_scored_over_its_answers_on_the_real_model(small_runtime):
+    """A grounded field's answers (null and its candidates) get a distribution from the real model, summing to
+    1 over exactly those answers; a 'string' field is generated: null or a JSON string within its type's
+    length."""
+    from processors.tasks import extract, label
     from schemas.config import FieldSpec
+    from schemas.records import Document
 
-    prompt = 'Order #37777 of Ann Lee was refunded. JSON: {"order_id":'
-    [c] = small_runtime.complete([prompt], max_tokens=extract.candidate_max_tokens(["#37777"], 40), top_logprobs=10,
-                                 grammar=extract.candidate_grammar(["#37777"]))
-    assert c.error is None and json.loads(c.text.strip().rstrip(",}")) in (None, "#37777")
+    text = "Order #37777 of Ann Lee was refunded."
+    prompt = f'{text} JSON: {{"order_id":'
+    targets = extract.answer_targets(["#37777", "Ann"])
+    [scores] = label.score_labels(small_runtime, [prompt], targets, 40, max_depth=40)
+    assert scores.error is None and set(scores.probabilities) == set(targets)
+    assert sum(scores.probabilities.values()) == pytest.approx(1.0)
+    doc = Document(doc_id="o", source="tickets", uri="u", text=text)
+    out = extract.choose(scores, FieldSpec(name="order_id", type="id"), doc, "small", ["#37777", "Ann"])
+    assert out.valid and out.value in (None, "#37777", "Ann")
     spec = FieldSpec(name="note", type="string", description="what happened")
     [c] = small_runtime.complete(['Order #37777 was refunded. JSON: {"note":'],
                                  max_tokens=extract.max_tokens(spec, 100), top_logprobs=10,

@@ -86,6 +86,18 @@ def test_a_rate_is_no_amount_and_a_decimal_number_is_no_id():
     assert _texts("id", "orders 12345,67890 and A-12 and 1.2.3") == ["12345", "67890", "A-12", "1.2.3"]
 
 
+@pytest.mark.parametrize("page", ["1", "Page 2", "- 3 -", "2 / 4", "Seite 2 von 3"])
+def test_a_page_number_is_neither_an_amount_nor_an_id(page):
+    """A letter with no sum in it offered its page number as its total; a number of its own line that ends a page
+    (before the blank line that joins pages, or at the end) is a page number."""
+    text = f"Dear Sir,\nthank you for your letter of 12 May.\n{page}\n\nSecond page: we owe 42 units.\n{page}"
+    for field_type in ("amount", "id"):
+        assert not [c for c in find_candidates(field_type, text) if c.text in ("1", "2", "3", "4")], field_type
+    assert [c.text for c in find_candidates("amount", text)] == ["12", "42"]
+    # a number on its own line inside a page stays: a table's cell, a receipt's total
+    assert [c.text for c in find_candidates("amount", "TOTAL\n42\nThank you")] == ["42"]
+
+
 def test_an_excluded_span_is_not_offered_again():
     text = "refund order 55501 for 55501"
     first = find_candidates("id", text)

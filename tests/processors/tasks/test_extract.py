@@ -4,10 +4,11 @@ import math
 import pytest
 
 from processors.models.base import Completion, TokenLogprob
-from processors.tasks import extract
+from processors.tasks import extract, label
+from processors.tasks.label import LabelScores
 from processors.tasks.normalize import find_span, normalize
 from schemas.config import FieldSpec
-from schemas.records import Document, FieldPrediction
+from schemas.records import Document, FieldPrediction, Usage
 
 FIELDS = [FieldSpec(name="invoice_number", type="id"), FieldSpec(name="date", type="date"),
           FieldSpec(name="total_amount", type="amount"), FieldSpec(name="currency", type="currency")]
@@ -129,38 +130,78 @@ def test_find_span_variants():
 
 # --- grounded fields: a candidate span or null ----------------------------------------------------
 
-def _choice(text: str, steps: list[tuple[str, dict[str, float]]]) -> Completion:
-    """A completion of the given tokens, each with its top-k probabilities (first entry: the chosen token)."""
-    tokens = [TokenLogprob(tok, math.log(top[tok]), {t: math.log(p) for t, p in top.items()}) for tok, top in steps]
-    return Completion(text, tokens, 10, len(tokens))
+def _scored(probabilities: dict[str | None, float]) -> LabelScores:
+    """score_labels' answer over a field's targets: value (None: null) -> probability."""
+    return LabelScores({json.dumps(v, ensure_ascii=False) if v is not None else "null": p
+                        for v, p in probabilities.items()}, None, Usage())
 
 
-def test_a_grounded_value_is_one_of_its_candidates_with_the_choice_probability():
-    allowed = ["42183017", "4218"]
-    # ' "' then '42' then '183017"' : the raw model also likes tokens no candidate allows (they do not count).
-    completion = _choice(' "42183017"', [(' "', {' "': 0.6, " null": 0.2, "\n": 0.2}),
-                                         ("42", {"42": 0.5, "99": 0.5}),
-                                         ('183017"', {'183017"': 0.3, '18"': 0.1, "'s": 0.6})])
-    out = extract.parse(completion, FIELDS[0], DOC, "small", allowed)
-    assert out.value == "42183017" and out.valid
-    # 0.6/(0.6+0.2) for present over null, 1 at '42' (the only allowed), 0.3/(0.3+0.1) for '183017"' over '18"'
-    assert out.confidence == pytest.approx(0.75 * 1.0 * 0.75)
-    absent = extract.parse(_choice(" null", [(" null", {" null": 0.3, ' "': 0.1, "\n": 0.6})]), FIELDS[0], DOC,
-                           "small", allowed)
-    assert absent.value is None and absent.valid and absent.confidence == pytest.approx(0.75)
+def test_answer_targets_are_null_and_each_candidate_as_the_model_writes_them():
+    assert extract.answer_targets(["#37777", 'say "hi"']) == {"null": " null", '"#37777"': ' "#37777',
+                                                               '"say \\"hi\\""': ' "say \\"hi\\"'}
 
 
-def test_a_value_outside_the_candidates_is_never_accepted():
-    out = extract.parse(Completion('"99999"', [TokenLogprob('"99999"', 0.0)], 1, 1), FIELDS[0], DOC, "small",
-                        ["42183017"])
+def test_a_value_that_begins_another_gets_the_mass_that_ends_it():
+    """"7" and "7,996.12": after ' "7' the model either closes the string (the quote glued to a comma) or goes on
+    with ','; the shorter value gets what the longer one's continuation does not take."""
+    from tests.processors.tasks.test_label import _ScriptedRuntime
+
+    targets = extract.answer_targets(["7", "7,996.12"])
+    runtime = _ScriptedRuntime({"": {' "': 0.9, " null": 0.1}, ' "': {"7": 1.0}, ' "7': {'",': 0.8, ",": 0.2}})
+    [scores] = label.score_labels(runtime, [""], targets, top_logprobs=10, max_depth=40)
+    assert scores.probabilities['"7"'] == pytest.approx(0.9 * 0.8)
+    assert scores.probabilities['"7,996.12"'] == pytest.approx(0.9 * 0.2)
+
+
+def test_a_grounded_value_is_the_most_probable_candidate_and_its_mass_the_confidence():
+    out = extract.choose(_scored({"42183017": 0.5, "4218": 0.3, None: 0.2}), FIELDS[0], DOC, "small",
+                         ["42183017", "4218"])
+    assert out.value == "42183017" and out.valid and out.confidence == pytest.approx(0.5)
+    absent = extract.choose(_scored({"42183017": 0.2, "4218": 0.2, None: 0.6}), FIELDS[0], DOC, "small",
+                            ["42183017", "4218"])
+    assert absent.value is None and absent.valid and absent.confidence == pytest.approx(0.6)
+
+
+def test_one_value_s_written_forms_add_up():
+    """"USD 7,996.12" and "7,996.12" are one amount: together they beat null and another amount; the form the
+    model liked best is written (and its span found)."""
+    text = "Dear customer, please pay USD 7,996.12 (7,996.12 net of 12.00 fees) by June."
+    doc = Document(doc_id="l", source="pdf", uri="u", text=text, pages=[text])
+    values = ["USD 7,996.12", "7,996.12", "12.00"]
+    out = extract.choose(_scored({"USD 7,996.12": 0.3, "7,996.12": 0.25, "12.00": 0.05, None: 0.4}), FIELDS[2], doc,
+                         "small", values)
+    assert out.value == "USD 7,996.12" and out.normalized == "7996.12" and out.confidence == pytest.approx(0.55)
+    assert out.span_start == text.index("USD 7,996.12")
+    ids = extract.choose(_scored({"#42183017": 0.3, "42183017": 0.3, None: 0.4}), FIELDS[0], DOC, "small",
+                         ["#42183017", "42183017"])
+    assert ids.value in ("#42183017", "42183017") and ids.confidence == pytest.approx(0.6)
+
+
+def test_a_masked_candidate_is_answered_with_its_real_value():
+    """The large tier may read PII placeholders: the answer comes back as the placeholder, the row holds the
+    real value (found in the text)."""
+    email = FieldSpec(name="email", type="email")
+    doc = Document(doc_id="m", source="tickets", uri="u", text="Write to ann@example.com today")
+    out = extract.choose(_scored({"<EMAIL_1>": 0.9, None: 0.1}), email, doc, "large", ["ann@example.com"],
+                         ["<EMAIL_1>"])
+    assert out.value == "ann@example.com" and out.valid and out.span_start == doc.text.index("ann")
+
+
+def test_an_answer_that_starts_no_candidate_is_not_taken_for_an_even_choice():
+    """An endpoint whose likely tokens start neither null nor a candidate gives every answer the same floor mass:
+    that is no answer (invalid, `not_a_candidate`, to review), not a coin toss that passes a 0.5 threshold."""
+    from tests.processors.tasks.test_label import _ScriptedRuntime
+
+    runtime = _ScriptedRuntime({"": {" HACKED": 0.99, " pwned": 0.01}})
+    [scores] = label.score_labels(runtime, [""], extract.answer_targets(["42183017"]), top_logprobs=10, max_depth=40)
+    assert not scores.answered and scores.probabilities == {"null": 0.5, '"42183017"': 0.5}
+    out = extract.choose(scores, FIELDS[0], DOC, "large", ["42183017"])
     assert not out.valid and out.value is None and out.problems == ["not_a_candidate"]
 
 
-def test_candidate_grammar_allows_only_null_and_the_candidates():
-    g = extract.candidate_grammar(["#37777", 'say "hi"', "€ 5"])
-    assert "%llguidance" not in g and 'value ::= "null" | "\\"#37777\\"" | ' in g
-    assert '"\\"say \\\\\\"hi\\\\\\"\\""' in g and "€ 5" in g  # JSON inside a grammar literal, unicode as is
-    assert extract.candidate_max_tokens(["#37777"], 40) == len('"#37777"') + 2
+def test_a_failed_scoring_is_an_invalid_answer():
+    out = extract.choose(LabelScores({}, "runtime error: down", Usage()), FIELDS[0], DOC, "large", ["42183017"])
+    assert not out.valid and out.value is None and out.problems == ["model_error"]
 
 
 def test_gbnf_literal_escapes_quotes_backslashes_and_control_characters():
