@@ -68,13 +68,6 @@ _VALUE_END = 'root ::= " "? value end?\nend ::= "," | "}"\n'
 _JSON_CHAR = r'char ::= [^"\\\x00-\x1F] | "\\" (["\\bfnrt] | "u00" [01] [0-9a-fA-F])' + "\n"
 
 
-def gbnf_literal(text: str) -> str:
-    """A GBNF string literal that matches exactly `text` (quotes, backslashes and control characters escaped)."""
-    escaped = "".join("\\" + ch if ch in '"\\' else f"\\x{ord(ch):02X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
-                      for ch in text)
-    return f'"{escaped}"'
-
-
 def grammar(spec: FieldSpec) -> str:
     """llama.cpp grammar (GBNF) for the value: `value_schema` (null or a bounded JSON string), plus what
     tokenizers glue to it.

@@ -25,6 +25,7 @@ from processors.tiers import LoadedTier, predict
 from schemas.config import Config, FieldSpec, LabelTask, TierModel
 from schemas.records import Document
 from tests.conftest import FIXTURE_DATE, FIXTURES, free_port
+from tests.grammar import gbnf_literal
 
 KEY = "sg-test-" + secrets.token_urlsafe(12)
 KEY_ENV = "SLUICEGATE_TEST_HTTP_KEY"
@@ -277,7 +278,7 @@ def test_masked_text_leaves_the_machine_and_values_come_back_real(http_runtime, 
     # restore path is checked with the value pinned by a grammar: real tokens, real log-probabilities.
     masked, masks = privacy.mask(doc.text)
     prompt = extract.build_prompt([spec], spec, "base", "tickets", masked)
-    pinned = 'root ::= " "? value end?\nend ::= "," | "}"\nvalue ::= ' + extract.gbnf_literal('"[EMAIL_1]"')
+    pinned = 'root ::= " "? value end?\nend ::= "," | "}"\nvalue ::= ' + gbnf_literal('"[EMAIL_1]"')
     [completion] = http_runtime.complete([prompt], max_tokens=12, top_logprobs=10, grammar=pinned)
     assert "[EMAIL_1]" in completion.text and len(completion.tokens) > 1
     field = extract.parse(privacy.unmask_completion(completion, masks), spec, doc, "large")

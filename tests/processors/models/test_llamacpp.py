@@ -174,13 +174,14 @@ def test_the_large_tier_keeps_its_system_turn_and_answers_the_same_alone_and_in_
 
 @pytest.mark.parametrize("value", ["#37777", 'say "hi"', "€ 5,00", "C:\\temp\\x", "tab\there"])
 def test_llamacpp_reads_a_grammar_literal_as_the_value_it_stands_for(small_runtime, value):
-    """extract's grammars are GBNF: a value pinned as the only answer comes back exactly, however it is
-    escaped (JSON inside a GBNF literal). A grammar llama.cpp cannot read would be an error here."""
-    from processors.tasks import extract
+    """The grammars are GBNF: a value pinned as the only answer (as the tests pin answers, tests/grammar.py) comes
+    back exactly, however it is escaped (JSON inside a GBNF literal). A grammar llama.cpp cannot read would be an
+    error here."""
+    from tests.grammar import gbnf_literal
 
     literal = json.dumps(value, ensure_ascii=False)
     [c] = small_runtime.complete(['The value is written here. JSON: {"v":'], max_tokens=len(literal) + 2,
-                                 top_logprobs=10, grammar="root ::= " + extract.gbnf_literal(literal))
+                                 top_logprobs=10, grammar="root ::= " + gbnf_literal(literal))
     assert c.error is None and json.loads(c.text) == value
 
 

@@ -204,10 +204,6 @@ def test_a_failed_scoring_is_an_invalid_answer():
     assert not out.valid and out.value is None and out.problems == ["model_error"]
 
 
-def test_gbnf_literal_escapes_quotes_backslashes_and_control_characters():
-    assert extract.gbnf_literal('a"b\\c\td€') == '"a\\"b\\\\c\\x09d€"'
-
-
 def test_a_field_without_candidates_is_absent_without_a_model_call():
     assert extract.candidates(FIELDS[0], "no digits at all here") == []
     out = extract.absent(FIELDS[0], "small")
