@@ -8,6 +8,8 @@ on. Too few examples to halve: both on all of them (`both`), and the evaluation'
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -204,6 +206,17 @@ def cross_fitted(frame: pl.DataFrame, key: str, tier: str, method: str | None = 
     return [next(it_a) if m else next(it_b) for m in mask.to_list()], "held-out halves"
 
 
+def with_tier0(linear_conf: Sequence[float], linear_correct: Sequence[bool], cascade_correct: Sequence[bool],
+               threshold: float) -> tuple[float, float]:
+    """(share tier 0 decides, the cascade's accuracy) when tier 0 takes the items it is at least this sure of."""
+    n = len(cascade_correct)
+    if not n:
+        return 0.0, float("nan")
+    take = [c >= threshold for c in linear_conf]
+    right = sum(lc if k else cc for k, lc, cc in zip(take, linear_correct, cascade_correct, strict=True))
+    return sum(take) / n, right / n
+
+
 def linear_threshold(linear_conf: list[float], linear_correct: list[bool], cascade_correct: list[bool],
                      tolerance: float = LINEAR_TOLERANCE) -> tuple[float | None, float, float, float]:
     """The threshold that takes the most items off the language models at equal quality (pure).
@@ -216,18 +229,49 @@ def linear_threshold(linear_conf: list[float], linear_correct: list[bool], casca
     base = sum(cascade_correct) / n
     best: tuple[float | None, float, float] = (None, 0.0, base)
     for t in LINEAR_GRID:
-        take = [c >= t for c in linear_conf]
-        quality = sum(lc if k else cc for k, lc, cc in zip(take, linear_correct, cascade_correct, strict=True)) / n
-        share = sum(take) / n
+        share, quality = with_tier0(linear_conf, linear_correct, cascade_correct, t)
         if quality >= base - tolerance and share > best[1]:
             best = (t, share, quality)
     return best[0], best[1], best[2], base
 
 
+@dataclass(frozen=True)
+class Tier0Fit:
+    """Tier 0's threshold for one label task, chosen on the fit rows, and what it does on the judged ones."""
+
+    threshold: float | None  # None: every threshold costs quality (tier 0 decides nothing)
+    fit_items: int
+    judged_items: int
+    share: float  # of the judged items, decided by tier 0 at the threshold
+    quality_with: float  # the cascade's accuracy on the judged items, with tier 0 at the threshold
+    quality_without: float
+    accuracy: float  # tier 0 alone on the judged items
+
+
+def fit_tier0(frame: pl.DataFrame) -> Tier0Fit | None:
+    """The one rule for a label task's tier-0 threshold (`evaluate` and fine-tuning both use it): on the fit
+    rows, linear_threshold against the cascade without tier 0; measured on the judged rows. frame: the task's
+    outcome rows with `split`, routed without tier 0 (`cascade_correct`) and with tier 0's `linear_conf` and
+    `linear_correct`. None: fewer than MIN_FIT_ITEMS fit rows (too few to choose on)."""
+    frame = frame.filter(pl.col("cascade_correct").is_not_null() & pl.col("linear_conf").is_not_null())
+    fitting, judged = fit_rows(frame), judged_rows(frame)
+    if len(fitting) < MIN_FIT_ITEMS:
+        return None
+
+    def columns(f: pl.DataFrame) -> tuple[list[float], list[bool], list[bool]]:
+        return f["linear_conf"].to_list(), f["linear_correct"].to_list(), f["cascade_correct"].to_list()
+    threshold, *_ = linear_threshold(*columns(fitting))
+    conf, correct, cascade = columns(judged)
+    share, with_t0 = (with_tier0(conf, correct, cascade, threshold) if threshold is not None
+                      else (0.0, sum(cascade) / len(cascade) if cascade else float("nan")))
+    n = len(judged)
+    return Tier0Fit(threshold, len(fitting), n, share, with_t0, sum(cascade) / n if n else float("nan"),
+                    sum(correct) / n if n else float("nan"))
+
+
 def choose_tier0_thresholds(evaluation: Evaluation) -> dict[str, float]:
-    """Tier 0's threshold for each label task it serves, chosen on the fit rows with at least MIN_FIT_ITEMS of
-    the task: the one that takes the most items off the language models at the quality of the cascade without
-    tier 0 (at the chosen thresholds and calibration). Where every threshold costs quality, TIER0_DECIDES_NOTHING.
+    """Tier 0's threshold for each label task it serves (fit_tier0), at the chosen thresholds and calibration of
+    the language models. Where every threshold costs quality, TIER0_DECIDES_NOTHING.
 
     Tier 0 was judged only on the data its version was fine-tuned on; a team's own data can disagree (the shipped
     version's sentiment tier 0, kept at 0.8 on its held-out tickets, decided 28 of 150 airline tweets, 57 % right,
@@ -235,16 +279,12 @@ def choose_tier0_thresholds(evaluation: Evaluation) -> dict[str, float]:
     from processors.evaluate.cascade import route_outcomes
 
     out: dict[str, float] = {}
-    groups = outcomes_by_task(fit_rows(evaluation.outcomes))
+    groups = outcomes_by_task(evaluation.outcomes)
     for task in sorted(evaluation.config.linear):
         if task not in groups or task not in evaluation.thresholds:
             continue
-        frame = route_outcomes(groups[task].filter(pl.col("linear_conf").is_not_null()),
-                               {task: evaluation.thresholds[task]}, evaluation.calibration, {})
-        frame = frame.filter(pl.col("cascade_correct").is_not_null())
-        if len(frame) < MIN_FIT_ITEMS:
-            continue
-        threshold, *_ = linear_threshold(frame["linear_conf"].to_list(), frame["linear_correct"].to_list(),
-                                         frame["cascade_correct"].to_list())
-        out[task] = TIER0_DECIDES_NOTHING if threshold is None else threshold
+        fitted = fit_tier0(route_outcomes(groups[task], {task: evaluation.thresholds[task]},
+                                          evaluation.calibration, {}))
+        if fitted is not None:
+            out[task] = TIER0_DECIDES_NOTHING if fitted.threshold is None else fitted.threshold
     return out

@@ -18,7 +18,7 @@ import polars as pl
 
 from processors.datasets import LabelledExample
 from processors.evaluate import ALL_FIELDS, Evaluation, Summary, cascade_at_thresholds, evaluate, outcomes_by_task
-from processors.evaluate.fitting import MIN_FIT_ITEMS, linear_threshold
+from processors.evaluate.fitting import MIN_FIT_ITEMS, fit_tier0
 from processors.routing import FIELDS_KEY, is_fields_key
 from processors.tasks.extract import field_metrics
 from processors.tasks.label import label_metrics
@@ -303,6 +303,8 @@ def compare_versions(config: Config, version: ModelVersion, folder: Path, held: 
 
 def _linear_decisions(ev: Evaluation, version: ModelVersion, folder: Path, held: list[LabelledExample],
                       metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Tier 0's threshold per label task the candidate's tier 0 serves, by evaluate's own rule (fit_tier0: chosen
+    on the fit half of the held-out rows, its figures measured on the other half). Dropped where it costs quality."""
     from processors.linear import LinearLabeler
 
     texts = {ex.example_id: ex.text for ex in held}
@@ -319,14 +321,20 @@ def _linear_decisions(ev: Evaluation, version: ModelVersion, folder: Path, held:
         labeler = LinearLabeler.load(version_file(folder, version, f"linear.{task}.path", tier0.path))
         # as at run time: the labeler's answer over the task's label set
         preds = labeler.predict(label_tasks[task], [texts[i] for i in frame["example_id"].to_list()])
-        conf = [p.confidence for p in preds]
-        correct = [p.label == g for p, g in zip(preds, frame["gold"].to_list(), strict=True)]
-        threshold, share, with_t0, without = linear_threshold(conf, correct, frame["cascade_correct"].to_list())
-        stats.update({f"{task}.linear_accuracy": sum(correct) / len(correct), f"{task}.linear_share": share,
-                      f"{task}.quality_with_linear": with_t0, f"{task}.quality_without_linear": without})
-        if threshold is not None:
-            kept[task] = threshold
-        log.info("tier 0 %s: %s", task,
-                 f"kept at >= {threshold} ({share:.0%} of items)" if threshold is not None else "dropped")
+        fitted = fit_tier0(frame.with_columns(
+            pl.Series("linear_conf", [p.confidence for p in preds], dtype=pl.Float64),
+            pl.Series("linear_correct", [p.label == g for p, g in zip(preds, frame["gold"].to_list(), strict=True)],
+                      dtype=pl.Boolean)))
+        if fitted is None:
+            log.info("tier 0 %s: fewer than %d items to fit on: dropped", task, MIN_FIT_ITEMS)
+            continue
+        stats.update({f"{task}.linear_accuracy": fitted.accuracy, f"{task}.linear_share": fitted.share,
+                      f"{task}.quality_with_linear": fitted.quality_with,
+                      f"{task}.quality_without_linear": fitted.quality_without,
+                      f"{task}.linear_judged_items": fitted.judged_items})
+        if fitted.threshold is not None:
+            kept[task] = fitted.threshold
+        log.info("tier 0 %s: %s", task, f"kept at >= {fitted.threshold} ({fitted.share:.0%} of judged items)"
+                 if fitted.threshold is not None else "dropped")
     metrics["linear"] = stats
     return kept

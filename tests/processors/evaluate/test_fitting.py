@@ -161,3 +161,24 @@ def test_tier0_s_threshold_is_chosen_again_on_the_evaluated_data(config):
     few = Evaluation(pl.DataFrame(_sentiment_rows(MIN_FIT_ITEMS - 1), schema=OUTCOME_SCHEMA), cfg,
                      ("small", "large"), {}, MIN_FIT_ITEMS - 1, thresholds={"sentiment": Thresholds(small=0.5)})
     assert choose_tier0_thresholds(few) == {}
+
+
+def test_tier0_is_chosen_on_the_fit_rows_and_measured_on_the_judged_ones():
+    """fit_tier0 is the one rule evaluate and fine-tuning share: a tier 0 that looks free on the fit half is
+    chosen there, and what it costs on the other half is what its figures say."""
+    from processors.evaluate.fitting import MIN_FIT_ITEMS, fit_tier0
+
+    def rows(n: int, split: str, tier0_right: bool) -> list[dict]:
+        return [{"example_id": f"{split}{i}", "split": split, "linear_conf": 0.95,
+                 "linear_correct": tier0_right, "cascade_correct": True} for i in range(n)]
+    frame = pl.DataFrame(rows(MIN_FIT_ITEMS, "fit", True) + rows(20, "judge", False))
+    fitted = fit_tier0(frame)
+    assert fitted.threshold == 0.0 and fitted.fit_items == MIN_FIT_ITEMS and fitted.judged_items == 20
+    # judged: tier 0 takes every item and is wrong on each, where the cascade alone was right on each
+    assert fitted.share == 1.0 and fitted.quality_with == 0.0 and fitted.quality_without == 1.0
+    assert fitted.accuracy == 0.0
+    # wrong on the fit half: dropped, and the judged figures are the cascade's own
+    dropped = fit_tier0(pl.DataFrame(rows(MIN_FIT_ITEMS, "fit", False) + rows(20, "judge", True)))
+    assert dropped.threshold is None and dropped.share == 0.0 and dropped.quality_with == 1.0
+    # too few fit rows to choose on
+    assert fit_tier0(pl.DataFrame(rows(MIN_FIT_ITEMS - 1, "fit", True) + rows(50, "judge", True))) is None
