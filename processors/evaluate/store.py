@@ -32,7 +32,7 @@ def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[s
     metrics = {f"{k}.{name}": float(v) for k, p in ev.operating_points.items() if k in thresholds
                for name, v in (("escalation_rate", p.escalation_rate), ("cascade_quality", p.quality),
                                ("large_quality", p.large_quality), ("small_quality", p.small_quality))}
-    metrics["n_docs"] = float(ev.n_docs)
+    metrics.update({f"{k}.n_docs": float(ev.n_docs) for k in thresholds})
     created = config.models.active is None
     if created:
         from datetime import UTC, datetime
@@ -64,8 +64,12 @@ def store_calibration(config: Config, ev: Evaluation, data: str = "") -> tuple[s
         if task in version.linear and task in keep:
             version.linear[task] = version.linear[task].model_copy(update={"threshold": threshold})
             metrics[f"{task}.tier0_threshold"] = threshold
-    version.metrics["calibration"] = metrics
-    version.training["calibrated_on"] = data or "(examples)"
+    # The record of each refitted task is replaced; the others' stay (a sentiment refit keeps the fields' record).
+    earlier = {k: v for k, v in version.metrics.get("calibration", {}).items()
+               if k.split(".", 1)[0] not in thresholds and k != "n_docs"}  # n_docs: the old record for all tasks
+    version.metrics["calibration"] = {**earlier, **metrics}
+    version.training.pop("calibrated_on", None)  # the old record for all tasks: now one per task
+    version.training.update({f"calibrated_on:{k}": data or "(examples)" for k in thresholds})
     write_version(root, version)
     if created:
         promote(root, version.id, f"calibration and thresholds fitted on {data or 'labelled examples'}")

@@ -49,3 +49,30 @@ def test_a_tier0_threshold_chosen_on_the_data_is_stored_with_the_version(tmp_pat
     assert stored.linear == {"sentiment": LinearTier(path="linear-sentiment.json", threshold=1.01),
                              "category": LinearTier(path="linear-category.json", threshold=0.0)}
     assert stored.metrics["calibration"]["sentiment.tier0_threshold"] == 1.01
+
+
+def test_a_refit_of_one_task_keeps_the_record_of_the_others(tmp_path, config):
+    """A sentiment refit stored after a fields refit: the version still says what the fields were fitted on."""
+    from processors.calibration import OperatingPoint
+
+    registry = str(tmp_path / "models")
+    write_version(registry, ModelVersion(id="v1"))
+    cfg = config.model_copy(deep=True)
+    cfg.models.registry, cfg.models.active = registry, "v1"
+
+    def refit(item: str, kind: str, key: str, data: str) -> None:
+        outcomes = pl.DataFrame([{"example_id": "x", "source": "tickets", "kind": kind, "item": item}],
+                                schema=OUTCOME_SCHEMA)
+        store_calibration(cfg, Evaluation(outcomes, cfg, ("small", "large"), {}, 7,
+                                          thresholds={key: Thresholds(small=0.4)},
+                                          operating_points={key: OperatingPoint(0.4, 0.1, 0.9, 0.8, 0.85)}), data)
+    refit("order_id", "field", "fields", "fields.parquet")
+    refit("sentiment", "label", "sentiment", "tweets.parquet")
+    stored = read_version(registry, "v1")
+    assert stored.metrics["calibration"]["fields.cascade_quality"] == 0.9
+    assert stored.metrics["calibration"]["sentiment.escalation_rate"] == 0.1
+    assert stored.metrics["calibration"]["sentiment.n_docs"] == 7.0
+    assert stored.training["calibrated_on:fields"] == "fields.parquet"
+    assert stored.training["calibrated_on:sentiment"] == "tweets.parquet"
+    refit("sentiment", "label", "sentiment", "more_tweets.parquet")  # its own record is replaced
+    assert read_version(registry, "v1").training["calibrated_on:sentiment"] == "more_tweets.parquet"
