@@ -186,6 +186,7 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
     # Values of the fields this tier is not asked (decided before it): no candidate may repeat them.
     held = {id(d): [p.value for name, p in d.fields.items()
                     if f"field:{name}" not in asked_of[id(d)] and p.valid and p.value] for d in docs}
+    choices: dict[int, dict[str, extract.FieldChoice]] = {id(d): {} for d in docs}  # grounded fields' scored answers
 
     for task in config.tasks:
         batch = [d for d in docs if d.source in task.sources and task.name in asked_of[id(d)]]
@@ -237,10 +238,15 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
                     continue
                 _supersede(doc, f"field:{spec.name}", doc.fields.get(spec.name), tier)
                 doc.fields[spec.name] = calibrate_field(answer.prediction, source_calibration)
-    for doc in docs:  # one span fills one field (among this tier's answers)
-        types = {s.name: s.type for s in config.fields.get(doc.source, [])}
+                if answer.choice is not None:
+                    choices[id(doc)][spec.name] = answer.choice
+    for doc in docs:  # one span fills one field (among this tier's answers): those that share one decide together
+        specs = {s.name: s for s in config.fields.get(doc.source, [])}
         mine = {k: v for k, v in doc.fields.items() if v.tier == tier}
-        doc.fields.update(extract.resolve_shared_spans(mine, types))
+        doc_calibration = field_calibration(config.calibration, tier, doc.source)
+        doc.fields.update(extract.resolve_shared_spans(
+            mine, {n: s.type for n, s in specs.items()}, doc, choices[id(doc)], specs,
+            lambda p, c=doc_calibration: calibrate_field(p, c)))
     elapsed = time.perf_counter() - started
     for doc in docs:
         u = usage[doc.doc_id + doc.uri]
@@ -262,6 +268,7 @@ class _FieldAnswer:
     prediction: FieldPrediction
     usage: Usage
     error: str | None  # the model failed (the prediction is invalid, `model_error`)
+    choice: extract.FieldChoice | None = None  # a grounded field's scored answers (for resolve_shared_spans)
 
 
 def _answer_fields(runtime: Runtime, prompts: list[str], allowed: list[list[str] | None], spec, tier_cfg: TierModel,
@@ -287,8 +294,8 @@ def _answer_fields(runtime: Runtime, prompts: list[str], allowed: list[list[str]
         # As deep as the model's tokens for the longest answer: long ids share many leading digits.
         [scores] = label.score_labels(runtime, [prompts[i]], extract.answer_targets(shown), tier_cfg.top_logprobs,
                                       max_depth=tier_cfg.max_field_tokens)
-        return _FieldAnswer(extract.choose(scores, spec, batch[i], tier, values, shown),
-                            scores.usage, scores.error)
+        return _FieldAnswer(extract.choose(scores, spec, batch[i], tier, values, shown), scores.usage, scores.error,
+                            extract.answer_distribution(scores, spec, values, shown))
     if len(prompts) == 1:
         return [one(0)]
     with ThreadPoolExecutor(max_workers=max(1, min(len(prompts), tier_cfg.parallel_sequences))) as pool:

@@ -11,7 +11,7 @@ task (label.score_labels over null and each candidate as the model writes it), n
 the model's probability of every answer, summed over the written forms of one value ("USD 7,996.12"
 and "7,996.12" are one amount), and the most probable value is the answer, its mass the confidence.
 After every field of a document is answered, one span fills at most one field (`resolve_shared_spans`):
-the less confident field is marked `span_of:<field>` and escalates.
+fields whose answers share a span are decided together, the most probable answer in which none shares one.
 
 Type 'string' has no candidates: a JSON string bounded in length is generated, and it must occur in
 the source text (the evidence span). Its confidence is the minimum probability of the tokens that
@@ -20,9 +20,10 @@ spell it, which does not shrink with the value's length the way a product would.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from processors.models.base import Completion, probability
@@ -33,6 +34,8 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
+# v14: fields whose answers share a span are decided together (resolve_shared_spans), each confidence given that
+# no two share one; the less confident was marked invalid (`span_of`) and escalated;
 # v13: grounded fields scored over their answers (null and each candidate) instead of generated under a grammar;
 # the probabilities of one value's written forms add up (a letter's "USD 7,996.12" and "7,996.12" had split it);
 # v12: a field with the check "total" (schemas/config.py FieldSpec.checks) is invalid when its value and another
@@ -47,7 +50,7 @@ from schemas.records import Document, FieldPrediction, Tier
 # v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains a
 # 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
 # v4: grounded values
-TASK_VERSION = "sluicegate.extract.v13"
+TASK_VERSION = "sluicegate.extract.v14"
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}
@@ -202,18 +205,21 @@ def parse(completion: Completion, spec: FieldSpec, doc: Document, tier: Tier) ->
     return _prediction(spec, doc, tier, value, _value_confidence(completion, literal))
 
 
-def choose(scores: LabelScores, spec: FieldSpec, doc: Document, tier: Tier, values: Sequence[str],
-           shown: Sequence[str] | None = None) -> FieldPrediction:
-    """The parse step of a grounded field scored over its answers (answer_targets): never raises.
+@dataclass(frozen=True)
+class FieldChoice:
+    """A grounded field's answers as the model scored them: probability mass per value (`comparable` key; None
+    is null), summed over its written forms, and the form the model liked best for each (None for null)."""
 
-    The value with the most probability, summed over its written forms (`comparable`: "USD 7,996.12" and
-    "7,996.12", "#37777" and "37777"), is the answer; that sum is its confidence, and the form the model
-    liked best is the value written (its span). values: the candidates; shown: the same as the model read
-    them (PII placeholders), by position."""
-    if scores.error or not scores.probabilities:
-        return _invalid(spec, tier, "model_error")
-    if not scores.answered:  # the model's likely next tokens start no allowed answer: it answered something else
-        return _invalid(spec, tier, "not_a_candidate")
+    mass: dict[str | None, float]
+    written: dict[str | None, str | None]
+
+
+def answer_distribution(scores: LabelScores, spec: FieldSpec, values: Sequence[str],
+                        shown: Sequence[str] | None = None) -> FieldChoice | None:
+    """The distribution choose picks from (None: the scoring failed or answered no candidate). values: the
+    candidates; shown: the same as the model read them (PII placeholders), by position."""
+    if scores.error or not scores.probabilities or not scores.answered:
+        return None
     real = {json.dumps(s, ensure_ascii=False): v for s, v in zip(shown or values, values, strict=True)}
     mass: dict[str | None, float] = {}
     best: dict[str | None, tuple[float, str | None]] = {}
@@ -224,8 +230,24 @@ def choose(scores: LabelScores, spec: FieldSpec, doc: Document, tier: Tier, valu
         mass[key] = mass.get(key, 0.0) + p
         if p > best.get(key, (-1.0, None))[0]:
             best[key] = (p, value)
-    key = max(mass, key=lambda k: (mass[k], k is None))  # a tie goes to null: nothing claimed
-    return _prediction(spec, doc, tier, best[key][1], min(1.0, mass[key]))
+    return FieldChoice(mass, {k: v for k, (_, v) in best.items()})
+
+
+def choose(scores: LabelScores, spec: FieldSpec, doc: Document, tier: Tier, values: Sequence[str],
+           shown: Sequence[str] | None = None) -> FieldPrediction:
+    """The parse step of a grounded field scored over its answers (answer_targets): never raises.
+
+    The value with the most probability, summed over its written forms (`comparable`: "USD 7,996.12" and
+    "7,996.12", "#37777" and "37777"), is the answer; that sum is its confidence, and the form the model
+    liked best is the value written (its span). values: the candidates; shown: the same as the model read
+    them (PII placeholders), by position."""
+    if scores.error or not scores.probabilities:
+        return _invalid(spec, tier, "model_error")
+    choice = answer_distribution(scores, spec, values, shown)
+    if choice is None:  # the model's likely next tokens start no allowed answer: it answered something else
+        return _invalid(spec, tier, "not_a_candidate")
+    key = max(choice.mass, key=lambda k: (choice.mass[k], k is None))  # a tie goes to null: nothing claimed
+    return _prediction(spec, doc, tier, choice.written[key], min(1.0, choice.mass[key]))
 
 
 def _prediction(spec: FieldSpec, doc: Document, tier: Tier, value: str | None, confidence: float) -> FieldPrediction:
@@ -249,25 +271,99 @@ def _prediction(spec: FieldSpec, doc: Document, tier: Tier, value: str | None, c
     )
 
 
-def resolve_shared_spans(fields: dict[str, FieldPrediction], types: dict[str, str]) -> dict[str, FieldPrediction]:
-    """One span fills at most one field: where two fields' values overlap in the text (an order number
-    taken as the invoice number too), the more confident keeps it and the other is marked invalid
+# Answers per field weighed when fields that share a span are decided together (the rest of a field's mass is
+# spread too thin to change the joint answer): at most this many values besides null.
+JOINT_VALUES = 8
+
+
+def resolve_shared_spans(fields: dict[str, FieldPrediction], types: dict[str, str], doc: Document | None = None,
+                         choices: dict[str, FieldChoice] | None = None, specs: dict[str, FieldSpec] | None = None,
+                         calibrate: Callable[[FieldPrediction], FieldPrediction] = lambda p: p,
+                         ) -> dict[str, FieldPrediction]:
+    """One span fills at most one field. Where fields' answers overlap in the text (an order number taken as
+    the invoice number too), the fields that share it are decided together when each has its scored answers
+    (choices): the most probable joint answer in which no two fields share a span, each field's confidence its
+    probability given that constraint (decide_jointly; calibrate maps it as the tier maps its answers). Without
+    them (a generated field, a failed scoring), the more confident keeps the span and the other is marked invalid
     (`span_of:<field>`), so it escalates. Currencies are exempt: "$" is part of the amount "$4.11"."""
     out = dict(fields)
-    held = sorted(((p.confidence, name) for name, p in fields.items()
-                   if p.value is not None and p.span_start is not None and types.get(name) != "currency"),
-                  reverse=True)
-    kept: list[str] = []
-    for _, name in held:
-        p = fields[name]
-        winner = next((k for k in kept if fields[k].span_start < p.span_end and p.span_start < fields[k].span_end),
-                      None)
-        if winner is None:
-            kept.append(name)
-        else:
-            out[name] = replace(p, value=None, normalized=None, confidence=0.0, page=None, span_start=None,
-                                span_end=None, valid=False, problems=[f"span_of:{winner}"])
+    held = [name for _, name in sorted(((p.confidence, name) for name, p in fields.items()
+                                        if p.value is not None and p.span_start is not None
+                                        and types.get(name) != "currency"), reverse=True)]
+
+    def overlap(a: str, b: str) -> bool:
+        return fields[a].span_start < fields[b].span_end and fields[b].span_start < fields[a].span_end
+    for group in _sharing_groups(held, overlap):
+        if doc is not None and specs and choices and all(n in choices and n in specs for n in group):
+            others = [(fields[n].span_start, fields[n].span_end) for n in held if n not in group]
+            joint = decide_jointly({n: choices[n] for n in group}, doc.text, others)
+            if joint is not None:
+                for name, (value, confidence) in joint.items():
+                    out[name] = calibrate(_prediction(specs[name], doc, fields[name].tier, value, confidence))
+                continue
+        kept: list[str] = []
+        for name in group:  # most confident first
+            winner = next((k for k in kept if overlap(k, name)), None)
+            if winner is None:
+                kept.append(name)
+            else:
+                p = fields[name]
+                out[name] = replace(p, value=None, normalized=None, confidence=0.0, page=None, span_start=None,
+                                    span_end=None, valid=False, problems=[f"span_of:{winner}"])
     return out
+
+
+def _sharing_groups(names: list[str], overlap: Callable[[str, str], bool]) -> list[list[str]]:
+    """The fields whose spans overlap, directly or through another, in groups of two or more (in names' order)."""
+    group_of = {n: i for i, n in enumerate(names)}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if overlap(a, b) and group_of[a] != group_of[b]:
+                old, new = group_of[b], group_of[a]
+                group_of = {n: new if g == old else g for n, g in group_of.items()}
+    groups: dict[int, list[str]] = {}
+    for n in names:
+        groups.setdefault(group_of[n], []).append(n)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def decide_jointly(choices: dict[str, FieldChoice], text: str, taken: Sequence[tuple[int, int]] = (),
+                   ) -> dict[str, tuple[str | None, float]] | None:
+    """The most probable joint answer of fields whose answers are independent scores, under the constraint
+    that no two fields' values share a span of the text and none overlaps a span already taken: for each
+    field its written value (None: null) and its probability given the constraint (the mass of the joint
+    answers that agree with it, over all allowed ones). None when no allowed answer has any mass.
+
+    Each field's JOINT_VALUES most probable values and null are weighed; a value not found in the text
+    constrains nothing (it is invalid as `not_in_source` anyway)."""
+    names = list(choices)
+    options: list[list[tuple[str | None, float, tuple[int, int] | None]]] = []
+    for n in names:
+        c = choices[n]
+        values = sorted((k for k in c.mass if k is not None), key=lambda k: -c.mass[k])[:JOINT_VALUES]
+        opts: list[tuple[str | None, float, tuple[int, int] | None]] = [(None, c.mass.get(None, 0.0), None)]
+        for k in values:
+            span = find_span(text, c.written[k]) if c.written.get(k) else None
+            if span is None or not any(span[0] < e and s < span[1] for s, e in taken):
+                opts.append((k, c.mass[k], span))
+        options.append(opts)
+    total = 0.0
+    best: tuple[float, tuple] | None = None
+    agree = [dict.fromkeys([o[0] for o in opts], 0.0) for opts in options]
+    for combo in itertools.product(*options):
+        weight = math.prod(o[1] for o in combo)
+        spans = [o[2] for o in combo if o[2] is not None]
+        if weight <= 0 or any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]):
+            continue
+        total += weight
+        for i, o in enumerate(combo):
+            agree[i][o[0]] += weight
+        if best is None or weight > best[0]:
+            best = (weight, combo)
+    if best is None or total <= 0:
+        return None
+    return {n: (choices[n].written.get(o[0]), min(1.0, agree[i][o[0]] / total))
+            for i, (n, o) in enumerate(zip(names, best[1], strict=True))}
 
 
 # --- scoring against gold values (evaluation) ----------------------------------------------------

@@ -61,6 +61,27 @@ def test_extract_choose_never_raises_and_answers_a_candidate_of_the_text(field_t
 
 
 @FUZZ
+@given(text=texts, first=st.lists(floats, max_size=6), second=st.lists(floats, max_size=6))
+def test_fields_sharing_a_span_are_resolved_without_raising_and_never_share_one(text, first, second):
+    """Two id fields scored over the same candidates, whatever their probabilities: resolve_shared_spans never
+    raises, and no two valid values it leaves overlap in the text."""
+    specs = {n: FieldSpec(name=n, type="id") for n in ("order_id", "invoice_id")}
+    doc = Document("d", "tickets", "u", text)
+    values = [c.text for c in extract.candidates(specs["order_id"], text)]
+    keys = list(extract.answer_targets(values))
+    fields, choices = {}, {}
+    for name, probabilities in (("order_id", first), ("invoice_id", second)):
+        scores = label.LabelScores(dict(zip(keys, probabilities, strict=False)), None, None)
+        fields[name] = extract.choose(scores, specs[name], doc, "small", values)
+        if (choice := extract.answer_distribution(scores, specs[name], values)) is not None:
+            choices[name] = choice
+    out = extract.resolve_shared_spans(fields, {n: "id" for n in specs}, doc, choices, specs)
+    held = [p for p in out.values() if p.valid and p.value is not None and p.span_start is not None]
+    assert all(0.0 <= p.confidence <= 1.0 for p in out.values())
+    assert len(held) < 2 or not (held[0].span_start < held[1].span_end and held[1].span_start < held[0].span_end)
+
+
+@FUZZ
 @given(probabilities=st.dictionaries(st.sampled_from(TASK.labels + ["HACKED", ""]), floats, max_size=7),
        content_free=st.none() | st.dictionaries(st.sampled_from(TASK.labels), floats, max_size=5),
        error=st.none() | st.text(max_size=5))

@@ -229,6 +229,52 @@ def test_one_span_fills_one_field_the_less_confident_escalates():
     assert extract.resolve_shared_spans(money, {"total_amount": "amount", "currency": "currency"}) == money
 
 
+def test_fields_that_share_a_span_are_decided_together_when_their_answers_were_scored():
+    """Both id fields liked the one number: together, the order id keeps it and the invoice id is null, each sure
+    of it given that they cannot share it (no escalation, nothing invalid)."""
+    text = "I can't afford purchase 113542617735902, can you cancel it?"
+    doc = Document(doc_id="t", source="tickets", uri="u", text=text)
+    specs = {"order_id": FieldSpec(name="order_id", type="id"), "invoice_id": FieldSpec(name="invoice_id", type="id")}
+    number = "113542617735902"
+    start = text.index(number)
+
+    def held(name: str, conf: float) -> FieldPrediction:
+        return FieldPrediction(name, number, number, conf, 1, start, start + 15, True, "small")
+    fields = {"order_id": held("order_id", 0.95), "invoice_id": held("invoice_id", 0.6)}
+    choices = {"order_id": extract.FieldChoice({number: 0.95, None: 0.05}, {number: number, None: None}),
+               "invoice_id": extract.FieldChoice({number: 0.6, None: 0.39}, {number: number, None: None})}
+    out = extract.resolve_shared_spans(fields, {n: "id" for n in specs}, doc, choices, specs)
+    assert out["order_id"].value == number and out["order_id"].valid
+    assert out["invoice_id"].value is None and out["invoice_id"].valid and out["invoice_id"].problems == []
+    # allowed joint answers: (number, null) 0.3705, (null, number) 0.03, (null, null) 0.0195
+    total = 0.95 * 0.39 + 0.05 * 0.6 + 0.05 * 0.39
+    assert math.isclose(out["order_id"].confidence, 0.95 * 0.39 / total)
+    assert math.isclose(out["invoice_id"].confidence, (0.95 * 0.39 + 0.05 * 0.39) / total)
+    # the tier's calibration maps the new confidences, as it maps every answer
+    halved = extract.resolve_shared_spans(fields, {n: "id" for n in specs}, doc, choices, specs,
+                                          lambda p: FieldPrediction(**{**p.__dict__, "confidence": p.confidence / 2}))
+    assert math.isclose(halved["invoice_id"].confidence, out["invoice_id"].confidence / 2)
+    # without the invoice id's scored answers (a generated field): the less confident escalates, as before
+    assert extract.resolve_shared_spans(fields, {n: "id" for n in specs}, doc, {"order_id": choices["order_id"]},
+                                        specs)["invoice_id"].problems == ["span_of:order_id"]
+
+
+def test_a_joint_answer_takes_the_next_value_and_never_one_another_field_holds():
+    text = "Order 5512 and order 7730, invoice INV-88 paid"
+    # a: 5512 most, then 7730; b: 5512 too, then INV-88 (held by a third field outside the group)
+    a = extract.FieldChoice({"5512": 0.7, "7730": 0.25, None: 0.05}, {"5512": "5512", "7730": "7730", None: None})
+    b = extract.FieldChoice({"5512": 0.8, "inv-88": 0.15, None: 0.05}, {"5512": "5512", "inv-88": "INV-88", None: None})
+    inv = find_span(text, "INV-88")
+    joint = extract.decide_jointly({"a": a, "b": b}, text, taken=[inv])
+    # allowed: (5512, null) .035, (7730, 5512) .2, (7730, null) .0125, (null, 5512) .04, (null, null) .0025
+    assert joint["a"][0] == "7730" and joint["b"][0] == "5512"
+    total = 0.7 * 0.05 + 0.25 * 0.8 + 0.25 * 0.05 + 0.05 * 0.8 + 0.05 * 0.05
+    assert math.isclose(joint["b"][1], (0.25 * 0.8 + 0.05 * 0.8) / total)
+    # no allowed answer has mass: None (the caller keeps the old rule)
+    only = extract.FieldChoice({"5512": 1.0}, {"5512": "5512"})
+    assert extract.decide_jointly({"a": only, "b": only}, text) is None
+
+
 def test_a_total_that_is_a_part_of_a_written_sum_is_invalid_and_kept_for_review():
     """The check "total": a receipt's SUBTOTAL given as the total escalates (invalid, `part_of_sum:<sum>`); the
     value stays on the row so review sees what the tier said. Without the check the same answer passes."""
