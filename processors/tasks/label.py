@@ -61,6 +61,11 @@ class LabelScores:
     answered: bool = True
 
 
+def _starts(token: str, rest: str) -> bool:
+    """Whether a candidate token begins a label's remaining text (the trie walk's one match rule)."""
+    return bool(token) and rest.startswith(token)
+
+
 def split_candidates(top: dict[str, float], remaining: dict[str, str]) -> list[tuple[float, dict[str, str]]]:
     """Groups labels by the candidate token that starts their remaining text; pure, never raises.
 
@@ -76,7 +81,7 @@ def split_candidates(top: dict[str, float], remaining: dict[str, str]) -> list[t
     for label, rest in remaining.items():
         if not rest:
             continue
-        matches = [t for t in top if t and rest.startswith(t)]
+        matches = [t for t in top if _starts(t, rest)]
         if not matches:
             singles.append((floor, {label: ""}))
             continue
@@ -114,7 +119,7 @@ def score_labels(runtime: Runtime, prompts: list[str], targets: dict[str, str],
                 continue
             top = {t: probability(lp) for t, lp in comp.tokens[0].top.items()}
             if depth == 0:
-                answered[i] = any(t and rest.startswith(t) for t in top for rest in remaining.values())
+                answered[i] = any(_starts(t, rest) for t in top for rest in remaining.values())
             groups = split_candidates(top, remaining)
             total = sum(mass for mass, _ in groups) or 1.0
             for mass, members in groups:
