@@ -244,9 +244,8 @@ def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: Ti
         specs = {s.name: s for s in config.fields.get(doc.source, [])}
         mine = {k: v for k, v in doc.fields.items() if v.tier == tier}
         doc_calibration = field_calibration(config.calibration, tier, doc.source)
-        doc.fields.update(extract.resolve_shared_spans(
-            mine, {n: s.type for n, s in specs.items()}, doc, choices[id(doc)], specs,
-            lambda p, c=doc_calibration: calibrate_field(p, c)))
+        doc.fields.update(extract.resolve_shared_spans(mine, specs, doc, choices[id(doc)],
+                                                       lambda p, c=doc_calibration: calibrate_field(p, c)))
     elapsed = time.perf_counter() - started
     for doc in docs:
         u = usage[doc.doc_id + doc.uri]
@@ -294,8 +293,9 @@ def _answer_fields(runtime: Runtime, prompts: list[str], allowed: list[list[str]
         # As deep as the model's tokens for the longest answer: long ids share many leading digits.
         [scores] = label.score_labels(runtime, [prompts[i]], extract.answer_targets(shown), tier_cfg.top_logprobs,
                                       max_depth=tier_cfg.max_field_tokens)
-        return _FieldAnswer(extract.choose(scores, spec, batch[i], tier, values, shown), scores.usage, scores.error,
-                            extract.answer_distribution(scores, spec, values, shown))
+        choice = extract.answer_distribution(scores, spec, values, shown)
+        return _FieldAnswer(extract.choose_from(scores, choice, spec, batch[i], tier), scores.usage, scores.error,
+                            choice)
     if len(prompts) == 1:
         return [one(0)]
     with ThreadPoolExecutor(max_workers=max(1, min(len(prompts), tier_cfg.parallel_sequences))) as pool:

@@ -262,11 +262,10 @@ def fit_tier0(frame: pl.DataFrame) -> Tier0Fit | None:
         return f["linear_conf"].to_list(), f["linear_correct"].to_list(), f["cascade_correct"].to_list()
     threshold, *_ = linear_threshold(*columns(fitting))
     conf, correct, cascade = columns(judged)
-    share, with_t0 = (with_tier0(conf, correct, cascade, threshold) if threshold is not None
-                      else (0.0, sum(cascade) / len(cascade) if cascade else float("nan")))
+    share, with_t0 = with_tier0(conf, correct, cascade, TIER0_DECIDES_NOTHING if threshold is None else threshold)
+    _, without = with_tier0(conf, correct, cascade, TIER0_DECIDES_NOTHING)
     n = len(judged)
-    return Tier0Fit(threshold, len(fitting), n, share, with_t0, sum(cascade) / n if n else float("nan"),
-                    sum(correct) / n if n else float("nan"))
+    return Tier0Fit(threshold, len(fitting), n, share, with_t0, without, sum(correct) / n if n else float("nan"))
 
 
 def choose_tier0_thresholds(evaluation: Evaluation) -> dict[str, float]:

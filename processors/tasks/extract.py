@@ -241,9 +241,15 @@ def choose(scores: LabelScores, spec: FieldSpec, doc: Document, tier: Tier, valu
     "7,996.12", "#37777" and "37777"), is the answer; that sum is its confidence, and the form the model
     liked best is the value written (its span). values: the candidates; shown: the same as the model read
     them (PII placeholders), by position."""
+    return choose_from(scores, answer_distribution(scores, spec, values, shown), spec, doc, tier)
+
+
+def choose_from(scores: LabelScores, choice: FieldChoice | None, spec: FieldSpec, doc: Document,
+                tier: Tier) -> FieldPrediction:
+    """choose, on the distribution answer_distribution made of these scores (a caller that keeps the
+    distribution computes it once)."""
     if scores.error or not scores.probabilities:
         return _invalid(spec, tier, "model_error")
-    choice = answer_distribution(scores, spec, values, shown)
     if choice is None:  # the model's likely next tokens start no allowed answer: it answered something else
         return _invalid(spec, tier, "not_a_candidate")
     key = max(choice.mass, key=lambda k: (choice.mass[k], k is None))  # a tie goes to null: nothing claimed
@@ -276,8 +282,8 @@ def _prediction(spec: FieldSpec, doc: Document, tier: Tier, value: str | None, c
 JOINT_VALUES = 8
 
 
-def resolve_shared_spans(fields: dict[str, FieldPrediction], types: dict[str, str], doc: Document | None = None,
-                         choices: dict[str, FieldChoice] | None = None, specs: dict[str, FieldSpec] | None = None,
+def resolve_shared_spans(fields: dict[str, FieldPrediction], specs: dict[str, FieldSpec], doc: Document | None = None,
+                         choices: dict[str, FieldChoice] | None = None,
                          calibrate: Callable[[FieldPrediction], FieldPrediction] = lambda p: p,
                          ) -> dict[str, FieldPrediction]:
     """One span fills at most one field. Where fields' answers overlap in the text (an order number taken as
@@ -289,12 +295,12 @@ def resolve_shared_spans(fields: dict[str, FieldPrediction], types: dict[str, st
     out = dict(fields)
     held = [name for _, name in sorted(((p.confidence, name) for name, p in fields.items()
                                         if p.value is not None and p.span_start is not None
-                                        and types.get(name) != "currency"), reverse=True)]
+                                        and specs[name].type != "currency"), reverse=True)]
 
     def overlap(a: str, b: str) -> bool:
         return fields[a].span_start < fields[b].span_end and fields[b].span_start < fields[a].span_end
     for group in _sharing_groups(held, overlap):
-        if doc is not None and specs and choices and all(n in choices and n in specs for n in group):
+        if doc is not None and choices and all(n in choices for n in group):
             others = [(fields[n].span_start, fields[n].span_end) for n in held if n not in group]
             joint = decide_jointly({n: choices[n] for n in group}, doc.text, others)
             if joint is not None:

@@ -75,7 +75,7 @@ def test_fields_sharing_a_span_are_resolved_without_raising_and_never_share_one(
         fields[name] = extract.choose(scores, specs[name], doc, "small", values)
         if (choice := extract.answer_distribution(scores, specs[name], values)) is not None:
             choices[name] = choice
-    out = extract.resolve_shared_spans(fields, {n: "id" for n in specs}, doc, choices, specs)
+    out = extract.resolve_shared_spans(fields, specs, doc, choices)
     held = [p for p in out.values() if p.valid and p.value is not None and p.span_start is not None]
     assert all(0.0 <= p.confidence <= 1.0 for p in out.values())
     assert len(held) < 2 or not (held[0].span_start < held[1].span_end and held[1].span_start < held[0].span_end)

@@ -219,14 +219,17 @@ def test_one_span_fills_one_field_the_less_confident_escalates():
         return FieldPrediction(name, "113542617735902", "113542617735902", conf, 1, *span, True, "small")
     fields = {"order_id": held("order_id", 0.58), "invoice_id": held("invoice_id", 0.31),
               "refund_amount": FieldPrediction("refund_amount", None, None, 1.0, None, None, None, True, "small")}
-    out = extract.resolve_shared_spans(fields, {"order_id": "id", "invoice_id": "id", "refund_amount": "amount"})
+    out = extract.resolve_shared_spans(fields, {"order_id": FieldSpec(name="order_id", type="id"),
+                                                "invoice_id": FieldSpec(name="invoice_id", type="id"),
+                                                "refund_amount": FieldSpec(name="refund_amount", type="amount")})
     assert out["order_id"] == fields["order_id"] and out["refund_amount"] == fields["refund_amount"]
     loser = out["invoice_id"]
     assert loser.value is None and not loser.valid and loser.problems == ["span_of:order_id"]
     # a currency symbol inside an amount is not a shared span
     money = {"total_amount": FieldPrediction("total_amount", "$4.11", "4.11", 0.9, 1, 0, 5, True, "small"),
              "currency": FieldPrediction("currency", "$", "USD", 0.8, 1, 0, 1, True, "small")}
-    assert extract.resolve_shared_spans(money, {"total_amount": "amount", "currency": "currency"}) == money
+    assert extract.resolve_shared_spans(money, {"total_amount": FieldSpec(name="total_amount", type="amount"),
+                                                "currency": FieldSpec(name="currency", type="currency")}) == money
 
 
 def test_fields_that_share_a_span_are_decided_together_when_their_answers_were_scored():
@@ -243,7 +246,7 @@ def test_fields_that_share_a_span_are_decided_together_when_their_answers_were_s
     fields = {"order_id": held("order_id", 0.95), "invoice_id": held("invoice_id", 0.6)}
     choices = {"order_id": extract.FieldChoice({number: 0.95, None: 0.05}, {number: number, None: None}),
                "invoice_id": extract.FieldChoice({number: 0.6, None: 0.39}, {number: number, None: None})}
-    out = extract.resolve_shared_spans(fields, {n: "id" for n in specs}, doc, choices, specs)
+    out = extract.resolve_shared_spans(fields, specs, doc, choices)
     assert out["order_id"].value == number and out["order_id"].valid
     assert out["invoice_id"].value is None and out["invoice_id"].valid and out["invoice_id"].problems == []
     # allowed joint answers: (number, null) 0.3705, (null, number) 0.03, (null, null) 0.0195
@@ -251,12 +254,12 @@ def test_fields_that_share_a_span_are_decided_together_when_their_answers_were_s
     assert math.isclose(out["order_id"].confidence, 0.95 * 0.39 / total)
     assert math.isclose(out["invoice_id"].confidence, (0.95 * 0.39 + 0.05 * 0.39) / total)
     # the tier's calibration maps the new confidences, as it maps every answer
-    halved = extract.resolve_shared_spans(fields, {n: "id" for n in specs}, doc, choices, specs,
+    halved = extract.resolve_shared_spans(fields, specs, doc, choices,
                                           lambda p: FieldPrediction(**{**p.__dict__, "confidence": p.confidence / 2}))
     assert math.isclose(halved["invoice_id"].confidence, out["invoice_id"].confidence / 2)
     # without the invoice id's scored answers (a generated field): the less confident escalates, as before
-    assert extract.resolve_shared_spans(fields, {n: "id" for n in specs}, doc, {"order_id": choices["order_id"]},
-                                        specs)["invoice_id"].problems == ["span_of:order_id"]
+    assert extract.resolve_shared_spans(fields, specs, doc, {"order_id": choices["order_id"]}
+                                        )["invoice_id"].problems == ["span_of:order_id"]
 
 
 def test_a_joint_answer_takes_the_next_value_and_never_one_another_field_holds():
