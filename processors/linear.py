@@ -7,16 +7,21 @@ when it is trained (processors/finetune/job.py): only where the cascade costs le
 
 On disk a tier 0 is one JSON file (`linear-<task>.json`, `LinearModelFile`): the vectorizers'
 settings, vocabularies and idf weights, and the classifier's coefficients. Loading it only reads
-numbers and strings into fresh scikit-learn objects; nothing is unpickled, so a model file cannot
-run code (the old joblib files could).
+numbers and strings; nothing is unpickled, so a model file cannot run code (the old joblib files
+could). Prediction is numpy (as scikit-learn computes it, checked against it in the tests), so a
+nightly run never imports scikit-learn; fitting uses it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import unicodedata
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import ValidationError, model_validator
 
 from schemas.config import LabelTask, Strict
@@ -68,10 +73,91 @@ class LinearModelFile(Strict):
         return self
 
 
+class _TfidfFeatures:
+    """One vectorizer of the file, predicting as scikit-learn's TfidfVectorizer.transform does: the same
+    analyzer (preprocess, tokenize, n-grams), counts of the vocabulary's terms, sublinear tf, idf, row norm.
+    In numpy, so that a nightly run never imports scikit-learn (about 2 s of every cold start)."""
+
+    _white_spaces = re.compile(r"\s\s+")
+
+    def __init__(self, vec: VectorizerFile, offset: int):
+        self.params = vec.params
+        self.columns = {term: offset + i for i, term in enumerate(vec.vocabulary)}
+        self.idf = np.asarray(vec.idf, dtype=np.float64)
+        self.offset = offset
+        if vec.params.analyzer == "word" and vec.params.token_pattern is None:
+            raise ValueError(f"features {vec.name!r}: a word analyzer needs a token_pattern")
+        self._tokens = re.compile(vec.params.token_pattern or "").findall
+        stop = vec.params.stop_words
+        if stop == "english":  # the list lives in scikit-learn; no shipped tier 0 uses it
+            from sklearn.feature_extraction._stop_words import ENGLISH_STOP_WORDS
+            stop = ENGLISH_STOP_WORDS
+        self._stop_words = frozenset(stop) if stop is not None else None
+
+    def _preprocess(self, text: str) -> str:
+        if self.params.lowercase:
+            text = text.lower()
+        if self.params.strip_accents == "ascii":
+            text = unicodedata.normalize("NFKD", text).encode("ASCII", "ignore").decode("ASCII")
+        elif self.params.strip_accents == "unicode" and not text.isascii():
+            text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+        return text
+
+    def terms(self, text: str) -> list[str]:
+        """The text's terms, as the vectorizer's analyzer yields them (repeats kept)."""
+        text = self._preprocess(text)
+        low, high = self.params.ngram_range
+        if self.params.analyzer == "word":
+            words = [w for w in self._tokens(text) if self._stop_words is None or w not in self._stop_words]
+            grams = list(words) if low == 1 else []
+            for n in range(max(low, 2), min(high, len(words)) + 1):
+                grams += [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
+            return grams
+        text = self._white_spaces.sub(" ", text)
+        if self.params.analyzer == "char":
+            return [text[i:i + n] for n in range(low, min(high, len(text)) + 1) for i in range(len(text) - n + 1)]
+        grams = []  # char_wb: n-grams inside each space-padded word; a word shorter than n counted once
+        for word in text.split():
+            word = f" {word} "
+            for n in range(low, high + 1):
+                grams += [word[i:i + n] for i in range(max(len(word) - n, 0) + 1)]
+                if len(word) <= n:
+                    break
+        return grams
+
+    def transform(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The text's row: the columns of its known terms (union-wide) and their weights."""
+        counts = Counter(c for c in map(self.columns.get, self.terms(text)) if c is not None)
+        columns = np.fromiter(sorted(counts), dtype=np.int64, count=len(counts))
+        values = np.asarray([counts[c] for c in columns.tolist()], dtype=np.float64)
+        if self.params.binary:
+            values[:] = 1.0
+        if self.params.sublinear_tf:
+            values = np.log(values) + 1.0
+        values *= self.idf[columns - self.offset]
+        if self.params.norm == "l2":
+            norm = np.sqrt(np.dot(values, values))
+        elif self.params.norm == "l1":
+            norm = np.abs(values).sum()
+        else:
+            norm = 0.0
+        if norm > 0:
+            values /= norm
+        return columns, values
+
+
 class LinearLabeler:
-    def __init__(self, pipeline, labels: list[str]):
-        self._pipeline = pipeline
-        self.labels = labels
+    """A tier 0: the model file and its prediction (numpy only; scikit-learn only to fit)."""
+
+    def __init__(self, spec: LinearModelFile):
+        self.spec = spec
+        self.labels = list(spec.labels)
+        self._features, offset = [], 0
+        for vec in spec.features:
+            self._features.append(_TfidfFeatures(vec, offset))
+            offset += len(vec.vocabulary)
+        self._coef = np.asarray(spec.coef, dtype=np.float64)  # (classes, features); one row for two classes
+        self._intercept = np.asarray(spec.intercept, dtype=np.float64)
 
     @classmethod
     def fit(cls, texts: list[str], labels: list[str], seed: int = 0) -> LinearLabeler:
@@ -86,13 +172,37 @@ class LinearLabeler:
         ])
         pipeline = make_pipeline(features, LogisticRegression(C=10.0, max_iter=2000, random_state=seed))
         pipeline.fit(texts, labels)
-        return cls(pipeline, [str(c) for c in pipeline.classes_])
+        return cls.from_sklearn(pipeline)
+
+    @classmethod
+    def from_sklearn(cls, pipeline) -> LinearLabeler:
+        """A fitted scikit-learn pipeline (a FeatureUnion of TfidfVectorizers, then LogisticRegression)."""
+        union, classifier = pipeline[0], pipeline[-1]
+        features = []
+        for name, vec in union.transformer_list:
+            params = VectorizerParams.model_validate(
+                {k: v for k, v in vec.get_params().items() if k in VectorizerParams.model_fields})
+            vocabulary = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
+            features.append(VectorizerFile(name=name, params=params, vocabulary=vocabulary, idf=vec.idf_.tolist()))
+        # Python floats round-trip exactly through JSON, so the loaded model predicts bit for bit the same
+        return cls(LinearModelFile(format=FORMAT, labels=[str(c) for c in classifier.classes_], features=features,
+                                   coef=classifier.coef_.tolist(), intercept=classifier.intercept_.tolist()))
 
     def predict_proba(self, texts: list[str]) -> list[dict[str, float]]:
-        if not texts:
-            return []
-        rows = self._pipeline.predict_proba(texts)
-        return [{label: float(p) for label, p in zip(self.labels, row, strict=True)} for row in rows]
+        out = []
+        for text in texts:
+            decision = self._intercept.copy()
+            for features in self._features:
+                columns, values = features.transform(text)
+                decision += self._coef[:, columns] @ values
+            if len(self.labels) == 2:  # one row: the second class's log-odds (LogisticRegression's binary case)
+                second = 1.0 / (1.0 + np.exp(-decision[0]))
+                probs = np.asarray([1.0 - second, second])
+            else:
+                probs = np.exp(decision - decision.max())
+                probs /= probs.sum()
+            out.append({label: float(p) for label, p in zip(self.labels, probs, strict=True)})
+        return out
 
     def predict(self, task: LabelTask, texts: list[str]) -> list[LabelPrediction]:
         """Tier 0's answer per text: the distribution over the task's labels and its most likely label."""
@@ -103,41 +213,9 @@ class LinearLabeler:
             out.append(LabelPrediction(task.name, best, dist.get(best, 0.0), dist, "linear"))
         return out
 
-    def to_file(self) -> LinearModelFile:
-        union, classifier = self._pipeline[0], self._pipeline[-1]
-        features = []
-        for name, vec in union.transformer_list:
-            params = VectorizerParams.model_validate(
-                {k: v for k, v in vec.get_params().items() if k in VectorizerParams.model_fields})
-            vocabulary = sorted(vec.vocabulary_, key=vec.vocabulary_.get)
-            features.append(VectorizerFile(name=name, params=params, vocabulary=vocabulary, idf=vec.idf_.tolist()))
-        # Python floats round-trip exactly through JSON, so the loaded model predicts bit for bit the same
-        return LinearModelFile(format=FORMAT, labels=self.labels, features=features,
-                               coef=classifier.coef_.tolist(), intercept=classifier.intercept_.tolist())
-
-    @classmethod
-    def from_file(cls, spec: LinearModelFile) -> LinearLabeler:
-        """Fresh scikit-learn objects with the fitted attributes set from the file (no refitting)."""
-        import numpy as np
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import FeatureUnion, make_pipeline
-
-        vectorizers = []
-        for vec in spec.features:
-            vectorizer = TfidfVectorizer(**vec.params.model_dump(), vocabulary=vec.vocabulary)
-            vectorizer.idf_ = np.asarray(vec.idf, dtype=np.float64)
-            vectorizers.append((vec.name, vectorizer))
-        classifier = LogisticRegression()
-        classifier.classes_ = np.asarray(spec.labels)
-        classifier.coef_ = np.asarray(spec.coef, dtype=np.float64)
-        classifier.intercept_ = np.asarray(spec.intercept, dtype=np.float64)
-        classifier.n_features_in_ = classifier.coef_.shape[1]
-        return cls(make_pipeline(FeatureUnion(vectorizers), classifier), list(spec.labels))
-
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(self.to_file().model_dump_json(), encoding="utf-8")
+        tmp.write_text(self.spec.model_dump_json(), encoding="utf-8")
         os.replace(tmp, path)
 
     @classmethod
@@ -150,4 +228,4 @@ class LinearLabeler:
             spec = LinearModelFile.model_validate_json(data)
         except ValidationError as err:
             raise ValueError(f"{path}: not a valid tier-0 model ({FORMAT}): {err}") from err
-        return cls.from_file(spec)
+        return cls(spec)

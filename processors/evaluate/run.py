@@ -221,7 +221,7 @@ def score(config: Config, eval_cfg: Config, outcomes: pl.DataFrame, tiers: tuple
 
 def _predict_linear(cfg: Config, examples: list[LabelledExample]) -> dict[tuple[str, str], LabelPrediction]:
     """(example id, task) -> tier 0's prediction, for every labelled item of a task that has tier 0."""
-    from processors.linear import LinearLabeler  # scikit-learn: only when a version has tier 0
+    from processors.linear import LinearLabeler
 
     out: dict[tuple[str, str], LabelPrediction] = {}
     for task in cfg.tasks:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import subprocess
+import sys
 
 import pytest
 
 from processors.datasets import load_examples
-from processors.linear import LinearLabeler
+from processors.linear import LinearLabeler, LinearModelFile
 from processors.tiers import LoadedTier, apply_route, predict
 from schemas.config import LinearTier
 from schemas.records import Document
@@ -64,6 +66,73 @@ def test_saves_as_plain_json_and_loads_to_the_same_probabilities(tmp_path, label
     assert loaded.labels == fitted.labels
     for want, got in zip(fitted.predict_proba(texts), loaded.predict_proba(texts), strict=True):
         assert got == pytest.approx(want, abs=1e-9)
+
+
+def _sklearn_pipeline(spec: LinearModelFile):
+    """The reference: scikit-learn's own objects with the file's fitted numbers set (no refitting)."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+
+    vectorizers = []
+    for vec in spec.features:
+        vectorizer = TfidfVectorizer(**vec.params.model_dump(), vocabulary=vec.vocabulary)
+        vectorizer.idf_ = np.asarray(vec.idf, dtype=np.float64)
+        vectorizers.append((vec.name, vectorizer))
+    classifier = LogisticRegression()
+    classifier.classes_ = np.asarray(spec.labels)
+    classifier.coef_ = np.asarray(spec.coef, dtype=np.float64)
+    classifier.intercept_ = np.asarray(spec.intercept, dtype=np.float64)
+    classifier.n_features_in_ = classifier.coef_.shape[1]
+    return make_pipeline(FeatureUnion(vectorizers), classifier)
+
+
+_ODD_TEXTS = ["", "   ", "a", "Ünïcödé café déjà-vu", "x\ty\n\nz  w", "I", "ORDER #12345!!", "ab " * 50]
+
+
+@pytest.mark.parametrize("params", [{}, {"analyzer": "char", "ngram_range": (1, 3), "strip_accents": "unicode"},
+                                    {"analyzer": "word", "ngram_range": (2, 3), "strip_accents": "ascii",
+                                     "stop_words": ["the", "my"], "binary": True, "norm": "l1"},
+                                    {"sublinear_tf": False, "lowercase": False, "norm": None}],
+                         ids=["as-fitted", "char", "word-variants", "raw-tf"])
+def test_numpy_prediction_equals_scikit_learns_on_held_out_tickets(linear_category, params):
+    """Tier 0 predicts without scikit-learn at run time; its probabilities are scikit-learn's, whatever the
+    vectorizer settings a file may hold (the first vectorizer's are varied; its vocabulary is kept)."""
+    labeler, _ = linear_category
+    spec = labeler.spec.model_copy(deep=True)
+    first = spec.features[0]
+    first.params = first.params.model_copy(update=params)
+    if "analyzer" in params:  # a vocabulary of that analyzer's terms, with the file's idf values reused
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        terms = TfidfVectorizer(**first.params.model_dump()).fit(_TEXTS + _ODD_TEXTS[3:]).get_feature_names_out()
+        first.vocabulary = list(terms)
+        first.idf = first.idf[:len(terms)]
+        spec.coef = [row[:len(terms)] + row[len(labeler.spec.features[0].vocabulary):] for row in spec.coef]
+    spec = LinearModelFile.model_validate(spec.model_dump())
+    held = [e.text for e in load_examples(SHARED_DATA / "tickets/bitext/validation.csv")[:300]] + _ODD_TEXTS
+    want = _sklearn_pipeline(spec).predict_proba(held)
+    got = LinearLabeler(spec).predict_proba(held)
+    for row, dist in zip(want, got, strict=True):
+        assert [dist[label] for label in spec.labels] == pytest.approx(list(row), abs=1e-12)
+
+
+def test_two_label_prediction_equals_scikit_learns():
+    labeler = LinearLabeler.fit(_TEXTS, [lab if lab == "ORDER" else "OTHER" for lab in _LABELS])
+    texts = _TEXTS + _ODD_TEXTS
+    want = _sklearn_pipeline(labeler.spec).predict_proba(texts)
+    for row, dist in zip(want, labeler.predict_proba(texts), strict=True):
+        assert [dist["ORDER"], dist["OTHER"]] == pytest.approx(list(row), abs=1e-12)
+
+
+def test_loading_and_predicting_never_imports_scikit_learn(linear_category):
+    _, path = linear_category
+    code = ("import sys; from processors.linear import LinearLabeler; "
+            f"p = LinearLabeler.load({str(path)!r}).predict_proba(['cancel my order']); "
+            "assert abs(sum(p[0].values()) - 1) < 1e-9; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_a_pickled_model_is_refused_and_never_unpickled(tmp_path):
