@@ -34,6 +34,10 @@ from processors.tasks.prompts import Style, frame
 from schemas.config import FieldSpec
 from schemas.records import Document, FieldPrediction, Tier
 
+# v15: a group of five or more fields sharing a span weighs fewer values per field (at most JOINT_ANSWERS joint
+# answers: six fields on one number took 0.96 s per document, nine times more per added field, about two hours
+# at ten), and a group too large for one value each falls back to the more confident keeping the span; groups of
+# up to four fields (every shipped source) are decided as in v14;
 # v14: fields whose answers share a span are decided together (resolve_shared_spans), each confidence given that
 # no two share one; the less confident was marked invalid (`span_of`) and escalated;
 # v13: grounded fields scored over their answers (null and each candidate) instead of generated under a grammar;
@@ -50,7 +54,7 @@ from schemas.records import Document, FieldPrediction, Tier
 # v7: grammars in GBNF instead of llguidance (the same answers on the quick start; another engine constrains a
 # 'string' field's JSON); v6: a sum of money is no id candidate; v5: one sequence per document (batch-free);
 # v4: grounded values
-TASK_VERSION = "sluicegate.extract.v14"
+TASK_VERSION = "sluicegate.extract.v15"
 
 # Longest value per field type, in characters: a base model otherwise rambles to the limit.
 MAX_VALUE_CHARS = {"id": 32, "amount": 20, "date": 32, "currency": 16, "name": 48, "email": 64, "string": 80}
@@ -278,8 +282,20 @@ def _prediction(spec: FieldSpec, doc: Document, tier: Tier, value: str | None, c
 
 
 # Answers per field weighed when fields that share a span are decided together (the rest of a field's mass is
-# spread too thin to change the joint answer): at most this many values besides null.
+# spread too thin to change the joint answer): at most this many values besides null ...
 JOINT_VALUES = 8
+# ... and at most this many joint answers in all (each field's choices multiply: 9 per field for four fields is
+# 6,561; for ten it would be 3.5 billion). A larger group weighs fewer values per field (values_per_field).
+JOINT_ANSWERS = 10_000
+
+
+def values_per_field(n_fields: int) -> int:
+    """How many values besides null each of n fields that share a span weighs, so that the joint answers stay
+    within JOINT_ANSWERS; 0: not even one each (the group is not decided jointly)."""
+    for k in range(JOINT_VALUES, 0, -1):
+        if (k + 1) ** n_fields <= JOINT_ANSWERS:
+            return k
+    return 0
 
 
 def resolve_shared_spans(fields: dict[str, FieldPrediction], specs: dict[str, FieldSpec], doc: Document | None = None,
@@ -340,13 +356,17 @@ def decide_jointly(choices: dict[str, FieldChoice], text: str, taken: Sequence[t
     field its written value (None: null) and its probability given the constraint (the mass of the joint
     answers that agree with it, over all allowed ones). None when no allowed answer has any mass.
 
-    Each field's JOINT_VALUES most probable values and null are weighed; a value not found in the text
-    constrains nothing (it is invalid as `not_in_source` anyway)."""
+    Each field's most probable values (values_per_field: JOINT_VALUES, fewer in a group of five or more) and null
+    are weighed; a value not found in the text constrains nothing (it is invalid as `not_in_source` anyway). None
+    too for a group too large to weigh even one value per field."""
     names = list(choices)
+    per_field = values_per_field(len(names))
+    if per_field == 0:
+        return None
     options: list[list[tuple[str | None, float, tuple[int, int] | None]]] = []
     for n in names:
         c = choices[n]
-        values = sorted((k for k in c.mass if k is not None), key=lambda k: -c.mass[k])[:JOINT_VALUES]
+        values = sorted((k for k in c.mass if k is not None), key=lambda k: -c.mass[k])[:per_field]
         opts: list[tuple[str | None, float, tuple[int, int] | None]] = [(None, c.mass.get(None, 0.0), None)]
         for k in values:
             span = find_span(text, c.written[k]) if c.written.get(k) else None

@@ -278,6 +278,44 @@ def test_a_joint_answer_takes_the_next_value_and_never_one_another_field_holds()
     assert extract.decide_jointly({"a": only, "b": only}, text) is None
 
 
+def test_many_fields_on_one_number_are_decided_within_a_bounded_number_of_joint_answers(monkeypatch):
+    """Ten id fields that all liked the one number (a configuration with many ids): the joint answers weighed stay
+    within JOINT_ANSWERS (all of them, nine per field, would be 3.5 billion), one field keeps the number and the
+    rest are null; fourteen fields, too many for one value each, fall back to the more confident keeping it."""
+    text = "Ticket about 4471, ref A-1 B-2 C-3 D-4 E-5 F-6 G-7 H-8"
+    others = ["a-1", "b-2", "c-3", "d-4", "e-5", "f-6", "g-7", "h-8"]
+    start = text.index("4471")
+
+    def choice(sure: float) -> extract.FieldChoice:  # the number, then every other id a little, then null
+        mass = {"4471": sure, **{o: (1 - sure) / 10 for o in others}, None: (1 - sure) * 0.2}
+        return extract.FieldChoice(mass, {k: (k.upper() if k else None) for k in mass})
+    weighed = []
+    product = extract.itertools.product
+    monkeypatch.setattr(extract.itertools, "product", lambda *opts: weighed.append(math.prod(map(len, opts)))
+                        or product(*opts))
+    for n in (4, 10):
+        names = [f"id{i}" for i in range(n)]
+        specs = {name: FieldSpec(name=name, type="id") for name in names}
+        fields = {name: FieldPrediction(name, "4471", "4471", 0.9 - i / 100, 1, start, start + 4, True, "small")
+                  for i, name in enumerate(names)}
+        choices = {name: choice(0.9 - i / 100) for i, name in enumerate(names)}
+        doc = Document(doc_id="t", source="tickets", uri="u", text=text)
+        out = extract.resolve_shared_spans(fields, specs, doc, choices)
+        assert [name for name in names if out[name].value == "4471"] == ["id0"]
+        assert all(p.valid and p.problems == [] for p in out.values())
+        assert weighed[-1] <= extract.JOINT_ANSWERS
+    assert weighed == [9 ** 4, 2 ** 10]  # four fields as in v14; ten weigh one value each besides null
+    assert extract.values_per_field(13) == 1 and extract.values_per_field(14) == 0
+    names = [f"id{i}" for i in range(14)]
+    fields = {name: FieldPrediction(name, "4471", "4471", 0.9 - i / 100, 1, start, start + 4, True, "small")
+              for i, name in enumerate(names)}
+    out = extract.resolve_shared_spans(fields, {name: FieldSpec(name=name, type="id") for name in names},
+                                       Document(doc_id="t", source="tickets", uri="u", text=text),
+                                       {name: choice(0.9) for name in names})
+    assert out["id0"].value == "4471" and all(out[n].problems == ["span_of:id0"] for n in names[1:])
+    assert len(weighed) == 2  # not enumerated
+
+
 def test_a_total_that_is_a_part_of_a_written_sum_is_invalid_and_kept_for_review():
     """The check "total": a receipt's SUBTOTAL given as the total escalates (invalid, `part_of_sum:<sum>`); the
     value stays on the row so review sees what the tier said. Without the check the same answer passes."""
