@@ -86,7 +86,8 @@ def normalize(field_type: str, value: str) -> tuple[str | None, list[str]]:
         norm = value.strip().lower()
         return norm, ([] if _EMAIL.match(norm) else ["not_an_email"])
     if field_type == "id":
-        norm = value.strip()
+        # "#" marks a number ("bill #37777"), it is not part of it; the value keeps its span as written.
+        norm = value.strip().lstrip("#").strip()
         return norm, ([] if _ID.match(norm) else ["not_an_id"])
     if field_type == "name":
         # A person's name: 1-4 words, each starting with a capital letter (not a sentence).

@@ -177,6 +177,18 @@ def test_one_value_s_written_forms_add_up():
     assert ids.value in ("#42183017", "42183017") and ids.confidence == pytest.approx(0.6)
 
 
+def test_an_id_written_after_a_hash_is_a_valid_id_without_it():
+    """"bill #72235": the candidate "#72235" is an id (the mark is not part of it); before v16 it failed the id
+    validator, so every such invoice number escalated, and the large tier dropped most of them."""
+    text = "help me see the bill #72235"
+    doc = Document(doc_id="t", source="tickets", uri="u", text=text, pages=[text])
+    assert "#72235" in [c.text for c in extract.candidates(FIELDS[0], text)]
+    out = extract.choose(_scored({"#72235": 0.9, None: 0.1}), FIELDS[0], doc, "small", ["#72235"])
+    assert out.valid and out.problems == [] and out.value == "#72235" and out.normalized == "72235"
+    assert (out.span_start, out.span_end) == (text.index("#"), len(text))
+    assert normalize("id", "# A-12")[0] == "A-12" and normalize("id", "#")[1] == ["not_an_id"]
+
+
 def test_a_masked_candidate_is_answered_with_its_real_value():
     """The large tier may read PII placeholders: the answer comes back as the placeholder, the row holds the
     real value (found in the text)."""
