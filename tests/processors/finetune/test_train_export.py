@@ -172,3 +172,17 @@ def test_an_exported_adapter_loads_back_exactly_and_training_starts_from_it(tmp_
     with pytest.raises(ValueError, match="modules the model does not"):
         load_gguf_lora(add_lora(_tiny_model(), TrainOptions(rank=2, target_modules=["q_proj"])),
                        tmp_path / "adapter.gguf")
+
+
+def test_agreement_counts_a_near_tie_ordered_differently_as_agreeing_and_a_real_difference_not():
+    """Float rounding may order two near-even top tokens either way (a briefly trained adapter's label answers); an
+    export that changed the model moves them by more than TOP1_TIE."""
+    from processors.finetune.torch import TOP1_TIE
+
+    torch_top = [{" positive": 0.451, " neutral": 0.449}, {" negative": 0.70, " neutral": 0.20}]
+    tie = [{" positive": 0.445, " neutral": 0.452}, {" negative": 0.69, " neutral": 0.21}]
+    assert agreement(torch_top, tie)["top1"] == 1.0
+    apart = [{" positive": 0.40, " neutral": 0.40 + TOP1_TIE + 0.05}, {" neutral": 0.70, " negative": 0.20}]
+    assert agreement(torch_top, apart)["top1"] == 0.0
+    # a token the other runtime does not list in its top-k is no tie
+    assert agreement([{" a": 0.5, " b": 0.49}], [{" b": 0.5, " c": 0.49}])["top1"] == 0.0
