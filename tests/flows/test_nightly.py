@@ -144,8 +144,8 @@ def test_golden_regeneration_is_off():
 @pytest.mark.slow
 def test_ticket_labels_agree_with_the_fixture_ground_truth(nightly_run):
     """fixtures/expected/tickets_2026-11-20.csv holds the bitext labels of the 22 usable tickets. Floors under
-    the shipped version's measured agreement (category 21, intent 22, sentiment 16 of 22 since its sentiment refit;
-    the version before it had 22, 19 and 17)."""
+    the shipped version's measured agreement (category 22, intent 20, sentiment 16 of 22; its parent had 21, 22
+    and 16, the version before that 22, 19 and 17)."""
     _, out = nightly_run
     results = _wide_results(out).filter(pl.col("source") == "tickets")
     by_id = {r["source_id"]: r
@@ -164,7 +164,8 @@ def test_ticket_labels_agree_with_the_fixture_ground_truth(nightly_run):
 @pytest.mark.slow
 def test_ticket_fields_agree_with_the_fixture_entities(nightly_run):
     """The fixture ground truth names one entity per ticket; for the configured ticket fields that is 9 values.
-    Floors under the shipped version's measured agreement (8 of 9 found, no value where the truth has none):
+    Floors under the shipped version's measured agreement (9 of 9 found, its parent 8; no value where the truth
+    has none):
     a field wrong and marked valid, or a value invented on a ticket without one, fails here."""
     from processors.tasks.extract import field_match
 
@@ -179,7 +180,7 @@ def test_ticket_fields_agree_with_the_fixture_entities(nightly_run):
     assert len(truth) == 9
     found = [key for key, gold in truth.items() if field_match(types[key[1]], gold, given.get(key))]
     spurious = [key for key in given if key not in truth]
-    assert len(found) >= 7, f"found {found} of {sorted(truth)}"
+    assert len(found) >= 8, f"found {found} of {sorted(truth)}"
     assert len(spurious) <= 1, f"values where the fixtures have none: {spurious}"
 
 
