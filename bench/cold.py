@@ -14,7 +14,9 @@ In one run, on the same inputs (the shipped configuration, with its promoted mod
   document alone, shuffled batches, and a rerun;
 - PDF text: pages/s of the parser (in-process pypdf) on ../shared/data/pdfs;
 - where each cold run's time goes: imports, ingest, each tier's model load and answers, and the rest;
-- who decided each label task's and field's answers (tier 0, small, large, review): where the escalations come from.
+- who decided each label task's and field's answers (tier 0, small, large, review): where the escalations come from;
+- the small tier's seconds per item type on the first 120 of the tickets: each label task alone, the fields
+  together, and every item together (what tier 0 or a skipped field saves the small model).
 Prints a table and writes the figures to bench/cold.json (--json) for comparison across commits.
 """
 
@@ -155,6 +157,35 @@ def child_determinism(config_path: str, n: int) -> dict:
             "documents_over_1e-6": sum(v > 1e-6 for v in worst.values())}
 
 
+def child_item_cost(config_path: str, tickets_file: str, n: str = "120") -> dict:
+    """The small tier's seconds per item type on the same tickets, asked as the nightly asks them (one sequence
+    per document): each label task alone, the fields together, and every item together (a document's text is
+    then read once for all of them). Tier 0 is not in front: this is what each item costs the small model."""
+    from processors.models import load_runtime
+    from processors.tiers import LoadedTier, all_items, predict
+    from schemas.records import Document
+
+    config = _config(config_path)
+    texts = json.loads(Path(tickets_file).read_text())[:int(n)]
+
+    def documents() -> list[Document]:
+        return [Document(doc_id=f"d{i}", source="tickets", uri=f"bench#{i}", text=t) for i, t in enumerate(texts)]
+
+    loaded = LoadedTier(load_runtime(config.small))  # no tier-0 models in front (load_tier would add them)
+    items = all_items(documents()[0], config)
+    predict(documents()[:8], loaded, config.small, config, "small", [items] * 8)  # the content-free values, once
+    fields = tuple(i for i in items if i.startswith("field:"))
+    groups = {name: (name,) for name in items if name not in fields} | ({"fields": fields} if fields else {})
+    seconds = {}
+    for name, asked in (groups | {"all": items}).items():
+        docs = documents()
+        started = time.perf_counter()
+        predict(docs, loaded, config.small, config, "small", [asked] * len(docs))
+        seconds[name] = time.perf_counter() - started
+    loaded.runtime.close()
+    return {"tickets": len(texts), "seconds": seconds}
+
+
 def child_pdf_pages() -> dict:
     """pypdf's text extraction, pages/s, on the shared sample PDFs (the files it can open)."""
     import pypdf
@@ -204,7 +235,7 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         result = {"pipeline": child_pipeline, "bound": child_bound, "determinism": lambda c, n: child_determinism(
-            c, int(n)), "pdf_pages": child_pdf_pages}[kind](*rest)
+            c, int(n)), "pdf_pages": child_pdf_pages, "item_cost": child_item_cost}[kind](*rest)
         print(json.dumps(result))
         return
 
@@ -226,12 +257,13 @@ def main() -> None:
         one_sequence = _child("bound", args.config, str(work / "texts.json"), "1")
         determinism = _child("determinism", args.config, str(args.determinism))
         pdf_pages = _child("pdf_pages")
+        item_cost = _child("item_cost", args.config, str(work / "texts.json"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     figures: dict = {"tickets": args.tickets, "repeat": args.repeat, "bound": bound, "one_sequence": one_sequence,
                      "determinism": determinism,
-                     "pdf_pages": pdf_pages}
+                     "pdf_pages": pdf_pages, "item_cost": item_cost}
     print(f"{'inputs':10s} {'docs':>5s} {'docs/s (median)':>16s} {'runs':>22s} {'peak RSS MB':>12s} "
           f"{'prompt tok':>11s} {'computed':>9s}")
     for source, results in runs.items():
@@ -272,6 +304,8 @@ def main() -> None:
           f"{determinism['max_difference']:.2e} (batch vs alone vs shuffled vs rerun), "
           f"{determinism['documents_over_1e-6']} over 1e-6")
     print(f"PDF text (pypdf): {pdf_pages['pages_per_second']:.1f} pages/s ({pdf_pages['pages']} pages)")
+    print(f"small tier, seconds per item type on {item_cost['tickets']} of the tickets (each alone; 'all' together): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in item_cost["seconds"].items()))
     Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     print(f"figures written to {args.json}")
 
