@@ -52,13 +52,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child_pipeline(config_path: str, inbox: str, source: str, out: str) -> dict:
-    """One cold nightly run of the graph in this (fresh) process: its time from the first import on."""
+def child_pipeline(config_path: str, inbox: str, source: str, out: str, small_copies: str = "") -> dict:
+    """One cold nightly run of the graph in this (fresh) process: its time from the first import on.
+    small_copies: [small] copies set to this instead of the configuration's (the baseline run)."""
     started = time.perf_counter()
     from processors.pipeline import RunSpec, run_pipeline
 
     imported = time.perf_counter()
     config = _config(config_path)
+    if small_copies:
+        config = config.model_copy(update={"small": config.small.model_copy(update={"copies": int(small_copies)})})
     inputs = [(str(p), source) for p in sorted(Path(inbox).rglob("*")) if p.is_file()]
     spec = RunSpec(run_id="bench", run_date=DATE, inputs=inputs, sources=[source], config=config,
                    config_hash="bench", out_root=out)
@@ -83,8 +86,11 @@ def decided_by_item(out: str) -> dict[str, dict[str, int]]:
 
 def child_bound(config_path: str, tickets_file: str, sequences: str = "8") -> dict:
     """The raw bound: one label decision per ticket, prompt plus one token, 8 sequences at a time with the
-    prompt cache. sequences "1": the same one at a time on one slot, each afresh, as the nightly evaluates a
-    document (the model's own prompt speed, without what 8 sequences per decode add)."""
+    prompt cache. sequences "1": the same one at a time on one slot, each afresh (the model's own prompt speed,
+    without what 8 sequences per decode add), with all of [small] threads. "copies": as the nightly evaluates
+    documents, on [small] copies of the model of one slot each, threads split among them, all at once."""
+    import threading
+
     import xllamacpp
 
     from processors.models.llamacpp import server_params
@@ -95,26 +101,38 @@ def child_bound(config_path: str, tickets_file: str, sequences: str = "8") -> di
     texts = json.loads(Path(tickets_file).read_text())
     prompts = [label.build_prompt(task, config.small.prompt_style, "tickets", t,
                                   options=label.asks_options(task, config.small)) for t in texts]  # as the tier asks
-    n = int(sequences)
-    params = server_params(config.small)
+    copies = max(1, min(config.small.copies, config.small.threads)) if sequences == "copies" else 1
+    n = 1 if sequences == "copies" else int(sequences)
+    params = server_params(config.small.model_copy(update={"threads": config.small.threads // copies}))
     if n > 1:
         params.n_parallel = n
         params.n_ctx = config.small.context_per_sequence * n
         params.cache_ram_mib = xllamacpp.CommonParams().cache_ram_mib  # llama.cpp's default host cache (8 GiB)
     started = time.perf_counter()
-    server = xllamacpp.Server(params)
+    servers = [xllamacpp.Server(params) for _ in range(copies)]
     loaded = time.perf_counter()
-    tokens = milliseconds = 0.0
-    for i in range(0, len(prompts), n):
-        batch = prompts[i:i + n]
-        response = server.handle_completions({"prompt": batch if n > 1 else batch[0], "max_tokens": 1,
-                                              "temperature": 0.0, "n_probs": 20, "cache_prompt": n > 1})
-        for one in response if isinstance(response, list) else [response]:
-            tokens += (one.get("timings") or {}).get("prompt_n", 0)
-            milliseconds += (one.get("timings") or {}).get("prompt_ms", 0.0)
+    counts = [[0.0, 0.0] for _ in servers]  # prompt tokens computed, milliseconds, per copy
+
+    def run(k: int) -> None:
+        mine = prompts[k::copies]
+        for i in range(0, len(mine), n):
+            batch = mine[i:i + n]
+            response = servers[k].handle_completions({"prompt": batch if n > 1 else batch[0], "max_tokens": 1,
+                                                      "temperature": 0.0, "n_probs": 20, "cache_prompt": n > 1})
+            for one in response if isinstance(response, list) else [response]:
+                counts[k][0] += (one.get("timings") or {}).get("prompt_n", 0)
+                counts[k][1] += (one.get("timings") or {}).get("prompt_ms", 0.0)
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(copies)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
     done = time.perf_counter()
-    return {"tickets": len(prompts), "sequences": n, "seconds": done - loaded, "load_seconds": loaded - started,
-            "per_second": len(prompts) / (done - loaded), "peak_rss_mb": _peak_rss_mb(),
+    tokens, milliseconds = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return {"tickets": len(prompts), "sequences": n, "copies": copies, "seconds": done - loaded,
+            "load_seconds": loaded - started, "per_second": len(prompts) / (done - loaded),
+            "peak_rss_mb": _peak_rss_mb(),
             "prompt_tokens_per_second": tokens / (milliseconds / 1000) if n == 1 and milliseconds else None}
 
 
@@ -253,8 +271,11 @@ def main() -> None:
             for source in runs:
                 out = work / f"out-{source}-{len(runs[source])}"
                 runs[source].append(_child("pipeline", args.config, str(work / source), source, str(out)))
+        # The baseline in the same run: the same tickets with one copy of the small model (all its threads)
+        one_copy = _child("pipeline", args.config, str(work / "tickets"), "tickets", str(work / "out-one-copy"), "1")
         bound = _child("bound", args.config, str(work / "texts.json"))
         one_sequence = _child("bound", args.config, str(work / "texts.json"), "1")
+        copies = _child("bound", args.config, str(work / "texts.json"), "copies")
         determinism = _child("determinism", args.config, str(args.determinism))
         pdf_pages = _child("pdf_pages")
         item_cost = _child("item_cost", args.config, str(work / "texts.json"))
@@ -262,7 +283,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     figures: dict = {"tickets": args.tickets, "repeat": args.repeat, "bound": bound, "one_sequence": one_sequence,
-                     "determinism": determinism,
+                     "copies": copies, "determinism": determinism,
                      "pdf_pages": pdf_pages, "item_cost": item_cost}
     print(f"{'inputs':10s} {'docs':>5s} {'docs/s (median)':>16s} {'runs':>22s} {'peak RSS MB':>12s} "
           f"{'prompt tok':>11s} {'computed':>9s}")
@@ -294,12 +315,20 @@ def main() -> None:
     for source in runs:
         print(f"{source:10s} " + "; ".join(f"{item} " + "/".join(str(d.get(t, 0)) for t in TIERS)
                                           for item, d in figures[source]["decided_by"].items()))
+    one_copy_stages = stage_seconds(one_copy)
+    figures["tickets_one_copy"] = {"docs_per_second": one_copy["documents"] / one_copy["seconds"],
+                                   "peak_rss_mb": one_copy["peak_rss_mb"], "stage_seconds": one_copy_stages}
+    print(f"baseline, the same tickets with [small] copies = 1 (one run): "
+          f"{figures['tickets_one_copy']['docs_per_second']:.2f} docs/s, small tier {one_copy_stages['small']:.1f} s, "
+          f"large {one_copy_stages['large']:.1f} s, peak RSS {one_copy['peak_rss_mb']:.0f} MB")
     ratio = figures["tickets"]["docs_per_second"] / bound["per_second"]
     figures["tickets"]["share_of_bound"] = ratio
     print(f"raw bound: {bound['per_second']:.2f} tickets/s (one label, 8 sequences, prompt cache; "
           f"{bound['tickets']} tickets in {bound['seconds']:.1f} s); nightly tickets at {ratio:.1%} of it")
     print(f"the same one at a time on one slot, each afresh: {one_sequence['per_second']:.2f} tickets/s; the small "
           f"model computes {one_sequence['prompt_tokens_per_second']:.0f} prompt tokens/s")
+    print(f"the same on {copies['copies']} copies of one slot each ([small] copies, as the nightly): "
+          f"{copies['per_second']:.2f} tickets/s ({copies['per_second'] / one_sequence['per_second']:.2f}x one copy)")
     print(f"determinism: {determinism['documents']} documents, largest probability difference "
           f"{determinism['max_difference']:.2e} (batch vs alone vs shuffled vs rerun), "
           f"{determinism['documents_over_1e-6']} over 1e-6")

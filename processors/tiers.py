@@ -144,8 +144,8 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
     previous tier's answer, marked (escalation_failed).
 
     An HTTP tier gets the batch's prompts together (the endpoint serves them in parallel). The in-process
-    runtime takes one document at a time, as one sequence of prompts: a document's answers are then the
-    same alone, in any batch and on any rerun."""
+    runtime takes each document as one sequence of prompts on one copy of the model ([tier] copies of them
+    at once): a document's answers are then the same alone, in any batch, on any copy and on any rerun."""
     if asked is None:
         asked = [all_items(d, config) for d in docs]
     sequence = getattr(loaded.runtime, "sequence", None)
@@ -156,9 +156,13 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
         for task in config.tasks:
             for source in sorted({d.source for d, items in zip(docs, asked, strict=True) if task.name in items}):
                 _content_free(loaded, tier_cfg, task, source)
-    for doc, items in zip(docs, asked, strict=True):
+
+    def one(doc: Document, items: Collection[str]) -> None:
         with sequence(*shared_prefix(tier_cfg.prompt_style, doc.source)):
             _predict_together([doc], loaded, tier_cfg, config, tier, [items])
+
+    with ThreadPoolExecutor(max_workers=getattr(loaded.runtime, "copies", 1)) as pool:
+        list(pool.map(one, docs, asked))  # list(): a document's exception is raised here
 
 
 def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, config: Config,

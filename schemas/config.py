@@ -144,6 +144,12 @@ class TierModel(Strict):
     tasks_without_options: list[str] = Field(default_factory=list)
     # Keep threads x parallel model workers <= cores: llama.cpp threads spin while waiting.
     threads: int = 2
+    # In-process llama.cpp: copies of the model, each with threads / copies threads and its own slot, each
+    # taking whole documents (at most one copy per thread). A document gets the same answer on any copy. On 2
+    # cores two 1-thread copies of the 270M read 10.4 tickets/s, one 2-thread copy 8.2 (llama.cpp's threads
+    # wait on each other at every layer of a small model); each copy holds its own weights (about 0.3 GB for
+    # the 270M), so keep 1 for a large model.
+    copies: int = Field(default=1, ge=1)
     parallel_sequences: int = 8  # documents handed to the tier per batch (an http tier: per request wave)
     context_per_sequence: int = 1536  # tokens of context for one prompt (in-process llama.cpp)
     max_doc_chars: int = 2000  # document text given to the model is cut to this many characters
@@ -181,6 +187,9 @@ class TierModel(Strict):
             self.mask_pii = self.runtime == "http"
         if self.runtime == "http" and not self.endpoint:
             raise ValueError("runtime 'http' needs an endpoint")
+        if self.runtime == "http" and self.copies > 1:
+            raise ValueError("copies is for the in-process runtime: an http endpoint is scaled where it runs "
+                             "(its own parallel slots; max_concurrency sets the requests in flight)")
         if self.runtime == "llamacpp" and self.reuse_prompt_cache:
             raise ValueError("reuse_prompt_cache is for runtime 'http' only: the in-process runtime evaluates "
                              "each document as its own sequence, so it gets the same answer alone, in any batch "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import secrets
 import threading
 from collections.abc import Iterator
@@ -42,7 +43,7 @@ def server_params(tier: TierModel) -> xllamacpp.CommonParams:
         params.lora_adapters = [lora]
     params.cpuparams.n_threads = tier.threads
     params.cpuparams_batch.n_threads = tier.threads
-    # One sequence slot, each document's prompts one sequence on it (LlamaCppRuntime.sequence): a document
+    # One sequence slot, each document's prompts one sequence on it (ModelCopy.sequence): a document
     # then gets bit-identical probabilities alone, in any batch, in any order and on any rerun. Several slots
     # decode their prompts' tokens in one shared batch, and llama.cpp's CPU matrix kernels add up in
     # another order for another number of rows (llamafile sgemm, the repacked Q4 kernels): the same
@@ -73,6 +74,55 @@ def server_params(tier: TierModel) -> xllamacpp.CommonParams:
 
 
 class LlamaCppRuntime:
+    """The tier's model in [tier] copies (each its own llama.cpp server with one slot and threads / copies
+    threads). A document's sequence runs on one copy, whole; documents on different copies run at once (the
+    server releases the GIL). Every copy computes the same probabilities for the same document: their thread
+    counts are equal, and llama.cpp's CPU kernels give each output the same sums whatever the thread count."""
+
+    def __init__(self, tier: TierModel):
+        n = max(1, min(tier.copies, tier.threads))
+        one = tier.model_copy(update={"threads": max(1, tier.threads // n)})
+        self._copies = [ModelCopy(one) for _ in range(n)]
+        self._free: queue.SimpleQueue[ModelCopy] = queue.SimpleQueue()
+        for copy in self._copies:
+            self._free.put(copy)
+        self._bound = threading.local()  # the copy this thread's sequence runs on
+        self.version = self._copies[0].version
+        self.copies = n  # sequences that can run at once (tiers.predict runs that many documents together)
+
+    @contextmanager
+    def sequence(self, shared: str = "", separator: str = "") -> Iterator[None]:
+        """One document's prompts on one free copy (ModelCopy.sequence); waits for one when all are busy."""
+        copy = self._free.get()
+        self._bound.copy = copy
+        try:
+            with copy.sequence(shared, separator):
+                yield
+        finally:
+            self._bound.copy = None
+            self._free.put(copy)
+
+    def complete(self, prompts: list[str], *, max_tokens: int, top_logprobs: int = 0,
+                 json_schema: dict | None = None, grammar: str | None = None) -> list[Completion]:
+        options = {"max_tokens": max_tokens, "top_logprobs": top_logprobs, "json_schema": json_schema,
+                   "grammar": grammar}
+        copy = getattr(self._bound, "copy", None)
+        if copy is not None:  # inside this thread's sequence
+            return copy.complete(prompts, **options)
+        copy = self._free.get()  # outside a sequence: each prompt afresh, on any free copy
+        try:
+            return copy.complete(prompts, **options)
+        finally:
+            self._free.put(copy)
+
+    def close(self) -> None:
+        for copy in self._copies:
+            copy.close()
+
+
+class ModelCopy:
+    """One copy of the model: a llama.cpp server with one sequence slot."""
+
     def __init__(self, tier: TierModel):
         import xllamacpp  # imported here: the module is heavy and only workers need it
 

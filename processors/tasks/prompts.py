@@ -65,7 +65,7 @@ def shared_prefix(style: Style, source: str) -> tuple[str, str]:
     """What every prompt frame() builds for this style and source starts with, whatever the document, task or
     demonstrations (the system turn and the document header), and the style's separator token (_SEPARATOR; "":
     none, the prefix is not kept). The in-process runtime keeps the prefix evaluated across documents
-    (LlamaCppRuntime.sequence)."""
+    (ModelCopy.sequence)."""
     probe = frame(style, source, "\x00", "")
     return probe[:probe.index("\x00")], _SEPARATOR.get(style, "")
 

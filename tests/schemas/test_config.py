@@ -163,3 +163,11 @@ def test_the_total_check_is_for_amount_fields_only():
         FieldSpec(name="invoice_number", type="id", checks=["total"])
     with pytest.raises(ValueError):
         FieldSpec(name="total_amount", type="amount", checks=["largest"])  # an unknown check is a typo
+
+
+def test_model_copies_are_for_the_in_process_runtime_only():
+    assert TierModel(model="m", copies=2).copies == 2
+    with pytest.raises(ValidationError, match="copies is for the in-process runtime"):
+        TierModel(runtime="http", model="m", endpoint="http://127.0.0.1:8080", copies=2)
+    with pytest.raises(ValidationError):
+        TierModel(model="m", copies=0)

@@ -38,7 +38,7 @@ def test_json_schema_constrains_output(small_runtime):
 
 
 def test_builtin_http_listener_refuses_requests_without_the_key(small_runtime):
-    address = small_runtime._server.listening_address
+    address = small_runtime._copies[0]._server.listening_address
     request = urllib.request.Request(f"{address}/v1/completions", data=b'{"prompt": "hi", "max_tokens": 1}',
                                      headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -93,12 +93,23 @@ def test_a_document_gets_identical_answers_alone_in_any_batch_and_on_a_rerun(con
                                  sorted((k, p.value, p.confidence) for k, p in d.fields.items()))
         return out
 
+    assert small_runtime.copies == 2  # the fixtures' [small] copies: documents of a batch run on both at once
     together = answers([[0, 1, 2, 3, 4, 5]])
     assert len(together) == 6 and all(labels and fields for labels, fields in together.values())
     order = list(range(6))
     random.Random(7).shuffle(order)
     for batches in ([list(reversed(range(6)))], [[i] for i in range(6)], [order[:4], order[4:]], [[0, 1, 2, 3, 4, 5]]):
         assert answers(batches) == together, batches
+    # one copy with both threads (the [small] copies = 1 default): the same bits as two 1-thread copies
+    from processors.models import load_runtime
+
+    single = load_runtime(config.small.model_copy(update={"copies": 1}))
+    try:
+        assert single.copies == 1
+        loaded = LoadedTier(single)
+        assert answers([[0, 1, 2, 3, 4, 5]]) == together
+    finally:
+        single.close()
 
 
 def _kept_prefix_answers(runtime, prefix: str, separator: str, prompts: list[str], order: list[int],
@@ -117,7 +128,7 @@ def _kept_prefix_answers(runtime, prefix: str, separator: str, prompts: list[str
 
 
 def test_a_kept_prefix_is_evaluated_once_and_a_document_s_answer_never_depends_on_what_ran_before(small_runtime):
-    """The shared prefix stays on the slot across documents (LlamaCppRuntime.sequence): each document's first
+    """The shared prefix stays on the slot across documents (ModelCopy.sequence): each document's first
     prompt reuses exactly the prefix, whatever document came before (even one starting with the same words,
     or one whose first token merges with the prefix's last), and gets the same bits in any order."""
     from processors.tasks.prompts import frame, shared_prefix
@@ -125,13 +136,14 @@ def test_a_kept_prefix_is_evaluated_once_and_a_document_s_answer_never_depends_o
     prefix = shared_prefix("base", "tickets")[0]  # its separator is none (the base style keeps nothing): Gemma's <eos>
     texts = ["Where is my parcel? Order 12345.", "Where is my refund?", "\n\nthanks a lot!", "Cancel it."]
     prompts = [frame("base", "tickets", t, "Is the tone negative, neutral or positive?\nAnswer:") for t in texts]
-    first = _kept_prefix_answers(small_runtime, prefix, "<eos>", prompts, [0, 1, 2, 3])
+    one_copy = small_runtime._copies[0]  # the interrupting prompt must land on the copy the documents use
+    first = _kept_prefix_answers(one_copy, prefix, "<eos>", prompts, [0, 1, 2, 3])
     assert first[1][1] == first[0][1] > 5  # the header, not "Where is my"
     for order, interrupt in (([3, 2, 1, 0], False), ([1], False), ([2, 0, 3, 1], True), ([0, 1, 2, 3], False)):
-        again = _kept_prefix_answers(small_runtime, prefix, "<eos>", prompts, order, interrupt)
+        again = _kept_prefix_answers(one_copy, prefix, "<eos>", prompts, order, interrupt)
         assert all(again[i][0] == first[i][0] for i in order), (order, interrupt)
     # a separator that is no single token of the model: nothing is kept, every document is evaluated afresh
-    fresh = _kept_prefix_answers(small_runtime, prefix, "<|im_end|>", prompts, [0, 1])
+    fresh = _kept_prefix_answers(one_copy, prefix, "<|im_end|>", prompts, [0, 1])
     assert all(reused == 0 for _, reused in fresh.values())
 
 
