@@ -161,8 +161,23 @@ def predict(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, c
         with sequence(*shared_prefix(tier_cfg.prompt_style, doc.source)):
             _predict_together([doc], loaded, tier_cfg, config, tier, [items])
 
+    before = {id(d): d.usage[tier].seconds if tier in d.usage else 0.0 for d in docs}
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=getattr(loaded.runtime, "copies", 1)) as pool:
         list(pool.map(one, docs, asked))  # list(): a document's exception is raised here
+    _share_wall_time(docs, tier, before, time.perf_counter() - started)
+
+
+def _share_wall_time(docs: Sequence[Document], tier: Tier, before: dict[int, float], wall: float) -> None:
+    """Documents on several copies run side by side, so their own seconds overlap: scaled to add up to the
+    batch's wall time, each document's seconds are its share of the tier's time (what docs/s is computed from)."""
+    own = {id(d): d.usage[tier].seconds - before[id(d)] for d in docs if tier in d.usage}
+    total = sum(own.values())
+    if total <= 0:
+        return
+    for d in docs:
+        if id(d) in own:
+            d.usage[tier].seconds = before[id(d)] + own[id(d)] * wall / total
 
 
 def _predict_together(docs: Sequence[Document], loaded: LoadedTier, tier_cfg: TierModel, config: Config,

@@ -112,6 +112,27 @@ def test_a_document_gets_identical_answers_alone_in_any_batch_and_on_a_rerun(con
         single.close()
 
 
+def test_documents_on_two_copies_share_the_tier_s_time_without_counting_it_twice(config, small_runtime):
+    """Each document's seconds are its share of the tier's wall time: side by side on two copies, their own
+    times overlap, and added up they would say the tier took twice as long (docs/s in the runs table)."""
+    import time
+
+    from processors.ingest import ingest
+    from processors.tiers import LoadedTier, predict
+    from schemas.records import Document
+    from tests.conftest import FIXTURE_DATE, FIXTURES
+
+    path = FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl"
+    docs = [r for r in ingest(str(path), "tickets", path.read_bytes(), config) if isinstance(r, Document)][:6]
+    assert small_runtime.copies == 2
+    started = time.perf_counter()
+    predict(docs, LoadedTier(small_runtime), config.small, config, "small")
+    wall = time.perf_counter() - started
+    seconds = [d.usage["small"].seconds for d in docs]
+    assert all(s > 0 for s in seconds)
+    assert sum(seconds) <= wall  # not 2x: the copies ran at once
+
+
 def _kept_prefix_answers(runtime, prefix: str, separator: str, prompts: list[str], order: list[int],
                         interrupt: bool = False) -> dict[int, tuple]:
     """Each prompt's first-token distribution, asked as a one-prompt document in `order`, and the share of its
