@@ -93,7 +93,7 @@ def child_bound(config_path: str, tickets_file: str, sequences: str = "8") -> di
 
     import xllamacpp
 
-    from processors.models.llamacpp import server_params
+    from processors.models.llamacpp import copies_and_threads, server_params
     from processors.tasks import label
 
     config = _config(config_path)
@@ -101,9 +101,9 @@ def child_bound(config_path: str, tickets_file: str, sequences: str = "8") -> di
     texts = json.loads(Path(tickets_file).read_text())
     prompts = [label.build_prompt(task, config.small.prompt_style, "tickets", t,
                                   options=label.asks_options(task, config.small)) for t in texts]  # as the tier asks
-    copies = max(1, min(config.small.copies, config.small.threads)) if sequences == "copies" else 1
+    copies, threads = copies_and_threads(config.small) if sequences == "copies" else (1, config.small.threads)
     n = 1 if sequences == "copies" else int(sequences)
-    params = server_params(config.small.model_copy(update={"threads": config.small.threads // copies}))
+    params = server_params(config.small.model_copy(update={"threads": threads}))
     if n > 1:
         params.n_parallel = n
         params.n_ctx = config.small.context_per_sequence * n

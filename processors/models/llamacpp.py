@@ -73,6 +73,13 @@ def server_params(tier: TierModel) -> xllamacpp.CommonParams:
     return params
 
 
+def copies_and_threads(tier: TierModel) -> tuple[int, int]:
+    """The copies of the model a tier runs, and each copy's threads: the tier's threads split among at most as
+    many copies as threads."""
+    n = max(1, min(tier.copies, tier.threads))
+    return n, max(1, tier.threads // n)
+
+
 class LlamaCppRuntime:
     """The tier's model in [tier] copies (each its own llama.cpp server with one slot and threads / copies
     threads). A document's sequence runs on one copy, whole; documents on different copies run at once (the
@@ -80,8 +87,8 @@ class LlamaCppRuntime:
     counts are equal, and llama.cpp's CPU kernels give each output the same sums whatever the thread count."""
 
     def __init__(self, tier: TierModel):
-        n = max(1, min(tier.copies, tier.threads))
-        one = tier.model_copy(update={"threads": max(1, tier.threads // n)})
+        n, threads = copies_and_threads(tier)
+        one = tier.model_copy(update={"threads": threads})
         self._copies = [ModelCopy(one) for _ in range(n)]
         self._free: queue.SimpleQueue[ModelCopy] = queue.SimpleQueue()
         for copy in self._copies:

@@ -67,6 +67,16 @@ def test_server_params_lock_the_listener_down(config):
     assert params.cpuparams.n_threads == params.cpuparams_batch.n_threads == config.large.threads
 
 
+def _fixture_tickets(config, n: int) -> list:
+    """The first n documents of the quick start's ticket export."""
+    from processors.ingest import ingest
+    from schemas.records import Document
+    from tests.conftest import FIXTURE_DATE, FIXTURES
+
+    path = FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl"
+    return [r for r in ingest(str(path), "tickets", path.read_bytes(), config) if isinstance(r, Document)][:n]
+
+
 def test_a_document_gets_identical_answers_alone_in_any_batch_and_on_a_rerun(config, small_runtime):
     """Every label probability and field value and confidence, to the bit: the documents in one batch,
     reversed, each alone, and mixed with others (with several llama.cpp slots, a ticket's probability
@@ -74,13 +84,9 @@ def test_a_document_gets_identical_answers_alone_in_any_batch_and_on_a_rerun(con
     import copy
     import random
 
-    from processors.ingest import ingest
     from processors.tiers import LoadedTier, predict
-    from schemas.records import Document
-    from tests.conftest import FIXTURE_DATE, FIXTURES
 
-    path = FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl"
-    docs = [r for r in ingest(str(path), "tickets", path.read_bytes(), config) if isinstance(r, Document)][:6]
+    docs = _fixture_tickets(config, 6)
     loaded = LoadedTier(small_runtime)
 
     def answers(batches: list[list[int]]) -> dict[str, tuple]:
@@ -117,13 +123,9 @@ def test_documents_on_two_copies_share_the_tier_s_time_without_counting_it_twice
     times overlap, and added up they would say the tier took twice as long (docs/s in the runs table)."""
     import time
 
-    from processors.ingest import ingest
     from processors.tiers import LoadedTier, predict
-    from schemas.records import Document
-    from tests.conftest import FIXTURE_DATE, FIXTURES
 
-    path = FIXTURES / "inbox" / "tickets" / FIXTURE_DATE / "support_export.jsonl"
-    docs = [r for r in ingest(str(path), "tickets", path.read_bytes(), config) if isinstance(r, Document)][:6]
+    docs = _fixture_tickets(config, 6)
     assert small_runtime.copies == 2
     started = time.perf_counter()
     predict(docs, LoadedTier(small_runtime), config.small, config, "small")
