@@ -334,7 +334,8 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
                       "agrees with llama.cpp", len(pairs), len(train), len(held), started_from)
     model, tokenizer = load_torch_model(config.small.model)
     probe = [p.prompt for p in pairs[: min(8, len(pairs))]]
-    base_runtime = load_runtime(config.small.model_copy(update={"adapter": None, "parallel_sequences": 4}))
+    # One copy of the model for the 8 probe prompts: they go to one copy anyway ([small] copies is for nights).
+    base_runtime = load_runtime(config.small.model_copy(update={"adapter": None, "parallel_sequences": 4, "copies": 1}))
     before = agreement(next_token_distribution(model, tokenizer, probe), llama_top(base_runtime, probe))
     base_runtime.close()
     if before["top1"] < MIN_AGREEMENT_TOP1:
@@ -348,7 +349,7 @@ def run_finetune(config: Config, req: FinetuneRequest, progress: bool = True,
     version.adapter = "adapter.gguf"
     tuned = config.model_copy(deep=True)
     tuned.small.adapter = str(folder / "adapter.gguf")
-    tuned_runtime = load_runtime(tuned.small.model_copy(update={"parallel_sequences": 4}))
+    tuned_runtime = load_runtime(tuned.small.model_copy(update={"parallel_sequences": 4, "copies": 1}))
     after = agreement(next_token_distribution(peft_model, tokenizer, probe), llama_top(tuned_runtime, probe))
     tuned_runtime.close()
     del peft_model, model

@@ -135,6 +135,7 @@ class ModelCopy:
 
         self._server = xllamacpp.Server(server_params(tier))
         self.version = model_version(tier.model, tier.adapter)
+        self._served = False  # whether the server answered a request (close() depends on it)
         self._slot = threading.RLock()  # held for a whole sequence: no other prompt may come in between
         self._in_sequence = False
         self._reuse = False  # inside a sequence, after its first prompt: reuse the slot's cached prefix
@@ -171,8 +172,8 @@ class ModelCopy:
         request = {"prompt": shared + separator, "max_tokens": 1, "temperature": 0.0}
         key = (shared, separator)
         if key not in self._prefix_tokens:  # once per prefix: the separator must be one token after it
-            alone = self._server.handle_completions({**request, "prompt": shared, "cache_prompt": False})
-            both = self._server.handle_completions({**request, "cache_prompt": False})  # afresh: canonical
+            alone = self._request({**request, "prompt": shared, "cache_prompt": False})
+            both = self._request({**request, "cache_prompt": False})  # afresh: canonical
             self._primed = None
             if not (_answered(alone) and _answered(both)):
                 return False
@@ -183,9 +184,9 @@ class ModelCopy:
         if not self._prefix_tokens[key]:
             return False
         if self._primed == key:  # the slot holds it, with the last document after it: only the separator
-            if _computed(self._server.handle_completions({**request, "cache_prompt": True})) == 1:
+            if _computed(self._request({**request, "cache_prompt": True})) == 1:
                 return True
-        afresh = self._server.handle_completions({**request, "cache_prompt": False})
+        afresh = self._request({**request, "cache_prompt": False})
         self._primed = key if _answered(afresh) else None
         return self._primed is not None
 
@@ -206,7 +207,7 @@ class ModelCopy:
     def _one(self, request: dict) -> Completion:
         request["cache_prompt"] = self._reuse
         kept = self._primed if self._reuse and self._primed and request["prompt"].startswith(self._primed[0]) else None
-        response = self._server.handle_completions(request)
+        response = self._request(request)
         self._reuse = self._in_sequence
         if kept is None or _prompt_tokens(response) - _computed(response) < self._prefix_tokens.get(kept, 0):
             self._primed = None  # the prefix was (partly) evaluated again: no longer in its canonical state
@@ -215,7 +216,14 @@ class ModelCopy:
         message = str(response.get("error") if isinstance(response, dict) else response)[:300]
         return Completion("", [], 0, 0, error=f"runtime error: {message}")
 
+    def _request(self, request: dict) -> object:
+        self._served = True
+        return self._server.handle_completions(request)
+
     def close(self) -> None:
+        # Dropping a server that never served a request hung for minutes (PLATFORM.md): serve one first.
+        if self._server is not None and not self._served:
+            self._request({"prompt": " ", "max_tokens": 1, "temperature": 0.0})
         self._server = None
 
 
