@@ -122,9 +122,9 @@ class TierModelHandler(ModelHandler[Document, Document, TierOnDemand]):
         if line is None:
             line = self._progress = Progress(f"{self._tier} tier", None, interval=NIGHT_INTERVAL)
         started = time.perf_counter()
-        loaded = model.get()  # the first batch loads the model
-        answering = time.perf_counter()
-        answered = answer_batch(batch, loaded, self._config, self._tier)
+        with model.use() as loaded:  # the first batch loads the model
+            answering = time.perf_counter()
+            answered = answer_batch(batch, loaded, self._config, self._tier)
         # Where a night's time goes, per tier (bench/cold.py prints it): loading, and answering (the first batch
         # also computes any content-free calibration values). Summed over workers on dask.
         Metrics.counter(NAMESPACE, f"ms_{self._tier}_load").inc(round(1000 * (answering - started)))
@@ -250,6 +250,9 @@ def build_pipeline(p: beam.Pipeline, spec: RunSpec) -> beam.PCollection:
                     | "RouteSmall" >> beam.Map(route_after, config, "small")
                     | "SplitSmall" >> beam.ParDo(_Split()).with_outputs("errors", main="docs"))
     kept, escalated = routed_small.docs | "KeptOrEscalated" >> beam.Partition(lambda d, _: int(needs_large(d)), 2)
+    # A stage boundary: the small tier answers the whole night before the large tier starts, so the process
+    # holds one model at a time (loading the large tier releases the small one: tiers.TierOnDemand).
+    escalated = escalated | "AfterSmallTier" >> beam.Reshuffle()
 
     # Large tier (escalated items only), then routing: what it is still unsure of goes to review.
     large = escalated | "LargeTier" >> RunInference(TierModelHandler(config, "large"))

@@ -24,8 +24,8 @@ def _steps(config, faults: FaultPlan | None = None) -> list[str]:
 
 def test_the_graph_reads_small_tier_route_large_tier_route_rows(config):
     steps = _steps(config)
-    order = ["Ingest", "SmallTier", "RouteSmall", "KeptOrEscalated", "LargeTier", "RouteLarge", "Rows", "Stage",
-             "Commit"]
+    order = ["Ingest", "SmallTier", "RouteSmall", "KeptOrEscalated", "AfterSmallTier", "LargeTier", "RouteLarge",
+             "Rows", "Stage", "Commit"]
     assert [s for s in steps if s in order] == order
     assert not [s for s in steps if s.startswith("Fault")]  # production: no kill checkpoints at all
 
@@ -57,11 +57,22 @@ def test_the_process_kills_itself_the_nth_time_its_stage_is_reached():
 
 
 @pytest.mark.parametrize("threshold, large_loads", [(0.0, 0), (1.0, 1)])
-def test_a_tier_loads_its_model_only_when_a_batch_reaches_it(config, tmp_path, threshold, large_loads):
+def test_a_tier_loads_its_model_only_when_a_batch_reaches_it(config, tmp_path, monkeypatch, threshold, large_loads):
     """Nothing escalates (threshold 0, one label task, no fields): the large model is never loaded. Everything
-    escalates (threshold 1): it is, once."""
+    escalates (threshold 1): it is, once, after the small tier has answered every document and been released
+    (the process holds one model at a time; the small tier is not loaded again)."""
+    from processors import tiers
     from processors.pipeline import run_pipeline
     from processors.tiers import _cache_key, tier_loads
+
+    held_at_load: list[tuple[str, list[str]]] = []  # (tier loading, tiers loaded at that moment)
+    load_tier = tiers.load_tier
+
+    def recording_load_tier(config, tier):
+        held_at_load.append((tier, tiers.loaded_now()))
+        return load_tier(config, tier)
+
+    monkeypatch.setattr(tiers, "load_tier", recording_load_tier)
     from schemas.config import Thresholds
     from tests.conftest import FIXTURE_DATE, write_ticket_days
 
@@ -81,3 +92,4 @@ def test_a_tier_loads_its_model_only_when_a_batch_reaches_it(config, tmp_path, t
     # Where the time went (bench/cold.py prints it): each tier's load and answers, only where it ran.
     assert counters["ms_small_load"] > 0 and counters["ms_small_answer"] > 0 and "ms_ingest" in counters, counters
     assert (counters.get("ms_large_load", 0) > 0) == bool(large_loads), counters
+    assert held_at_load == [("small", []), ("large", [])][:1 + large_loads], held_at_load

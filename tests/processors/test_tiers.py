@@ -77,3 +77,27 @@ def test_the_large_tier_answers_only_the_escalated_items_and_routing_decides_the
     for doc in docs:
         assert doc.labels["sentiment"].tier == "large" and doc.decided_by == {"sentiment": "large"}
         assert not doc.escalation_failed
+
+
+def test_loading_a_tier_releases_the_idle_ones_and_never_one_a_batch_is_using(monkeypatch):
+    """TierOnDemand's rule with a fake load (the real models: test_pipeline's load test)."""
+    from processors import tiers
+    from processors.tiers import TierOnDemand, loaded_now
+
+    closed: list[object] = []
+
+    class Closing(Answering):
+        def close(self):
+            closed.append(self)
+
+    monkeypatch.setattr(tiers, "load_tier", lambda config, tier: LoadedTier(Closing()))
+    small, large = TierOnDemand(CONFIG, "small"), TierOnDemand(CONFIG, "large")
+    with small.use() as first:
+        assert loaded_now() == ["small"]
+    with large.use():  # the small tier is idle: released
+        assert loaded_now() == ["large"] and closed == [first.runtime]
+        with small.use() as again:  # loaded afresh; the large tier is in use: kept
+            assert again is not first and loaded_now() == ["large", "small"] and len(closed) == 1
+    assert small.release() and loaded_now() == ["large"] and closed == [first.runtime, again.runtime]
+    monkeypatch.setattr(tiers, "_kept", {})  # a dask worker keeps its tiers for its life: nothing is released
+    assert not large.release() and loaded_now() == ["large"]
