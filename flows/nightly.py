@@ -44,7 +44,11 @@ from schemas.tables import RUNS_SCHEMA, SCHEMA_VERSION
 from schemas.versions import with_model_version
 
 Source = Literal["tickets", "pdf"]
-NOT_OUTPUTS = {"schedule", "alerts", "engine"}  # configuration sections outside the version key
+# Configuration outside the version key: when runs start, whom they alert, where shards run, and how fast a
+# tier runs in-process (threads, copies and documents per batch give the same bits: tests/processors/models/
+# test_llamacpp.py). A change there does not make a rerun redo inputs already done.
+SPEED_ONLY = {"threads", "copies", "parallel_sequences"}
+NOT_OUTPUTS = {"schedule": True, "alerts": True, "engine": True, "small": SPEED_ONLY, "large": SPEED_ONLY}
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "fixtures" / "sluicegate.toml"
 
 
@@ -106,7 +110,7 @@ def _pdf_passwords_from_secret(config: Config) -> None:
 
 
 def config_hash(config: Config) -> str:
-    """What in the configuration changes outputs: not when runs start or whom they alert."""
+    """What in the configuration changes outputs (all but NOT_OUTPUTS)."""
     return hashlib.sha256(config.model_dump_json(exclude=NOT_OUTPUTS).encode()).hexdigest()[:12]
 
 

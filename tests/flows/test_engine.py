@@ -17,12 +17,20 @@ from schemas.config import Config, Engine
 CORES = os.cpu_count() or 1
 
 
-def test_engine_options_change_no_output():
+def test_engine_and_speed_options_change_no_output():
     base = Config()
     for other in (Config(engine=Engine(kind="dask", workers=1)), Config(engine=Engine(shards=7, retries=3)),
-                  Config(schedule={"cron": "0 3 * * *"}), Config(alerts={"max_error_rate": 0.1})):
+                  Config(schedule={"cron": "0 3 * * *"}), Config(alerts={"max_error_rate": 0.1}),
+                  # in-process speed: the same bits on any thread count, copy or batch (test_llamacpp.py)
+                  _tier(base, "small", threads=1, copies=2, parallel_sequences=3),
+                  _tier(base, "large", threads=1, parallel_sequences=5)):
         assert config_hash(other) == config_hash(base)
-    assert config_hash(Config(small={"model": "gemma3-270m", "threads": 1})) != config_hash(base)
+    for other in (_tier(base, "small", max_doc_chars=100), _tier(base, "large", demonstrations=2)):
+        assert config_hash(other) != config_hash(base)
+
+
+def _tier(config: Config, tier: str, **changes) -> Config:
+    return config.model_copy(update={tier: getattr(config, tier).model_copy(update=changes)})
 
 
 def test_a_local_cluster_must_fit_the_cores():
