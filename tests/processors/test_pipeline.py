@@ -64,6 +64,8 @@ def test_a_tier_loads_its_model_only_when_a_batch_reaches_it(config, tmp_path, m
     from processors import tiers
     from processors.pipeline import run_pipeline
     from processors.tiers import _cache_key, tier_loads
+    from schemas.config import Thresholds
+    from tests.conftest import FIXTURE_DATE, write_ticket_days
 
     held_at_load: list[tuple[str, list[str]]] = []  # (tier loading, tiers loaded at that moment)
     load_tier = tiers.load_tier
@@ -73,9 +75,6 @@ def test_a_tier_loads_its_model_only_when_a_batch_reaches_it(config, tmp_path, m
         return load_tier(config, tier)
 
     monkeypatch.setattr(tiers, "load_tier", recording_load_tier)
-    from schemas.config import Thresholds
-    from tests.conftest import FIXTURE_DATE, write_ticket_days
-
     write_ticket_days(tmp_path, [FIXTURE_DATE], per_day=2)
     run_config = config.model_copy(update={
         "tasks": [t for t in config.tasks if t.name == "sentiment"], "fields": {},
