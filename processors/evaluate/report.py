@@ -62,6 +62,7 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
     for task, entry in s.tasks.items():
         lines += ["", f"## Task `{task}` ({entry.n} items)", ""]
         lines += tier_table(entry, [("accuracy", "accuracy"), ("macro_f1", "macro-F1")])
+        lines += ["", *recall_table(entry)]
         if images:
             lines += ["", f"![reliability]({_png('reliability', task)}) ![escalation]({_png('escalation', task)})"]
     for name, entry in s.fields.items():
@@ -119,6 +120,24 @@ def report_markdown(ev: Evaluation, images: bool = True, extra: Sequence[str] = 
                          f"{format_figure(p.review_rate, True)} | {p.unsure_items} | {p.unsure_small_right} | "
                          f"{p.unsure_large_right} | {p.evidence} |")
     return "\n".join(lines) + "\n"
+
+
+def recall_table(entry: ItemSummary) -> list[str]:
+    """A label task's recall per gold label and row: where each row's accuracy comes from (a tier that leans to
+    the most common label can win accuracy and lose the rare labels)."""
+    rows = {key: q for key in ROW_NAMES if (q := entry.row(key)) is not None and q.label_recall}
+    if not rows:
+        return []
+    support: dict[str, int] = {}
+    for q in rows.values():
+        for label, n in (q.label_support or {}).items():
+            support[label] = max(support.get(label, 0), n)
+    head = "| recall of gold label | items | " + " | ".join(ROW_NAMES[k] for k in rows) + " |"
+    out = [head, "|" + "---|" * (head.count("|") - 1)]
+    for label, n in sorted(support.items(), key=lambda kv: (-kv[1], kv[0])):
+        out.append(f"| {label} | {n} | " + " | ".join(format_figure(q.label_recall.get(label)) for q in rows.values())
+                   + " |")
+    return out
 
 
 def _png(kind: str, key: str) -> str:

@@ -38,6 +38,8 @@ class TierQuality:
     review_rate: float | None = None
     linear_rate: float | None = None  # decided by tier 0
     threshold: float | None = None  # tier 0's threshold (its own row)
+    label_support: dict[str, int] | None = None  # label tasks: items per gold label
+    label_recall: dict[str, float] | None = None  # label tasks: the share of each gold label's items answered so
 
     @classmethod
     def of(cls, metrics: LabelMetrics | FieldMetrics, **more: float | None) -> TierQuality:

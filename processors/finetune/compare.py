@@ -83,12 +83,6 @@ def _figure(kind: str, gold: list, predicted: list, correct: list) -> float:
     return field_metrics(gold, predicted, correct).f1
 
 
-def _recall(label: str, gold: list, predicted: list) -> float:
-    """The share of the rows whose gold is `label` answered `label` (nan without such rows)."""
-    answers = [p for g, p in zip(gold, predicted, strict=True) if g == label]
-    return sum(p == label for p in answers) / len(answers) if answers else float("nan")
-
-
 def label_recall_key(task: str, label: str) -> str:
     """The comparison's key for one label's recall ('sentiment=neutral'); a task's own key has no '='."""
     return f"{task}={label}"
@@ -139,9 +133,11 @@ def paired_comparison(candidate: pl.DataFrame, promoted: pl.DataFrame | None, se
             rows[ex].append(i)  # an example's fields are resampled together
         counts = Counter(gold) if kind == "label" else Counter()
         labels = sorted(label for label, n in counts.items() if n >= MIN_LABEL_ROWS)
-        for label in labels:
-            out[f"{label_recall_key(key, label)}.candidate"] = _recall(label, gold, new)
-            out[f"{label_recall_key(key, label)}.promoted"] = _recall(label, gold, old)
+        if labels:
+            recall_new, recall_old = label_metrics(gold, new).label_recall, label_metrics(gold, old).label_recall
+            for label in labels:
+                out[f"{label_recall_key(key, label)}.candidate"] = recall_new[label]
+                out[f"{label_recall_key(key, label)}.promoted"] = recall_old[label]
         diffs: list[float] = []
         label_diffs: dict[str, list[float]] = {label: [] for label in labels}
         for _ in range(samples):
@@ -151,10 +147,11 @@ def paired_comparison(candidate: pl.DataFrame, promoted: pl.DataFrame | None, se
             diff = (_figure(kind, g, n, [right[i] for i in idx]) - _figure(kind, g, o, [right_before[i] for i in idx]))
             if not math.isnan(diff):
                 diffs.append(diff)
-            for label in labels:  # the same resamples: a label's recall moves with its task's figure
-                moved = _recall(label, g, n) - _recall(label, g, o)
-                if not math.isnan(moved):
-                    label_diffs[label].append(moved)
+            if labels:  # the same resamples: a label's recall moves with its task's figure
+                recall_n, recall_o = label_metrics(g, n).label_recall, label_metrics(g, o).label_recall
+                for label in labels:
+                    if label in recall_n:  # the resample holds rows of this label
+                        label_diffs[label].append(recall_n[label] - recall_o[label])
         out[f"{key}.noise"] = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
         for label, moved in label_diffs.items():
             out[f"{label_recall_key(key, label)}.noise"] = float(np.std(moved, ddof=1)) if len(moved) > 1 else 0.0

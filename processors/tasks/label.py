@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from processors.models.base import Runtime, probability, usage_of
 from processors.tasks.prompts import Style, answer_lead, frame
@@ -180,6 +180,10 @@ class LabelMetrics:
 
     accuracy: float
     macro_f1: float
+    # Per gold label: its items, and the share of them answered with it. Where accuracy comes from: on skewed
+    # data a tier that leans to the common label wins accuracy and loses the rare ones (airline sentiment).
+    label_support: dict[str, int] = field(default_factory=dict)
+    label_recall: dict[str, float] = field(default_factory=dict)
 
     @property
     def quality(self) -> float:
@@ -188,7 +192,8 @@ class LabelMetrics:
 
 
 def label_metrics(gold: list[str], predicted: list[str | None]) -> LabelMetrics:
-    """Accuracy and macro-F1 (over the gold and predicted labels; an invalid answer is always wrong).
+    """Accuracy and macro-F1 (over the gold and predicted labels; an invalid answer is always wrong), and each
+    gold label's recall.
 
     Per label F1 = 2 tp / (2 tp + fp + fn), as scikit-learn's f1_score(average="macro", zero_division=0),
     counted directly: promotion bootstraps it hundreds of times (processors/finetune/compare.py)."""
@@ -199,4 +204,5 @@ def label_metrics(gold: list[str], predicted: list[str | None]) -> LabelMetrics:
     hits = Counter(g for g, p in zip(gold, predicted, strict=True) if g == p)
     golds, answers = Counter(gold), Counter(p for p in predicted if p is not None)
     f1 = [2 * hits[lab] / (golds[lab] + answers[lab]) for lab in sorted(labels)]
-    return LabelMetrics(acc, sum(f1) / len(f1))
+    return LabelMetrics(acc, sum(f1) / len(f1), label_support=dict(sorted(golds.items())),
+                        label_recall={lab: hits[lab] / n for lab, n in sorted(golds.items())})

@@ -34,9 +34,12 @@ def test_summary_json_keeps_its_keys_and_reads_back(evaluation):
                        "cost", "calibration", "thresholds", "hosted_price_per_million_tokens", "notes"]
     category = d["tasks"]["category"]
     assert list(category) == ["n", "small", "large", "cascade", "cascade_calibrated"]
-    assert list(category["small"]) == ["accuracy", "macro_f1", "quality"]
+    assert list(category["small"]) == ["accuracy", "macro_f1", "quality", "label_support", "label_recall"]
     assert list(category["cascade"]) == ["accuracy", "macro_f1", "quality", "escalation_rate", "review_rate",
-                                         "linear_rate"]
+                                         "linear_rate", "label_support", "label_recall"]
+    small = category["small"]
+    assert set(small["label_recall"]) == set(small["label_support"]) and sum(small["label_support"].values()) == \
+        category["n"]
     assert list(d["fields"][ALL_FIELDS]["large"]) == ["precision", "recall", "f1", "absent_accuracy",
                                                          "quality"]
     assert list(d["cost"]) == ["small", "large", "cascade", "cascade_calibrated"]

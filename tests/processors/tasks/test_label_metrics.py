@@ -27,3 +27,11 @@ def test_a_predicted_label_outside_gold_counts_in_macro_f1():
 def test_nothing_to_score():
     m = label_metrics([], [])
     assert math.isnan(m.accuracy) and math.isnan(m.macro_f1)
+
+
+def test_each_gold_label_has_its_items_and_recall():
+    m = label_metrics(["a", "a", "a", "b", "c"], ["a", "a", "b", "b", None])
+    assert m.label_support == {"a": 3, "b": 1, "c": 1}
+    # a predicted label no gold has ("d" would be one) gets no recall: recall is over gold items
+    assert m.label_recall == pytest.approx({"a": 2 / 3, "b": 1.0, "c": 0.0})
+    assert label_metrics([], []).label_recall == {}
