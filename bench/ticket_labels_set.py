@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
-TICKET_FIELDS = ("order_id", "invoice_id", "refund_amount", "person_name")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,12 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", type=Path, default=SHARED / "tickets/bitext/train.csv")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    from bench.fresh_ticket_values import FIELDS
     from processors.datasets import load_examples
 
     fresh = load_examples(args.fresh)
     taken = {e.example_id for e in fresh}
     unused = [e for e in load_examples(args.validation)
-              if e.example_id not in taken and not any(e.fields.get(f) for f in TICKET_FIELDS)]
+              if e.example_id not in taken and not any(e.fields.get(f) for f in FIELDS)]
     rows = fresh + unused
     trained = {e.text for e in load_examples(args.train)}
     if any(e.text in trained for e in rows):

@@ -39,7 +39,7 @@ class TierQuality:
     linear_rate: float | None = None  # decided by tier 0
     threshold: float | None = None  # tier 0's threshold (its own row)
     label_support: dict[str, int] | None = None  # label tasks: items per gold label
-    label_recall: dict[str, float] | None = None  # label tasks: the share of each gold label's items answered so
+    label_recall: dict[str, float] | None = None  # label tasks: per gold label, the share of its items given it
 
     @classmethod
     def of(cls, metrics: LabelMetrics | FieldMetrics, **more: float | None) -> TierQuality:
