@@ -256,7 +256,7 @@ def learning_curve_markdown(curve: dict[str, float], comparison: dict[str, float
              "trained on all of them (on from the promoted version's adapter, when it started from one): tier 0 "
              "on the task's held-out examples with a label in its set, the small "
              "tier on the rows both versions answered (promotion's figure). Where tier 0 alone is as good as the "
-             "cascade (within half a point, on at least 30 items), its threshold is 0 and it decides the task.",
+             "cascade (on the fit half of at least 30 items), its threshold is 0 and it decides the task.",
              "",
              "| task | " + " | ".join(f"k={k}" for k in CURVE_PER_LABEL) + " | tier 0, all | examples per label | "
              "small tier, all |", "|---|" + "---|" * (len(CURVE_PER_LABEL) + 3)]

@@ -144,7 +144,7 @@ def test_golden_regeneration_is_off():
 @pytest.mark.slow
 def test_ticket_labels_agree_with_the_fixture_ground_truth(nightly_run):
     """fixtures/expected/tickets_2026-11-20.csv holds the bitext labels of the 22 usable tickets. Floors under
-    the shipped version's measured agreement (category 22, intent 20, sentiment 16 of 22; its parent had 21, 22
+    the shipped version's measured agreement (category 21, intent 20, sentiment 16 of 22; its parent had 21, 22
     and 16, the version before that 22, 19 and 17)."""
     _, out = nightly_run
     results = _wide_results(out).filter(pl.col("source") == "tickets")

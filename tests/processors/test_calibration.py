@@ -205,3 +205,58 @@ def test_field_thresholds_are_chosen_on_f1_not_on_matching_absent_values():
                                              target_escalation=0.2, quality=quality)
     assert point.small_quality == 0.0 and point.quality == 1.0 and point.escalation_rate == pytest.approx(0.2)
     assert 0.2 < thresholds.small < 0.9
+
+
+def _four_hundred(fixed: int, broken: int, large_right_on_unsure: int = 0):
+    """400 valid items, the small tier right on all but `fixed` of its 20 least sure; escalating those 20 fixes
+    `fixed` and breaks `broken` (the large tier is wrong where the small tier is right on `broken` of them)."""
+    small_conf = [0.01 * (i + 1) for i in range(20)] + [0.9] * 380
+    small_correct = [i >= fixed for i in range(20)] + [True] * 380
+    large_correct = [i < fixed or i >= fixed + broken for i in range(20)] + [True] * 380
+    return small_conf, [False] * 400, small_correct, large_correct, [0.9] * 400
+
+
+def test_a_gain_within_its_noise_does_not_escalate_where_the_large_tier_is_worse_on_the_unsure_items():
+    # Escalating the 2 least-sure items fixes both: the best point, 2 items of 400 better (1.4 standard errors).
+    small_conf, invalid, small_correct, large_correct, large_conf = _four_hundred(fixed=2, broken=0)
+    large_correct[2:20] = [False] * 18  # and the large tier is wrong on the rest of the unsure slice
+    thresholds, point = cal.choose_threshold(small_conf, invalid, small_correct, large_correct, large_conf)
+    assert thresholds.small == 0.0 and point.escalation_rate == 0.0
+    assert "within 2 standard errors" in point.evidence
+    # 12 fixed: far beyond the noise, the best point escalates
+    small_conf, invalid, small_correct, large_correct, large_conf = _four_hundred(fixed=12, broken=0)
+    large_correct[12:20] = [False] * 8
+    thresholds, point = cal.choose_threshold(small_conf, invalid, small_correct, large_correct, large_conf)
+    assert point.escalation_rate == pytest.approx(12 / 400) and point.quality == 1.0
+
+
+def test_a_small_gain_still_escalates_where_the_large_tier_is_at_least_as_good_on_the_unsure_items():
+    # 3 fixed, 1 broken: not significant, but the large tier is right on 19 of the 20 least sure, the small on 17
+    small_conf, invalid, small_correct, large_correct, large_conf = _four_hundred(fixed=3, broken=1)
+    thresholds, point = cal.choose_threshold(small_conf, invalid, small_correct, large_correct, large_conf)
+    assert thresholds.small > 0.0 and point.quality > point.small_quality
+    assert "no evidence for threshold 0" in point.evidence
+
+
+def test_the_paired_standard_error_of_accuracy_and_of_field_f1():
+    s_ok = np.array([True] * 8 + [False] * 2)
+    l_ok = np.array([True] * 10)
+    accuracy = cal.Accuracy(s_ok, l_ok)
+    up, none = np.array([False] * 8 + [True] * 2), np.zeros(10, dtype=bool)
+    diff = np.array([0.0] * 8 + [1.0] * 2)  # per item: escalating changes two items from wrong to right
+    assert cal.paired_standard_error(accuracy, up, none) == pytest.approx(diff.std(ddof=1) / math.sqrt(10))
+    assert cal.paired_standard_error(accuracy, none, none) == 0.0
+    # F1: the linearised per-item shares sum to nothing, and their paired spread is near a bootstrap's
+    rng = np.random.default_rng(0)
+    n = 300
+    present = rng.random(n) < 0.4
+    s_given, l_given = present & (rng.random(n) < 0.8), present | (rng.random(n) < 0.1)
+    f1 = cal.field_f1_quality(present, s_given, rng.random(n) < 0.8, l_given, rng.random(n) < 0.9)
+    up = rng.random(n) < 0.2
+    assert abs(f1.influence(up).sum()) < 1e-9
+    boot = []
+    for _ in range(400):
+        i = rng.integers(0, n, n)
+        sub = cal.FieldF1(f1.present[i], f1.small_given[i], f1.small_hit[i], f1.large_given[i], f1.large_hit[i])
+        boot.append(sub(up[i]) - sub(np.zeros(n, dtype=bool)))
+    assert cal.paired_standard_error(f1, up, np.zeros(n, dtype=bool)) == pytest.approx(np.std(boot), rel=0.25)
