@@ -183,9 +183,9 @@ def ece(conf: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float
 # Most items a task may send up by default: the cascade exists to run the small model on most items.
 MAX_ESCALATION = 0.15
 # The best of a few hundred thresholds on a few hundred items flatters itself (it is the maximum of a noisy curve):
-# it must beat threshold 0 by more than this many standard errors of the paired difference (about 95 %, one-sided
-# 97.5 %) before items escalate for it. Stop 44's intent gained 1 item of 422 on the fit half at 0.9 % escalation
-# and lost 2 on the judged half; category gained 2 (1.4 SE) and lost 1. Sentiment's 6 items (1.6 SE) escalate on the
+# it must beat threshold 0 by more than this many standard errors of the paired difference (a two-sided 95 % bar)
+# before items escalate for it. Stop 44's intent escalation gained 1 item of 422 on the fit half (1.0 SE) and lost 1
+# on the judged half; category's gained 2 (1.4 SE) and lost 1. Sentiment's 6 items (1.6 SE) still escalate on the
 # unsure-slice evidence (the large tier is right more often there), which this rule does not override.
 ESCALATION_GAIN_SE = 2.0
 
