@@ -76,11 +76,13 @@ def quality_score(metrics: dict[str, float]) -> float:
     return sum(parts) / len(parts) if parts else float("nan")
 
 
-def _figure(kind: str, gold: list, predicted: list, correct: list) -> float:
-    """The figure promotion compares: a label task's macro-F1, the fields' F1 over present values."""
+def _figures(kind: str, gold: list, predicted: list, correct: list) -> tuple[float, dict[str, float]]:
+    """The figure promotion compares (a label task's macro-F1, the fields' F1 over present values) and, for a
+    label task, each gold label's recall, from one count (the bootstrap scores hundreds of resamples)."""
     if kind == "label":
-        return label_metrics(gold, predicted).macro_f1
-    return field_metrics(gold, predicted, correct).f1
+        metrics = label_metrics(gold, predicted)
+        return metrics.macro_f1, metrics.label_recall
+    return field_metrics(gold, predicted, correct).f1, {}
 
 
 def label_recall_key(task: str, label: str) -> str:
@@ -114,15 +116,16 @@ def paired_comparison(candidate: pl.DataFrame, promoted: pl.DataFrame | None, se
     out: dict[str, float] = {}
     for key, frame in outcomes_by_task(mine).items():
         kind = "label" if key != FIELDS_KEY else "field"
-        out[f"{key}.candidate"] = _figure(kind, frame["gold"].to_list(), frame["small_pred"].to_list(),
-                                          frame["small_correct"].to_list())
+        out[f"{key}.candidate"], _ = _figures(kind, frame["gold"].to_list(), frame["small_pred"].to_list(),
+                                              frame["small_correct"].to_list())
         both = paired.get(key)
         if both is None or both.is_empty():
             continue
         gold = both["gold"].to_list()
         new, old = both["small_pred"].to_list(), both["small_pred_promoted"].to_list()
         right, right_before = both["small_correct"].to_list(), both["small_correct_promoted"].to_list()
-        ours, theirs_figure = _figure(kind, gold, new, right), _figure(kind, gold, old, right_before)
+        (ours, recall_new), (theirs_figure, recall_old) = (_figures(kind, gold, new, right),
+                                                            _figures(kind, gold, old, right_before))
         if math.isnan(ours) or math.isnan(theirs_figure):  # e.g. fields with no value present nor given
             out.pop(f"{key}.candidate")  # not comparable: neither a regression nor a task only one answers
             continue
@@ -133,25 +136,23 @@ def paired_comparison(candidate: pl.DataFrame, promoted: pl.DataFrame | None, se
             rows[ex].append(i)  # an example's fields are resampled together
         counts = Counter(gold) if kind == "label" else Counter()
         labels = sorted(label for label, n in counts.items() if n >= MIN_LABEL_ROWS)
-        if labels:
-            recall_new, recall_old = label_metrics(gold, new).label_recall, label_metrics(gold, old).label_recall
-            for label in labels:
-                out[f"{label_recall_key(key, label)}.candidate"] = recall_new[label]
-                out[f"{label_recall_key(key, label)}.promoted"] = recall_old[label]
+        for label in labels:
+            out[f"{label_recall_key(key, label)}.candidate"] = recall_new[label]
+            out[f"{label_recall_key(key, label)}.promoted"] = recall_old[label]
         diffs: list[float] = []
         label_diffs: dict[str, list[float]] = {label: [] for label in labels}
         for _ in range(samples):
             idx = [i for j in rng.integers(0, len(examples), len(examples)) for i in rows[examples[j]]]
             g = [gold[i] for i in idx]
             n, o = [new[i] for i in idx], [old[i] for i in idx]
-            diff = (_figure(kind, g, n, [right[i] for i in idx]) - _figure(kind, g, o, [right_before[i] for i in idx]))
+            (figure_n, recall_n), (figure_o, recall_o) = (_figures(kind, g, n, [right[i] for i in idx]),
+                                                          _figures(kind, g, o, [right_before[i] for i in idx]))
+            diff = figure_n - figure_o
             if not math.isnan(diff):
                 diffs.append(diff)
-            if labels:  # the same resamples: a label's recall moves with its task's figure
-                recall_n, recall_o = label_metrics(g, n).label_recall, label_metrics(g, o).label_recall
-                for label in labels:
-                    if label in recall_n:  # the resample holds rows of this label
-                        label_diffs[label].append(recall_n[label] - recall_o[label])
+            for label in labels:  # the same resamples: a label's recall moves with its task's figure
+                if label in recall_n:  # the resample holds rows of this label
+                    label_diffs[label].append(recall_n[label] - recall_o[label])
         out[f"{key}.noise"] = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
         for label, moved in label_diffs.items():
             out[f"{label_recall_key(key, label)}.noise"] = float(np.std(moved, ddof=1)) if len(moved) > 1 else 0.0
