@@ -26,18 +26,23 @@ from processors.datasets import LabelledExample, load_examples, sample
 from processors.demonstrations import read_examples
 from processors.evaluate import evaluate
 from processors.evaluate.summarize import tier_quality
-from schemas.config import load_config
+from schemas.config import Config, load_config
 from schemas.versions import ModelVersion, apply_version, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 
 
-def sentiment_judged(version: ModelVersion, folder: Path) -> tuple[list[LabelledExample], pl.DataFrame]:
+def sentiment_judged(config: Config, version: ModelVersion, folder: Path) -> tuple[list[LabelledExample],
+                                                                                  pl.DataFrame]:
     """The judged rows of the version's sentiment evaluation as examples (airline tweets by their tweet id, the
-    version's held-out rows by their text's id), and those outcome rows (the small tier's answers and routing)."""
-    rows = pl.read_parquet(folder / "evaluation-sentiment" / "outcomes.parquet").filter(
-        (pl.col("split") == "judge") & (pl.col("item") == "sentiment"))
+    version's held-out rows by their text's id), and those outcome rows routed at the version's thresholds
+    (config: the version applied; the small tier's answers and where the cascade escalates)."""
+    from processors.evaluate import cascade_at_thresholds, rescore
+
+    ev = rescore(config, pl.read_parquet(folder / "evaluation-sentiment" / "outcomes.parquet"))
+    rows = cascade_at_thresholds(ev.outcomes.filter((pl.col("split") == "judge") & (pl.col("item") == "sentiment")),
+                                 "sentiment", ev)
     wanted = set(rows["example_id"].to_list())
     tweets = [LabelledExample(f"airline_unused:{ex.example_id.split(':', 1)[1]}", ex.text, ex.source, ex.labels)
               for ex in load_examples(DATA / "sentiment" / "airline_dev.csv")]
@@ -75,13 +80,7 @@ def main() -> None:
         raise SystemExit("the model version stores no demonstrations")
     judged = None
     if args.data == "sentiment":
-        from processors.evaluate import cascade_at_thresholds, rescore
-
-        examples, stored = sentiment_judged(*found)
-        config = apply_version(base, *found)
-        ev = rescore(config, pl.read_parquet(found[1] / "evaluation-sentiment" / "outcomes.parquet"))
-        judged = cascade_at_thresholds(ev.outcomes.filter((pl.col("split") == "judge")
-                                                          & (pl.col("item") == "sentiment")), "sentiment", ev)
+        examples, judged = sentiment_judged(apply_version(base, *found), *found)
     else:
         examples = load_examples(DATA / "tickets" / "bitext" / "validation.csv")
         examples = sample(examples, args.limit, seed=0, stratify="intent")

@@ -6,13 +6,14 @@ import polars as pl
 
 from bench.large_few_shot import cascade_accuracy, sentiment_judged
 from schemas.config import load_config
-from schemas.versions import resolve
+from schemas.versions import apply_version, resolve
 from tests.conftest import FIXTURES
 
 
 def test_the_judged_sentiment_rows_are_rebuilt_by_id_with_their_gold_labels():
-    version, folder = resolve(load_config(FIXTURES / "sluicegate.toml").models.registry, None)
-    examples, rows = sentiment_judged(version, folder)
+    config = load_config(FIXTURES / "sluicegate.toml")
+    version, folder = resolve(config.models.registry, None)
+    examples, rows = sentiment_judged(apply_version(config, version, folder), version, folder)
     gold = dict(zip(rows["example_id"].to_list(), rows["gold"].to_list(), strict=True))
     assert len(examples) == len(gold) == rows.height > 200  # every judged row, once
     assert all(ex.labels["sentiment"] == gold[ex.example_id] for ex in examples)

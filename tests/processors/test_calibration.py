@@ -207,7 +207,7 @@ def test_field_thresholds_are_chosen_on_f1_not_on_matching_absent_values():
     assert 0.2 < thresholds.small < 0.9
 
 
-def _four_hundred(fixed: int, broken: int, large_right_on_unsure: int = 0):
+def _four_hundred(fixed: int, broken: int):
     """400 valid items, the small tier right on all but `fixed` of its 20 least sure; escalating those 20 fixes
     `fixed` and breaks `broken` (the large tier is wrong where the small tier is right on `broken` of them)."""
     small_conf = [0.01 * (i + 1) for i in range(20)] + [0.9] * 380
